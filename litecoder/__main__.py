@@ -1,0 +1,3 @@
+from litecoder.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""LLM backends: where completions come from."""

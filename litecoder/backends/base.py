@@ -1,0 +1,80 @@
+"""What every LLM backend offers the stages.
+
+A ``Backend`` owns whatever outlives one stage (a managed server process); ``client()``
+gives an async client bound to the running event loop, so each stage can run its own
+``asyncio.run`` without sharing connections across loops.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Optional, Protocol
+
+from omegaconf import MISSING
+
+
+@dataclass
+class BackendConfig:
+    """Settings every backend shares."""
+
+    #: registered backend name; selects the implementation
+    type: str = MISSING
+    #: model name sent with each request
+    model: str = MISSING
+    #: requests in flight at once (vLLM batches them; one at a time wastes ~8x)
+    max_in_flight: int = 64
+    #: optional cap on requests per minute (API rate limits)
+    requests_per_minute: Optional[float] = None
+    #: seconds before one request times out
+    timeout: float = 600.0
+    #: retries after a 429, 5xx, timeout or dropped connection
+    max_retries: int = 4
+    #: extra JSON fields merged into every request body
+    extra_body: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Choice:
+    text: str
+    finish_reason: Optional[str]
+    #: tokens of this choice, when the server reports them per choice
+    completion_tokens: Optional[int]
+
+
+@dataclass
+class Completion:
+    """One request's answer: ``n`` choices and the request's token usage."""
+
+    choices: list[Choice]
+    model: str
+    prompt_tokens: Optional[int]
+    completion_tokens: Optional[int]
+    latency_s: float
+    attempts: int = 1
+
+
+class LLMClient(Protocol):
+    async def complete(self, prompt: str, *, n: int, stop: list[str], **params: Any) -> Completion:
+        """Raw text completion (``/v1/completions``), the MAGPIE path."""
+
+    async def chat(self, messages: list[dict], *, n: int = 1, **params: Any) -> Completion:
+        """Chat completion (``/v1/chat/completions``); ``response_format`` passes through."""
+
+    async def aclose(self) -> None: ...
+
+
+class Backend(Protocol):
+    config: Any
+    #: True when ``complete`` (raw prompts) is available
+    supports_raw_completion: bool
+
+    def start(self) -> None:
+        """Make the backend usable (start a server, check credentials); idempotent."""
+
+    def close(self) -> None:
+        """Release what ``start`` acquired; safe to call twice."""
+
+    def client(self) -> LLMClient: ...
+
+    def describe(self) -> dict[str, Any]:
+        """What to record about this backend in outputs (never secrets)."""

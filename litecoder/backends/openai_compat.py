@@ -1,0 +1,225 @@
+"""Any OpenAI-compatible endpoint: OpenAI, vLLM, SGLang, llama.cpp, hosted open models.
+
+httpx does the HTTP, tenacity the retries with backoff (429, 5xx, timeouts, dropped
+connections), aiolimiter the optional requests-per-minute cap, and a semaphore bounds the
+requests in flight. The API key is read from the environment variable *named* in the
+config, so the key itself never lands in a config, a log or an output file.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import httpx
+from aiolimiter import AsyncLimiter
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
+
+from .. import hookimpl
+from ..errors import BackendError
+from .base import BackendConfig, Choice, Completion
+
+RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
+
+
+@dataclass
+class OpenAIBackendConfig(BackendConfig):
+    type: str = "openai"
+    base_url: str = "https://api.openai.com/v1"
+    #: name of the environment variable holding the key; null for servers without auth
+    api_key_env: Optional[str] = "OPENAI_API_KEY"
+    #: the endpoint serves /completions with raw prompts (vLLM, SGLang, llama.cpp do)
+    raw_completions: bool = False
+    #: check the endpoint and the key once before the first request
+    preflight: bool = True
+
+
+class RequestError(Exception):
+    """One request failed for good (after retries, or not retryable)."""
+
+    def __init__(self, message: str, *, status: int | None = None, body: str = "") -> None:
+        super().__init__(message)
+        self.status = status
+        self.body = body
+
+
+def _retryable(exc: BaseException) -> bool:
+    if isinstance(exc, httpx.HTTPStatusError):
+        return exc.response.status_code in RETRY_STATUS
+    return isinstance(exc, (httpx.TimeoutException, httpx.TransportError))
+
+
+def _wait_with_retry_after(fallback):
+    """Honour a server's Retry-After header; otherwise exponential backoff with jitter."""
+
+    def wait(state) -> float:
+        exc = state.outcome.exception() if state.outcome else None
+        if isinstance(exc, httpx.HTTPStatusError):
+            value = exc.response.headers.get("retry-after")
+            try:
+                return min(float(value), 120.0) if value else fallback(state)
+            except ValueError:
+                return fallback(state)
+        return fallback(state)
+
+    return wait
+
+
+def _describe_http_error(exc: BaseException) -> RequestError:
+    if isinstance(exc, httpx.HTTPStatusError):
+        body = exc.response.text[:2000]
+        return RequestError(f"HTTP {exc.response.status_code}: {body[:300]}", status=exc.response.status_code, body=body)
+    if isinstance(exc, httpx.TimeoutException):
+        return RequestError(f"timed out ({type(exc).__name__})")
+    return RequestError(f"{type(exc).__name__}: {exc}")
+
+
+def parse_completion(data: Any, *, n: int, latency: float, attempts: int) -> Completion:
+    """Turn a /completions or /chat/completions JSON body into a ``Completion``."""
+    if not isinstance(data, dict) or not isinstance(data.get("choices"), list):
+        raise RequestError(f"malformed response: no choices in {str(data)[:300]}")
+    usage = data.get("usage") or {}
+    choices = []
+    for raw in sorted(data["choices"], key=lambda c: c.get("index", 0)):
+        if "message" in raw:
+            text = (raw.get("message") or {}).get("content") or ""
+        else:
+            text = raw.get("text") or ""
+        tokens = raw.get("token_ids")
+        per_choice = len(tokens) if isinstance(tokens, list) else None
+        choices.append(Choice(text=text, finish_reason=raw.get("finish_reason"), completion_tokens=per_choice))
+    if n == 1 and len(choices) == 1 and choices[0].completion_tokens is None:
+        choices[0].completion_tokens = usage.get("completion_tokens")
+    return Completion(
+        choices=choices,
+        model=data.get("model", ""),
+        prompt_tokens=usage.get("prompt_tokens"),
+        completion_tokens=usage.get("completion_tokens"),
+        latency_s=latency,
+        attempts=attempts,
+    )
+
+
+class OpenAIClient:
+    """Async client for one event loop; bounded, rate-limited and retrying."""
+
+    def __init__(self, config: Any, base_url: str, model: str, headers: dict[str, str]) -> None:
+        self.config = config
+        self.model = model
+        limit = max(1, int(config.max_in_flight))
+        self._http = httpx.AsyncClient(
+            base_url=base_url.rstrip("/") + "/",
+            headers=headers,
+            timeout=httpx.Timeout(config.timeout, connect=10.0),
+            limits=httpx.Limits(max_connections=limit, max_keepalive_connections=limit),
+        )
+        self._slots = asyncio.Semaphore(limit)
+        rpm = config.requests_per_minute
+        self._limiter = AsyncLimiter(rpm, 60) if rpm else None
+
+    async def _post(self, path: str, body: dict) -> tuple[Any, float, int]:
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(int(self.config.max_retries) + 1),
+            wait=_wait_with_retry_after(wait_exponential_jitter(initial=1, max=30)),
+            retry=retry_if_exception(_retryable),
+            reraise=True,
+        )
+        attempts = 0
+        async with self._slots:
+            started = time.perf_counter()
+            try:
+                async for attempt in retrying:
+                    with attempt:
+                        attempts += 1
+                        if self._limiter is not None:
+                            await self._limiter.acquire()
+                        response = await self._http.post(path, json=body)
+                        response.raise_for_status()
+            except (httpx.HTTPError,) as exc:
+                error = _describe_http_error(exc)
+                error.attempts = attempts  # type: ignore[attr-defined]
+                raise error from exc
+            latency = time.perf_counter() - started
+        try:
+            return response.json(), latency, attempts
+        except ValueError as exc:
+            raise RequestError(f"malformed response: not JSON: {response.text[:300]}") from exc
+
+    def _body(self, params: dict) -> dict:
+        body = {"model": self.model, **dict(self.config.extra_body or {})}
+        body.update({k: v for k, v in params.items() if v is not None})
+        return body
+
+    async def complete(self, prompt: str, *, n: int = 1, stop: list[str] | None = None, **params: Any) -> Completion:
+        body = self._body({"prompt": prompt, "n": n, "stop": stop or None, **params})
+        data, latency, attempts = await self._post("completions", body)
+        return parse_completion(data, n=n, latency=latency, attempts=attempts)
+
+    async def chat(self, messages: list[dict], *, n: int = 1, **params: Any) -> Completion:
+        body = self._body({"messages": messages, "n": n, **params})
+        data, latency, attempts = await self._post("chat/completions", body)
+        return parse_completion(data, n=n, latency=latency, attempts=attempts)
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+
+def check_endpoint(base_url: str, headers: dict[str, str], *, what: str, fix: str) -> list[str]:
+    """Ask ``/models`` once: the endpoint answers and the key is accepted. Returns model ids."""
+    url = base_url.rstrip("/") + "/models"
+    try:
+        response = httpx.get(url, headers=headers, timeout=15.0)
+    except httpx.HTTPError as exc:
+        raise BackendError(f"cannot reach {what} at {base_url} ({type(exc).__name__}); {fix}") from exc
+    if response.status_code in (401, 403):
+        raise BackendError(f"{what} at {base_url} refused the API key (HTTP {response.status_code}); check the key")
+    if response.status_code >= 400:
+        return []
+    try:
+        return [m.get("id") for m in response.json().get("data", []) if isinstance(m, dict)]
+    except (ValueError, AttributeError):
+        return []
+
+
+class OpenAICompatibleBackend:
+    supports_raw_completion: bool
+
+    def __init__(self, config: Any, run_dir: Any = None) -> None:
+        self.config = config
+        self.supports_raw_completion = bool(config.raw_completions)
+        self._checked = False
+
+    def _headers(self) -> dict[str, str]:
+        name = self.config.api_key_env
+        if not name:
+            return {}
+        key = os.environ.get(name)
+        if not key:
+            raise BackendError(
+                f"environment variable {name} is not set; export the API key in it "
+                f"(or set backend.api_key_env=null for a server without auth)"
+            )
+        return {"Authorization": f"Bearer {key}"}
+
+    def start(self) -> None:
+        headers = self._headers()
+        if self.config.preflight and not self._checked:
+            check_endpoint(self.config.base_url, headers, what="the OpenAI-compatible endpoint", fix="check backend.base_url and your network")
+        self._checked = True
+
+    def close(self) -> None:
+        pass
+
+    def client(self) -> OpenAIClient:
+        return OpenAIClient(self.config, self.config.base_url, self.config.model, self._headers())
+
+    def describe(self) -> dict[str, Any]:
+        return {"backend": self.config.type, "model": self.config.model, "base_url": self.config.base_url}
+
+
+@hookimpl
+def litecoder_register_backends(register):
+    register("openai", OpenAICompatibleBackend, config=OpenAIBackendConfig)

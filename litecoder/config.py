@@ -1,0 +1,155 @@
+"""Schemas for every config group, registered in Hydra's ConfigStore.
+
+Because each group has a dataclass schema, a misspelled key or a value of the wrong type
+fails when the config is composed, naming the key. Component configs (backends,
+sandboxes, agents) live next to their component and are registered with it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING, OmegaConf
+
+from .paths import litecoder_home
+
+
+@dataclass
+class SubtopicConfig:
+    name: str = MISSING
+    description: str = ""
+    #: relative share of this domain's samples
+    weight: float = 1.0
+
+
+@dataclass
+class DomainConfig:
+    name: str = MISSING
+    description: str = MISSING
+    #: the domain's system message for MAGPIE sampling (a prompt variant wraps it)
+    system_message: str = MISSING
+    subtopics: list[SubtopicConfig] = field(default_factory=list)
+
+
+@dataclass
+class PromptsConfig:
+    """A task-sampling prompt variant; sweep variants with ``-m prompts=v1,v2``."""
+
+    name: str = MISSING
+    description: str = ""
+    #: Jinja template of the system turn; sees ``domain`` and ``subtopic``
+    system_template: str = MISSING
+    #: the user turn for models without raw completion (``sample.mode=chat``)
+    chat_instruction: str = MISSING
+
+
+@dataclass
+class CriterionConfig:
+    name: str = MISSING
+    description: str = MISSING
+    scale_min: int = 1
+    scale_max: int = 5
+    weight: float = 1.0
+
+
+@dataclass
+class JudgeConfig:
+    name: str = MISSING
+    criteria: list[CriterionConfig] = field(default_factory=list)
+    #: how per-criterion scores combine: ``mean`` (weighted) or ``min``
+    aggregation: str = "mean"
+    threshold: float = 3.5
+    backend: Optional[Any] = None
+
+
+@dataclass
+class TemplateOverride:
+    """Set ``prefix`` (and ``stop``) to bypass the chat template, or ``chat_template`` to
+    use another Jinja chat template than the tokenizer's."""
+
+    prefix: Optional[str] = None
+    stop: Optional[list[str]] = None
+    chat_template: Optional[str] = None
+
+
+@dataclass
+class SampleConfig:
+    #: completions to draw for the domain, spread over its subtopics by weight
+    num_tasks: int = 64
+    #: completions per request (vLLM shares the prompt's prefix across them)
+    n: int = 4
+    temperature: float = 0.9
+    top_p: float = 1.0
+    max_tokens: int = 512
+    seed: Optional[int] = 0
+    #: ``raw`` (MAGPIE pre-query completion), ``chat`` (ask a chat model) or ``auto``
+    mode: str = "auto"
+    #: directory (or hub name, if cached) with the tokenizer's chat template; default: the
+    #: backend's model directory
+    tokenizer: Optional[str] = None
+    template: TemplateOverride = field(default_factory=TemplateOverride)
+    backend: Optional[Any] = None
+
+
+@dataclass
+class StageBackendOnly:
+    """Settings of a stage that is not built yet: only its backend choice."""
+
+    backend: Optional[Any] = None
+
+
+@dataclass
+class ExportConfig:
+    formats: list[str] = field(default_factory=lambda: ["sharegpt", "messages", "harbor"])
+
+
+@dataclass
+class RunConfig:
+    #: run directory name under ``root``; unset: a timestamp
+    name: Optional[str] = None
+    root: str = "outputs"
+    #: show progress bars (``None``: only on a terminal)
+    progress: Optional[bool] = None
+
+
+@dataclass
+class LitecoderConfig:
+    #: a stage name, ``all``, or a list of names
+    stage: Any = "sample"
+    run: RunConfig = field(default_factory=RunConfig)
+    domain: DomainConfig = MISSING
+    prompts: PromptsConfig = MISSING
+    judge: JudgeConfig = MISSING
+    backend: Any = MISSING
+    sandbox: Any = MISSING
+    agent: Any = MISSING
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    environment: StageBackendOnly = field(default_factory=StageBackendOnly)
+    trajectory: StageBackendOnly = field(default_factory=StageBackendOnly)
+    export: ExportConfig = field(default_factory=ExportConfig)
+
+
+def default_run_name() -> str:
+    return datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+
+
+_registered = False
+
+
+def register_configs() -> None:
+    """Put the schemas into the ConfigStore and add litecoder's resolvers (idempotent)."""
+    global _registered
+    if _registered:
+        return
+    store = ConfigStore.instance()
+    store.store(name="litecoder_schema", node=LitecoderConfig, provider="litecoder")
+    if not OmegaConf.has_resolver("litecoder.home"):
+        OmegaConf.register_new_resolver("litecoder.home", lambda: str(litecoder_home()))
+    if not OmegaConf.has_resolver("litecoder.run_name"):
+        OmegaConf.register_new_resolver(
+            "litecoder.run_name", lambda name: name if name else default_run_name(), use_cache=True
+        )
+    _registered = True

@@ -1,0 +1,31 @@
+"""One error family, so the CLI can tell a user's mistake from a bug.
+
+A ``LitecoderError`` is printed as one line (its message says what to do) and the
+process exits non-zero; anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+
+class LitecoderError(Exception):
+    """A problem the user can fix: bad config, missing model, unreachable server."""
+
+    exit_code = 2
+
+
+class ConfigError(LitecoderError):
+    """The composed configuration asks for something that does not exist."""
+
+
+class PluginError(LitecoderError):
+    """A plugin registered something twice or in a way that cannot work."""
+
+
+class BackendError(LitecoderError):
+    """An LLM backend cannot be used at all (server down, no key, no model)."""
+
+
+class StageNotBuilt(LitecoderError):
+    """The stage exists by name but has no implementation yet."""
+
+    exit_code = 0

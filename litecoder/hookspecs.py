@@ -1,0 +1,91 @@
+"""The hooks litecoder calls; every built-in feature is registered through them.
+
+Registration hooks receive a ``register`` callback. Calling it twice with one name is an
+error unless the second call passes ``replace=True``, so replacing a built-in is always
+on purpose. All hooks are called for every plugin (none is ``firstresult``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pluggy
+
+hookspec = pluggy.HookspecMarker("litecoder")
+
+
+@hookspec
+def litecoder_register_stages(register: Any) -> None:
+    """Register pipeline stages.
+
+    ``register(name, factory, *, replace=False)``; ``factory()`` returns an object with
+    ``run(run) -> dict`` (see ``litecoder.stages.base.Stage``). ``replace=True`` swaps out
+    a stage another plugin registered under the same name.
+    """
+
+
+@hookspec
+def litecoder_register_backends(register: Any) -> None:
+    """Register LLM backends.
+
+    ``register(name, factory, config=SchemaDataclass, *, replace=False)``. The config
+    dataclass becomes the option ``backend=<name>`` (and ``backend@<stage>.backend=<name>``);
+    ``factory(cfg, run_dir)`` returns a ``litecoder.backends.base.Backend``.
+    """
+
+
+@hookspec
+def litecoder_register_domains(register: Any) -> None:
+    """Register task domains.
+
+    ``register(name, DomainConfig | path_to_yaml)``. A ``DomainConfig`` instance becomes
+    the option ``domain=<name>``. Plugins that ship ``conf/domain/<name>.yaml`` through
+    ``litecoder_config_search_paths`` need not call this: those files are registered for
+    them.
+    """
+
+
+@hookspec
+def litecoder_register_sandboxes(register: Any) -> None:
+    """Register sandboxes (where model-written commands run).
+
+    ``register(name, factory, config=SchemaDataclass, *, replace=False)``; the config becomes
+    ``sandbox=<name>``.
+    """
+
+
+@hookspec
+def litecoder_register_agents(register: Any) -> None:
+    """Register terminal agents (the loop that turns model replies into commands).
+
+    ``register(name, factory, config=SchemaDataclass, *, replace=False)``; the config becomes
+    ``agent=<name>``.
+    """
+
+
+@hookspec
+def litecoder_register_exporters(register: Any) -> None:
+    """Register dataset exporters for the ``export`` stage.
+
+    ``register(name, factory, *, replace=False)``; ``factory()`` returns an object with
+    ``export(run) -> list[Path]``.
+    """
+
+
+@hookspec
+def litecoder_config_search_paths() -> list[str]:
+    """Return Hydra config search paths (``pkg://package.conf`` or ``file:///dir``).
+
+    A plugin's ``conf/domain/foo.yaml`` on such a path becomes ``domain=foo``; the same holds
+    for every other config group.
+    """
+
+
+@hookspec
+def litecoder_before_stage(stage: str, run: Any) -> None:
+    """Called before a stage starts, with its name and the ``litecoder.run.Run``."""
+
+
+@hookspec
+def litecoder_after_stage(stage: str, run: Any, summary: dict) -> None:
+    """Called after a stage finished, with the summary it returned (counts by state)."""

@@ -1,0 +1,182 @@
+"""The plugin manager: built-in and third-party plugins go through the same hooks.
+
+Built-ins are listed in ``DEFAULT_PLUGINS``; third-party plugins are found through the
+``litecoder`` entry-point group (set ``LITECODER_LOAD_ENTRYPOINTS=0`` to skip them, e.g. in
+tests). Loading is idempotent. Registries are rebuilt whenever a plugin is added or
+removed, and component configs are mirrored into Hydra's ConfigStore so that a backend
+registered in Python is an option of ``backend=`` like any YAML file.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from dataclasses import is_dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+import pluggy
+from hydra.core.config_store import ConfigStore
+from omegaconf import OmegaConf
+
+from . import hookspecs
+from .errors import PluginError
+from .registry import Registry
+
+DEFAULT_PLUGINS = (
+    "litecoder.domains",
+    "litecoder.stages.sample",
+    "litecoder.stages.pending",
+    "litecoder.backends.openai_compat",
+    "litecoder.backends.vllm",
+    "litecoder.sandboxes",
+    "litecoder.agents",
+)
+
+#: registry kind -> (hook name, config group that mirrors its configs)
+KINDS = {
+    "stage": ("litecoder_register_stages", None),
+    "backend": ("litecoder_register_backends", "backend"),
+    "domain": ("litecoder_register_domains", "domain"),
+    "sandbox": ("litecoder_register_sandboxes", "sandbox"),
+    "agent": ("litecoder_register_agents", "agent"),
+    "exporter": ("litecoder_register_exporters", None),
+}
+
+
+class Plugins:
+    """Owns the pluggy manager and the registries built from it."""
+
+    def __init__(self) -> None:
+        self.pm = pluggy.PluginManager("litecoder")
+        self.pm.add_hookspecs(hookspecs)
+        self._loaded = False
+        self._registries: dict[str, Registry] | None = None
+        self._search_paths: list[tuple[str, str]] | None = None
+        self._stored: list[tuple[str, str]] = []
+
+    # -- loading ---------------------------------------------------------------------------
+    def load(self) -> "Plugins":
+        if self._loaded:
+            return self
+        for name in DEFAULT_PLUGINS:
+            if self.pm.get_plugin(name) is None:
+                self.pm.register(importlib.import_module(name), name)
+        if os.environ.get("LITECODER_LOAD_ENTRYPOINTS", "1") != "0":
+            # Errors while importing a third-party plugin propagate: never swallowed.
+            self.pm.load_setuptools_entrypoints("litecoder")
+        self.pm.check_pending()
+        self._loaded = True
+        self.refresh()
+        return self
+
+    def register(self, plugin: Any, name: str | None = None) -> str:
+        """Add a plugin object (a module or an instance with hookimpls) at run time."""
+        self.load()
+        registered = self.pm.register(plugin, name)
+        if registered is None:
+            raise PluginError(f"plugin {name or plugin!r} is already registered")
+        self.pm.check_pending()
+        self.refresh()
+        return registered
+
+    def unregister(self, name: str) -> None:
+        self.pm.unregister(name=name)
+        self.refresh()
+
+    def refresh(self) -> None:
+        self._registries = None
+        self._search_paths = None
+        self._sync_config_store()
+
+    # -- registries ------------------------------------------------------------------------
+    def _impls(self, hook_name: str):
+        # pluggy calls later-registered plugins first; sort by registration order instead so
+        # errors and listings are stable. Attribution needs one call per implementation.
+        order = {plugin: i for i, (_, plugin) in enumerate(self.pm.list_name_plugin())}
+        impls = getattr(self.pm.hook, hook_name).get_hookimpls()
+        return sorted(impls, key=lambda impl: order.get(impl.plugin, 0))
+
+    @property
+    def registries(self) -> dict[str, Registry]:
+        if self._registries is None:
+            registries = {kind: Registry(kind) for kind in KINDS}
+            for kind, (hook_name, _) in KINDS.items():
+                for impl in self._impls(hook_name):
+                    impl.function(register=registries[kind].callback(impl.plugin_name))
+            for plugin, path in self.search_paths_by_plugin():
+                directory = _local_dir(path)
+                if directory is not None and (directory / "domain").is_dir():
+                    register = registries["domain"].callback(plugin)
+                    for file in sorted((directory / "domain").glob("*.yaml")):
+                        register(file.stem, file)
+            for registry in registries.values():
+                registry.names()  # resolve now so duplicates fail early
+            self._registries = registries
+        return self._registries
+
+    def registry(self, kind: str) -> Registry:
+        return self.registries[kind]
+
+    def search_paths_by_plugin(self) -> list[tuple[str, str]]:
+        if self._search_paths is None:
+            found: list[tuple[str, str]] = []
+            for impl in self._impls("litecoder_config_search_paths"):
+                for path in impl.function() or []:
+                    found.append((impl.plugin_name, str(path)))
+            self._search_paths = found
+        return self._search_paths
+
+    def search_paths(self) -> list[str]:
+        return [path for _, path in self.search_paths_by_plugin()]
+
+    def _sync_config_store(self) -> None:
+        """Mirror registered config nodes into Hydra's ConfigStore (and drop stale ones)."""
+        store = ConfigStore.instance()
+        for group, name in self._stored:
+            store.repo.get(group, {}).pop(f"{name}.yaml", None)
+        self._stored = []
+        if not self._loaded:
+            return
+        for kind, (_, group) in KINDS.items():
+            if group is None:
+                continue
+            for entry in self.registries[kind].entries():
+                node = entry.config if kind != "domain" else entry.value
+                if node is None or isinstance(node, (str, Path)):
+                    continue  # YAML-backed: found through the search path
+                if not (is_dataclass(node) or OmegaConf.is_config(node) or isinstance(node, dict)):
+                    raise PluginError(
+                        f"{kind} {entry.name!r} from {entry.plugin!r}: config must be a dataclass, got {type(node).__name__}"
+                    )
+                store.store(group=group, name=entry.name, node=node, provider=entry.plugin)
+                self._stored.append((group, entry.name))
+
+
+def _local_dir(path: str) -> Path | None:
+    """Resolve a ``pkg://`` or ``file://`` search path to a directory, if it is one."""
+    parsed = urlparse(path)
+    if parsed.scheme == "pkg":
+        module = (parsed.netloc + parsed.path).strip("/").replace("/", ".")
+        try:
+            return Path(str(resources.files(module)))
+        except (ModuleNotFoundError, TypeError):
+            return None
+    if parsed.scheme == "file":
+        return Path(parsed.path)
+    if parsed.scheme == "":
+        return Path(path)
+    return None
+
+
+_plugins: Plugins | None = None
+
+
+def get_plugins() -> Plugins:
+    """The process-wide plugin host, loaded on first use."""
+    global _plugins
+    if _plugins is None:
+        _plugins = Plugins()
+    return _plugins.load()

@@ -1,0 +1,1 @@
+"""Pipeline stages, each registered by name through ``litecoder_register_stages``."""
