@@ -29,6 +29,9 @@ class BackendConfig:
     timeout: float = 600.0
     #: retries after a 429, 5xx, timeout or dropped connection
     max_retries: int = 4
+    #: first and longest backoff between retries, in seconds (jittered, doubling)
+    retry_initial_wait: float = 1.0
+    retry_max_wait: float = 30.0
     #: extra JSON fields merged into every request body
     extra_body: dict[str, Any] = field(default_factory=dict)
 

@@ -123,7 +123,7 @@ class OpenAIClient:
     async def _post(self, path: str, body: dict) -> tuple[Any, float, int]:
         retrying = AsyncRetrying(
             stop=stop_after_attempt(int(self.config.max_retries) + 1),
-            wait=_wait_with_retry_after(wait_exponential_jitter(initial=1, max=30)),
+            wait=_wait_with_retry_after(wait_exponential_jitter(multiplier=self.config.retry_initial_wait, max=self.config.retry_max_wait, jitter=self.config.retry_initial_wait)),
             retry=retry_if_exception(_retryable),
             reraise=True,
         )
