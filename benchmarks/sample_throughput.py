@@ -8,6 +8,11 @@ under an ``asyncio.Semaphore`` of the same concurrency. Tokens/s is completion t
 wall time: litecoder's per-sample ``completion_tokens`` for the stage, the responses'
 ``usage.completion_tokens`` for the loop.
 
+Requests are unseeded by default (``sample.seed=null``): vLLM 0.32 on CPU kills its engine
+("RuntimeError: CPU Generator does not use offset") as soon as a seeded request's prefill is
+chunked, which this much concurrency causes. ``--seed N`` sends litecoder's per-request
+seeds (N, N+1, ...) on a server where that is safe.
+
 After a short warm-up, the two alternate for ``--repeats`` rounds (L,P then P,L, ...) so
 that drift on a noisy machine hits both alike; the per-round figures, the medians and the
 ratio of medians (target: litecoder >= 0.9x the plain loop) are printed, ending with a
@@ -43,6 +48,7 @@ from omegaconf import DictConfig, OmegaConf
 from litecoder.backends.vllm import VLLMBackend, VLLMBackendConfig
 from litecoder.cli import setup
 from litecoder.config import register_configs
+from litecoder.errors import LitecoderError
 from litecoder.run import execute
 from litecoder.stages.sample import RAW, TASKS_FILE, SampleStage
 
@@ -75,6 +81,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-tokens", type=int, default=128, help="sample.max_tokens (default: %(default)s)")
     p.add_argument("--temperature", type=float, default=0.9, help="sample.temperature (default: %(default)s)")
     p.add_argument("--concurrency", type=int, default=64, help="requests in flight, backend.max_in_flight (default: %(default)s)")
+    p.add_argument("--seed", type=int, help="sample.seed, the first request's seed (default: unseeded; seeded requests crash vLLM 0.32 on CPU under load)")
     p.add_argument("--domain", default="networking", help="domain config (default: %(default)s)")
     p.add_argument("--repeats", type=int, default=3, help="measured rounds of litecoder + plain loop (default: %(default)s)")
     p.add_argument("--warmup-tasks", type=int, default=16, help="sample.num_tasks of the warm-up run; 0 skips it (default: %(default)s)")
@@ -102,6 +109,7 @@ def compose(args: argparse.Namespace, url: str, num_tasks: int) -> DictConfig:
         f"sample.n={args.n}",
         f"sample.max_tokens={args.max_tokens}",
         f"sample.temperature={args.temperature}",
+        f"sample.seed={'null' if args.seed is None else args.seed}",
         "run.progress=false",
         *args.override,
     ]
@@ -206,7 +214,7 @@ def benchmark(args: argparse.Namespace, out: Path) -> None:
         stop = stop_strings(cfg)
         top_p = float(cfg.sample.top_p)
         print(f"server {url}; {args.num_tasks} tasks, n={args.n}, max_tokens={args.max_tokens}, "
-              f"temperature={args.temperature}, top_p={top_p}, concurrency={args.concurrency}, stop={stop!r}")
+              f"temperature={args.temperature}, top_p={top_p}, seed={args.seed}, concurrency={args.concurrency}, stop={stop!r}")
 
         if args.warmup_tasks > 0:
             warm_dir = out / "warmup"
@@ -266,12 +274,16 @@ def report(args: argparse.Namespace, lite: list[Result], plain: list[Result]) ->
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="[%(name)s][%(levelname)s] %(message)s")
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        benchmark(args, args.out.resolve())
-    else:
-        with tempfile.TemporaryDirectory(prefix="litecoder-bench-") as tmp:
-            benchmark(args, Path(tmp))
+    try:
+        if args.out:
+            args.out.mkdir(parents=True, exist_ok=True)
+            benchmark(args, args.out.resolve())
+        else:
+            with tempfile.TemporaryDirectory(prefix="litecoder-bench-") as tmp:
+                benchmark(args, Path(tmp))
+    except LitecoderError as exc:
+        print(f"sample_throughput: error: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -67,7 +67,10 @@ class Plugins:
         if os.environ.get("LITECODER_LOAD_ENTRYPOINTS", "1") != "0":
             # Errors while importing a third-party plugin propagate: never swallowed.
             self.pm.load_setuptools_entrypoints("litecoder")
-        self.pm.check_pending()
+        try:
+            self.pm.check_pending()
+        except pluggy.PluginValidationError as exc:
+            raise PluginError(f"a litecoder plugin has a hook that does not exist: {exc}") from exc
         self._loaded = True
         self.refresh()
         return self
@@ -78,8 +81,13 @@ class Plugins:
         registered = self.pm.register(plugin, name)
         if registered is None:
             raise PluginError(f"plugin {name or plugin!r} is already registered")
-        self.pm.check_pending()
-        self.refresh()
+        try:
+            self.pm.check_pending()
+            self.refresh()
+        except (pluggy.PluginValidationError, PluginError) as exc:
+            self.pm.unregister(name=registered)
+            self.refresh()
+            raise PluginError(f"plugin {registered!r} cannot be used: {exc}") from exc
         return registered
 
     def unregister(self, name: str) -> None:

@@ -1,0 +1,105 @@
+"""The command line as users run it: run directories, sweeps, one-line errors."""
+
+from __future__ import annotations
+
+import polars as pl
+import pytest
+
+FAST = ["backend.retry_initial_wait=0.01", "backend.retry_max_wait=0.05"]
+
+
+def one_line_error(result, *fragments):
+    assert result.returncode != 0, result.stdout + result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("litecoder: error: ")
+    for fragment in fragments:
+        assert fragment in lines[0]
+    return lines[0]
+
+
+def test_run_name_puts_the_run_in_outputs_name_with_its_config(cli, stub_server, model_dir):
+    result = cli("stage=sample", "run.name=demo", f"backend.url={stub_server.url}", "sample.num_tasks=6")
+    assert result.returncode == 0, result.stderr
+    run_dir = cli.outputs / "demo"
+    tasks = pl.read_parquet(run_dir / "tasks.parquet")
+    assert len(tasks) == 6
+    assert (run_dir / "config.yaml").is_file() and (run_dir / ".hydra" / "config.yaml").is_file()
+    assert "num_tasks: 6" in (run_dir / "config.yaml").read_text()
+    assert "sample done" in result.stderr
+
+
+def test_without_a_name_the_run_gets_a_timestamped_directory(cli, stub_server, model_dir):
+    result = cli("stage=sample", f"backend.url={stub_server.url}", "sample.num_tasks=2")
+    assert result.returncode == 0, result.stderr
+    (run_dir,) = list(cli.outputs.iterdir())
+    assert run_dir.name[:4].isdigit() and "_" in run_dir.name
+    assert (run_dir / "tasks.parquet").is_file()
+
+
+def test_stage_all_runs_what_is_built_and_names_what_is_not(cli, stub_server, model_dir):
+    result = cli("stage=all", "run.name=chain", f"backend.url={stub_server.url}", "sample.num_tasks=2")
+    assert result.returncode == 0, result.stderr
+    assert "stage 'judge' is not built yet; stopping before it (finished: sample)" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert (cli.outputs / "chain" / "tasks.parquet").is_file()
+
+
+def test_a_stage_list(cli, stub_server, model_dir):
+    result = cli("stage=[sample,judge]", "run.name=pair", f"backend.url={stub_server.url}", "sample.num_tasks=2")
+    assert result.returncode == 0 and "stage 'judge' is not built yet" in result.stderr
+
+
+def test_a_sweep_writes_one_run_per_combination(cli, stub_server, model_dir):
+    result = cli("-m", "stage=sample", "run.name=sweep", "prompts=v1,v2", "domain=networking,security",
+                 f"backend.url={stub_server.url}", "sample.num_tasks=2")
+    assert result.returncode == 0, result.stderr
+    runs = sorted(p.name for p in (cli.outputs / "sweep").iterdir() if (p / "tasks.parquet").is_file())
+    assert runs == [
+        "domain=networking,prompts=v1,sample.num_tasks=2", "domain=networking,prompts=v2,sample.num_tasks=2",
+        "domain=security,prompts=v1,sample.num_tasks=2", "domain=security,prompts=v2,sample.num_tasks=2",
+    ]
+    tasks = pl.read_parquet(cli.outputs / "sweep" / runs[-1] / "tasks.parquet")
+    assert set(tasks["domain"]) == {"security"} and set(tasks["prompt_variant"]) == {"v2"}
+
+
+def test_unknown_stage(cli):
+    one_line_error(cli("stage=jduge"), "unknown stage jduge", "judge")
+
+
+def test_unreachable_server(cli):
+    one_line_error(cli("stage=sample", "backend.url=http://127.0.0.1:9"), "cannot reach the vLLM server", "backend.url")
+
+
+def test_missing_model_directory(cli, tmp_path):
+    one_line_error(cli("stage=sample", f"backend.model_path={tmp_path}/no-model"), "no-model", "scripts/setup.sh")
+
+
+def test_missing_api_key(cli):
+    line = one_line_error(
+        cli("stage=sample", "backend=openai", "backend.model=gpt-4.1-mini", "backend.api_key_env=LITECODER_NO_SUCH_KEY"),
+        "LITECODER_NO_SUCH_KEY is not set",
+    )
+    assert "export" in line
+
+
+def test_full_error_shows_the_traceback(cli):
+    result = cli("stage=sample", "backend.url=http://127.0.0.1:9", env={"HYDRA_FULL_ERROR": "1"})
+    assert result.returncode != 0 and "Traceback" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("domain=netwerking", ["Could not find 'domain/netwerking'", "version_control"]),
+        ("sample.num_taks=3", ["num_taks"]),
+        ("sample.n=many", ["sample.n"]),
+    ],
+)
+def test_config_mistakes_fail_at_compose_time_without_a_traceback(cli, override, expected):
+    result = cli("stage=sample", override)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    for fragment in expected:
+        assert fragment in result.stderr
