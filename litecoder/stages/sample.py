@@ -176,34 +176,33 @@ class SampleStage:
         """All requests of the stage, subtopics interleaved so partial runs stay balanced."""
         settings, domain, prompts = cfg.sample, cfg.domain, cfg.prompts
         subtopics = list(domain.subtopics) or [OmegaConf.create({"name": "general", "description": domain.description, "weight": 1.0})]
+        names = [s.name for s in subtopics]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"domain {domain.name!r} lists a subtopic twice: {sorted(n for n in set(names) if names.count(n) > 1)}")
         counts = allocate(settings.num_tasks, {s.name: float(s.weight) for s in subtopics})
         prequery = self._prequery(cfg, backend) if method == RAW else None
-        per_subtopic: list[list[Request]] = []
-        index = 0
+        # One queue of (subtopic, n, prompt, stop, messages) per subtopic.
+        queues: list[list[tuple]] = []
         for subtopic in subtopics:
             context = {"domain": domain, "subtopic": subtopic}
             system = render(prompts.system_template, **context)
             if method == RAW:
                 built = prequery(system)
-                prompt, messages, stop = built.prefix, (), built.stop
+                prompt, stop, messages = built.prefix, tuple(built.stop), ()
             else:
-                instruction = render(prompts.chat_instruction, **context)
-                prompt, messages, stop = instruction, (("system", system), ("user", instruction)), []
-            batch = []
-            remaining = counts[subtopic.name]
-            while remaining > 0:
-                n = min(settings.n, remaining)
-                batch.append((subtopic.name, n, prompt, messages, stop))
-                remaining -= n
-            per_subtopic.append(batch)
-        requests = []
-        for round_ in range(max((len(b) for b in per_subtopic), default=0)):
-            for batch in per_subtopic:
-                if round_ < len(batch):
-                    name, n, prompt, messages, stop = batch[round_]
+                prompt = render(prompts.chat_instruction, **context)
+                stop, messages = (), (("system", system), ("user", prompt))
+            total = counts[subtopic.name]
+            sizes = [min(settings.n, total - start) for start in range(0, total, settings.n)]
+            queues.append([(subtopic.name, n, prompt, stop, messages) for n in sizes])
+        requests: list[Request] = []
+        for round_ in range(max((len(q) for q in queues), default=0)):
+            for queue in queues:
+                if round_ < len(queue):
+                    name, n, prompt, stop, messages = queue[round_]
+                    index = len(requests)
                     seed = None if settings.seed is None else int(settings.seed) + index
-                    requests.append(Request(index, name, n, seed, prompt, tuple(stop), messages))
-                    index += 1
+                    requests.append(Request(index, name, n, seed, prompt, stop, messages))
         return requests
 
     async def _sample(self, run: Any, backend: Any, requests: list[Request], method: str) -> list[dict]:
@@ -219,7 +218,7 @@ class SampleStage:
         async def one(request: Request) -> None:
             dead = diagnose() if diagnose is not None else None
             if dead:  # fail fast instead of retrying against a server that is gone
-                rows.extend(self._failed_rows(run, request, method, dead, 0))
+                rows.extend(self._failed_rows(run, backend, request, method, dead, 0))
                 bar.update(request.n)
                 return
             params = {"temperature": settings.temperature, "top_p": settings.top_p, "max_tokens": settings.max_tokens, "seed": request.seed}
@@ -230,7 +229,7 @@ class SampleStage:
                     messages = [{"role": role, "content": content} for role, content in request.messages]
                     result = await client.chat(messages, n=request.n, **params)
             except RequestError as exc:
-                rows.extend(self._failed_rows(run, request, method, str(exc), getattr(exc, "attempts", None)))
+                rows.extend(self._failed_rows(run, backend, request, method, str(exc), getattr(exc, "attempts", None)))
             else:
                 rows.extend(self._rows(run, backend, request, method, result))
             bar.update(request.n)
@@ -243,13 +242,22 @@ class SampleStage:
         rows.sort(key=lambda r: (r["request_index"], r["choice_index"]))
         return rows
 
-    def _base(self, run: Any, request: Request, method: str, model: str) -> dict:
+    def _row(self, run: Any, request: Request, method: str, model: str, choice_index: int, *, status: str,
+             text: str = "", finish_reason: str | None = None, error: str | None = None, result: Any = None,
+             completion_tokens: int | None = None, attempts: int | None = None) -> dict:
+        """One sample's record; every sample gets one, whatever happened to it."""
         cfg = run.cfg
+        domain, variant = cfg.domain.name, cfg.prompts.name
         return {
-            "domain": cfg.domain.name,
+            "id": task_id(domain, variant, request.subtopic, request.index, choice_index, model, text),
+            "domain": domain,
             "subtopic": request.subtopic,
-            "prompt_variant": cfg.prompts.name,
+            "prompt_variant": variant,
             "method": method,
+            "text": text,
+            "status": status,
+            "finish_reason": finish_reason,
+            "error": error,
             "model": model,
             "temperature": float(cfg.sample.temperature),
             "top_p": float(cfg.sample.top_p),
@@ -257,6 +265,11 @@ class SampleStage:
             "n": request.n,
             "seed": request.seed,
             "request_index": request.index,
+            "choice_index": choice_index,
+            "prompt_tokens": result.prompt_tokens if result is not None else None,
+            "completion_tokens": completion_tokens,
+            "latency_s": result.latency_s if result is not None else None,
+            "attempts": result.attempts if result is not None else attempts,
             "prompt": request.prompt,
             "created_at": datetime.now(timezone.utc),
         }
@@ -264,33 +277,21 @@ class SampleStage:
     def _rows(self, run: Any, backend: Any, request: Request, method: str, result: Any) -> list[dict]:
         model = result.model or backend.describe().get("model") or ""
         rows = []
-        choices = list(result.choices)
         for choice_index in range(request.n):
-            base = self._base(run, request, method, model)
-            if choice_index >= len(choices):
-                rows.append({**base, "id": task_id(base["domain"], base["prompt_variant"], request.subtopic, request.index, choice_index, model, ""),
-                             "choice_index": choice_index, "text": "", "status": "failed", "finish_reason": None,
-                             "error": f"server returned {len(choices)} of {request.n} choices", "prompt_tokens": result.prompt_tokens,
-                             "completion_tokens": None, "latency_s": result.latency_s, "attempts": result.attempts})
+            if choice_index >= len(result.choices):
+                error = f"server returned {len(result.choices)} of {request.n} choices"
+                rows.append(self._row(run, request, method, model, choice_index, status="failed", error=error, result=result))
                 continue
-            choice = choices[choice_index]
+            choice = result.choices[choice_index]
             text = choice.text.strip()
             status = "empty" if not text else "truncated" if choice.finish_reason == "length" else "ok"
-            rows.append({**base, "id": task_id(base["domain"], base["prompt_variant"], request.subtopic, request.index, choice_index, model, text),
-                         "choice_index": choice_index, "text": text, "status": status, "finish_reason": choice.finish_reason,
-                         "error": None, "prompt_tokens": result.prompt_tokens, "completion_tokens": choice.completion_tokens,
-                         "latency_s": result.latency_s, "attempts": result.attempts})
+            rows.append(self._row(run, request, method, model, choice_index, status=status, text=text,
+                                  finish_reason=choice.finish_reason, result=result, completion_tokens=choice.completion_tokens))
         return rows
 
-    def _failed_rows(self, run: Any, request: Request, method: str, error: str, attempts: int | None) -> list[dict]:
-        model = run.backend("sample").describe().get("model") or ""
-        rows = []
-        for choice_index in range(request.n):
-            base = self._base(run, request, method, model)
-            rows.append({**base, "id": task_id(base["domain"], base["prompt_variant"], request.subtopic, request.index, choice_index, model, ""),
-                         "choice_index": choice_index, "text": "", "status": "failed", "finish_reason": None, "error": error,
-                         "prompt_tokens": None, "completion_tokens": None, "latency_s": None, "attempts": attempts})
-        return rows
+    def _failed_rows(self, run: Any, backend: Any, request: Request, method: str, error: str, attempts: int | None) -> list[dict]:
+        model = backend.describe().get("model") or ""
+        return [self._row(run, request, method, model, i, status="failed", error=error, attempts=attempts) for i in range(request.n)]
 
 
 @hookimpl
