@@ -14,6 +14,7 @@ from typing import Any, Optional
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, OmegaConf
 
+from .budget import BudgetConfig
 from .paths import litecoder_home
 
 
@@ -53,6 +54,8 @@ class CriterionConfig:
     scale_min: int = 1
     scale_max: int = 5
     weight: float = 1.0
+    #: a score below this rejects the task whatever the aggregate (a veto)
+    min_score: Optional[int] = None
 
 
 @dataclass
@@ -61,8 +64,36 @@ class JudgeConfig:
     criteria: list[CriterionConfig] = field(default_factory=list)
     #: how per-criterion scores combine: ``mean`` (weighted) or ``min``
     aggregation: str = "mean"
+    #: accept when the aggregate score is at least this
     threshold: float = 3.5
+    #: Jinja template of the judge's system message; sees ``criteria``
+    system_prompt: str = MISSING
+    temperature: float = 0.0
+    max_tokens: int = 1024
+    #: requests per task until a reply parses and validates
+    max_attempts: int = 3
+    #: replies longer than this are not parsed (recorded as failed)
+    max_reply_chars: int = 20_000
+    #: ``auto``: JSON-schema constrained decoding where the backend has it; ``off``
+    structured_output: str = "auto"
+    #: cap on each rationale (JSON-schema maxLength); null for APIs whose strict mode lacks it
+    rationale_max_chars: Optional[int] = 400
     backend: Optional[Any] = None
+
+
+@dataclass
+class DedupConfig:
+    """Removes repeated tasks before judging; the first occurrence is kept."""
+
+    #: identical after lower-casing and collapsing whitespace and punctuation
+    exact: bool = True
+    #: MinHash/LSH near-duplicates (datasketch; offline)
+    near: bool = True
+    #: estimated Jaccard similarity of word shingles at which two tasks are duplicates
+    threshold: float = 0.7
+    num_perm: int = 128
+    #: words per shingle
+    shingle_size: int = 3
 
 
 @dataclass
@@ -93,6 +124,9 @@ class SampleConfig:
     #: backend's model directory
     tokenizer: Optional[str] = None
     template: TemplateOverride = field(default_factory=TemplateOverride)
+    #: with stage=[sample,judge]: sample and judge in rounds of ``num_tasks`` until this many
+    #: tasks are accepted (or a budget ends the run)
+    target_accepted: Optional[int] = None
     backend: Optional[Any] = None
 
 
@@ -115,6 +149,8 @@ class RunConfig:
     root: str = "outputs"
     #: show progress bars (``None``: only on a terminal)
     progress: Optional[bool] = None
+    #: on a re-run, try items that failed before again (done items are never redone)
+    retry_failed: bool = True
 
 
 @dataclass
@@ -129,6 +165,8 @@ class LitecoderConfig:
     sandbox: Any = MISSING
     agent: Any = MISSING
     sample: SampleConfig = field(default_factory=SampleConfig)
+    dedup: DedupConfig = field(default_factory=DedupConfig)
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
     environment: StageBackendOnly = field(default_factory=StageBackendOnly)
     trajectory: StageBackendOnly = field(default_factory=StageBackendOnly)
     export: ExportConfig = field(default_factory=ExportConfig)

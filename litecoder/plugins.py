@@ -28,6 +28,7 @@ from .registry import Registry
 DEFAULT_PLUGINS = (
     "litecoder.domains",
     "litecoder.stages.sample",
+    "litecoder.stages.judge",
     "litecoder.stages.pending",
     "litecoder.backends.openai_compat",
     "litecoder.backends.vllm",

@@ -1,4 +1,4 @@
-"""A run: its directory, its config, the backends its stages share, and the stage loop."""
+"""A run: its directory, store, config, shared backends, budget, and the stage loop."""
 
 from __future__ import annotations
 
@@ -9,17 +9,20 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from .budget import Budget
 from .errors import ConfigError, StageNotBuilt
 from .plugins import Plugins, get_plugins
+from .store import RunStore
 
 log = logging.getLogger("litecoder")
 
 #: the order of ``stage=all``
 PIPELINE = ("sample", "judge", "environment", "trajectory", "export")
+STORE_FILE = "store.sqlite"
 
 
 class Run:
-    """Everything a stage needs: config, run directory, plugins and started backends."""
+    """Everything a stage needs: config, run directory, store, plugins and started backends."""
 
     def __init__(self, cfg: DictConfig, run_dir: Path, plugins: Plugins | None = None) -> None:
         self.cfg = cfg
@@ -27,10 +30,18 @@ class Run:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.name = self.dir.name
         self.plugins = plugins or get_plugins()
+        self.store = RunStore(self.dir / STORE_FILE)
+        self.budget = Budget(cfg.budget, self.store.totals())
+        #: sampling rounds planned so far (grows with ``sample.target_accepted``)
+        self.rounds = int(self.store.get_meta("rounds", "1"))
         self._backends: dict[str, Any] = {}
 
     def path(self, name: str) -> Path:
         return self.dir / name
+
+    def set_rounds(self, rounds: int) -> None:
+        self.rounds = rounds
+        self.store.set_meta("rounds", str(rounds))
 
     def backend_config(self, stage: str) -> DictConfig:
         """The stage's own ``<stage>.backend`` if set, else the run's ``backend``."""
@@ -56,6 +67,7 @@ class Run:
             except Exception:  # noqa: BLE001 - closing must reach every backend
                 log.exception("closing backend %s failed", backend)
         self._backends.clear()
+        self.store.close()
 
 
 def stage_names(value: Any, known: list[str]) -> list[str]:
@@ -72,29 +84,73 @@ def stage_names(value: Any, known: list[str]) -> list[str]:
     return names
 
 
+def _say(message: str) -> None:
+    print(f"litecoder: {message}", file=sys.stderr)
+
+
+def _run_stage(name: str, run: Run, plugins: Plugins) -> dict:
+    stage = plugins.registry("stage").get(name)()
+    plugins.pm.hook.litecoder_before_stage(stage=name, run=run)
+    summary = stage.run(run) or {}
+    plugins.pm.hook.litecoder_after_stage(stage=name, run=run, summary=summary)
+    _say(f"{name}: " + ", ".join(f"{k}={v}" for k, v in summary.items()))
+    return summary
+
+
+def _rounds(run: Run, names: list[str], plugins: Plugins, summaries: dict) -> str:
+    """Sample and judge in rounds until ``sample.target_accepted`` tasks are accepted."""
+    target = int(run.cfg.sample.target_accepted)
+    while True:
+        summaries["sample"] = _run_stage("sample", run, plugins)
+        summaries["judge"] = _run_stage("judge", run, plugins)
+        accepted = run.store.counts("judge").get("accepted", 0)
+        if accepted >= target:
+            return f"target reached: {accepted} accepted (sample.target_accepted={target})"
+        spent = run.budget.exhausted()
+        if spent:
+            return f"budget reached: {spent}; {accepted} of {target} accepted"
+        if run.rounds >= run.cfg.budget.max_rounds:
+            return f"budget reached: budget.max_rounds={run.cfg.budget.max_rounds}; {accepted} of {target} accepted"
+        run.set_rounds(run.rounds + 1)
+        log.info("round %d: %d of %d accepted so far", run.rounds, accepted, target)
+
+
 def execute(cfg: DictConfig, run_dir: Path, plugins: Plugins | None = None) -> dict[str, dict]:
     """Run the requested stages in order; returns each finished stage's summary."""
     plugins = plugins or get_plugins()
-    registry = plugins.registry("stage")
-    names = stage_names(cfg.stage, registry.names())
+    names = stage_names(cfg.stage, plugins.registry("stage").names())
+    target = cfg.sample.target_accepted
+    if target is not None and not {"sample", "judge"} <= set(names):
+        raise ConfigError("sample.target_accepted needs both stages: stage=[sample,judge] (or stage=all)")
     run = Run(cfg, run_dir, plugins)
     OmegaConf.save(cfg, run.path("config.yaml"), resolve=True)
     log.info("run %s: stages %s, output in %s", run.name, ", ".join(names), run.dir)
     summaries: dict[str, dict] = {}
     try:
-        for name in names:
-            stage = registry.get(name)()
-            plugins.pm.hook.litecoder_before_stage(stage=name, run=run)
+        remaining = list(names)
+        if target is not None:
+            _say(_rounds(run, names, plugins, summaries))
+            remaining = [n for n in names if n not in ("sample", "judge")]
+        for name in remaining:
             try:
-                summary = stage.run(run) or {}
+                summaries[name] = _run_stage(name, run, plugins)
             except StageNotBuilt as exc:
                 done = ", ".join(summaries) or "nothing"
-                print(f"litecoder: {exc}; stopping before it (finished: {done}).", file=sys.stderr)
+                _say(f"{exc}; stopping before it (finished: {done}).")
                 break
-            summaries[name] = summary
-            plugins.pm.hook.litecoder_after_stage(stage=name, run=run, summary=summary)
-            counts = ", ".join(f"{k}={v}" for k, v in summary.items())
-            print(f"litecoder: {name} done in {run.dir}: {counts}", file=sys.stderr)
+            if summaries[name].get("stopped_by"):
+                _say(f"{name} stopped early: {summaries[name]['stopped_by']}")
+                break
+        report_counts(run, names)
     finally:
         run.close()
     return summaries
+
+
+def report_counts(run: Run, names: list[str]) -> None:
+    """Print where every item of the run stands; the counts reconcile across stages."""
+    from .stages.judge import reconcile
+
+    line = reconcile(run.store) if "judge" in names or run.store.counts("judge") else None
+    if line:
+        _say(line)

