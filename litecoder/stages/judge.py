@@ -152,8 +152,10 @@ class JudgeStage:
             else:
                 to_judge.append(task)
         store.put(self.name, prefiltered)
-        stopped = asyncio.run(self._judge(run, to_judge)) if to_judge else None
-        self.export(run)
+        try:
+            stopped = asyncio.run(self._judge(run, to_judge)) if to_judge else None
+        finally:
+            self.export(run)  # the parquet views reflect the store even after an error or Ctrl-C
         counts = store.counts(self.name)
         summary = {"inputs": len(tasks), **{k: v for k, v in counts.items() if k != DONE}}
         if stopped and stopped not in ("breaker", "target"):

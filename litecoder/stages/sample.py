@@ -149,9 +149,11 @@ class SampleStage:
         finished = {DONE, FAILED} if not cfg.run.retry_failed else {DONE}
         todo = [r for r in requests if not all(states.get(sample_key(r.index, i)) in finished for i in range(r.n))]
         started = time.perf_counter()
-        stopped = asyncio.run(self._sample(run, backend, todo, method)) if todo else None
+        try:
+            stopped = asyncio.run(self._sample(run, backend, todo, method)) if todo else None
+        finally:
+            frame = self.export(run)  # the parquet view reflects the store even after an error or Ctrl-C
         wall = time.perf_counter() - started
-        frame = self.export(run)
         counts = run.store.counts(self.name)
         attempted = {r.index for r in todo}
         new_failures = [i for i in run.store.items(self.name, FAILED) if i.outcome == "failed" and i.record["request_index"] in attempted]
