@@ -109,3 +109,79 @@ def test_the_chat_fallback_on_the_real_server(cli, vllm_url):
     tasks = pl.read_parquet(cli.outputs / "chat" / "tasks.parquet")
     assert len(tasks) == 2 and (tasks["method"] == "chat_fallback").all()
     assert tasks["text"].str.len_chars().max() > 0
+
+
+JUDGE_FAST = ["judge.rationale_max_chars=120", "judge.max_tokens=400", "sample.max_tokens=80"]
+
+
+def read_store(run_dir):
+    import sqlite3
+
+    db = sqlite3.connect(f"file:{run_dir / 'store.sqlite'}?mode=ro", uri=True, timeout=30)
+    try:
+        return db.execute("SELECT stage, key, state, outcome FROM items").fetchall()
+    finally:
+        db.close()
+
+
+def assert_every_task_once(run_dir, planned):
+    tasks = pl.read_parquet(run_dir / "tasks.parquet")
+    judgments = pl.read_parquet(run_dir / "judgments.parquet")
+    assert len(tasks) == planned and tasks.select("request_index", "choice_index").is_unique().all()
+    sampled_ok = set(tasks.filter(pl.col("status").is_in(["ok", "truncated"]))["id"])
+    assert judgments["task_id"].is_unique().all()
+    assert set(judgments["task_id"]) == sampled_ok
+    failed_sampling = tasks.filter(pl.col("status").is_in(["failed", "empty"]))
+    assert len(failed_sampling) + len(judgments) == planned
+    assert set(judgments["verdict"]) <= {"accepted", "rejected", "duplicate", "failed"}
+    return tasks, judgments
+
+
+def test_sample_and_judge_on_the_real_server_with_structured_output(cli, vllm_url):
+    result = cli("stage=[sample,judge]", "run.name=judged", f"backend.url={vllm_url}", "domain=security",
+                 "sample.num_tasks=8", *JUDGE_FAST, timeout=1200)
+    assert result.returncode == 0, result.stderr[-3000:]
+    _, judgments = assert_every_task_once(cli.outputs / "judged", 8)
+    judged = judgments.filter(pl.col("aggregate").is_not_null())
+    assert len(judged) >= 1, judgments.select("verdict", "reason", "raw").to_dicts()
+    assert judged["scores"].list.len().min() == 5
+    assert "8 sampled = " in result.stderr
+
+
+@pytest.mark.parametrize("phase", ["sample", "judge"])
+def test_sigkill_mid_stage_then_resume_loses_and_repeats_nothing(tmp_path, vllm_url, phase):
+    args = [sys.executable, "-m", "litecoder", "stage=[sample,judge]", "run.name=killed", f"run.root={tmp_path}",
+            f"backend.url={vllm_url}", "sample.num_tasks=24", "sample.n=2", "backend.max_in_flight=4", *JUDGE_FAST]
+    run_dir = tmp_path / "killed"
+    process = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 900
+    while time.monotonic() < deadline and process.poll() is None:
+        if (run_dir / "store.sqlite").exists():
+            rows = read_store(run_dir)
+            if sum(1 for r in rows if r[0] == phase) >= 4:
+                break
+        time.sleep(0.5)
+    assert process.poll() is None, f"finished before it could be killed: {process.stderr.read()[-2000:]}"
+    process.kill()  # SIGKILL: no cleanup at all
+    process.wait()
+    before = read_store(run_dir)
+    assert 0 < len(before)
+    import sqlite3
+
+    assert sqlite3.connect(run_dir / "store.sqlite").execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    resumed = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=1500)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    after = read_store(run_dir)
+    # Nothing finished before the kill was lost or redone.
+    assert {(s, k) for s, k, st, _ in before if st == "done"} <= {(s, k) for s, k, st, _ in after if st == "done"}
+    assert_every_task_once(run_dir, 24)
+    assert "24 sampled = " in resumed.stderr and "+ 0 not judged yet" in resumed.stderr
+
+
+def test_target_accepted_on_the_real_server_ends_at_the_target_or_a_named_budget(cli, vllm_url):
+    result = cli("stage=[sample,judge]", "run.name=target", f"backend.url={vllm_url}", "domain=security",
+                 "sample.target_accepted=20", "sample.num_tasks=4", "budget.max_requests=16", *JUDGE_FAST, timeout=1500)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert ("target reached: 20 accepted" in result.stderr) or ("budget reached: budget.max_requests=16" in result.stderr)
+    judgments = pl.read_parquet(cli.outputs / "target" / "judgments.parquet")
+    assert (judgments["verdict"] == "accepted").sum() <= 20
