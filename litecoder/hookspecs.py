@@ -55,6 +55,15 @@ def litecoder_register_sandboxes(register: Any) -> None:
 
 
 @hookspec
+def litecoder_register_image_builders(register: Any) -> None:
+    """Register ways to make a sandbox base image that is missing.
+
+    ``register(name, build)``; ``build(sandbox_config, docker_client) -> image id``. The
+    name is what ``sandbox.builder`` selects.
+    """
+
+
+@hookspec
 def litecoder_register_agents(register: Any) -> None:
     """Register terminal agents (the loop that turns model replies into commands).
 

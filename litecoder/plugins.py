@@ -32,7 +32,8 @@ DEFAULT_PLUGINS = (
     "litecoder.stages.pending",
     "litecoder.backends.openai_compat",
     "litecoder.backends.vllm",
-    "litecoder.sandboxes",
+    "litecoder.sandboxes.docker",
+    "litecoder.sandboxes.images",
     "litecoder.agents",
 )
 
@@ -42,6 +43,7 @@ KINDS = {
     "backend": ("litecoder_register_backends", "backend"),
     "domain": ("litecoder_register_domains", "domain"),
     "sandbox": ("litecoder_register_sandboxes", "sandbox"),
+    "image_builder": ("litecoder_register_image_builders", None),
     "agent": ("litecoder_register_agents", "agent"),
     "exporter": ("litecoder_register_exporters", None),
 }

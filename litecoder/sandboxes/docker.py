@@ -1,34 +1,286 @@
-"""Docker sandbox settings. The sandbox itself is not built yet; its config is real so
-that ``sandbox=docker`` composes and is validated today."""
+"""The Docker sandbox: containers on a real engine through the ``docker`` SDK.
+
+Safe by default: no network unless ``sandbox.network`` is true, CPU, memory, process and
+file-size limits, no privileges, no new privileges, no host mounts, no Docker socket.
+Everything litecoder creates carries the ``litecoder.run`` label, so whatever a killed run
+left behind is removed when the same run starts again (and at its end, and on Ctrl-C).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+import io
+import logging
+import os
+import posixpath
+import signal
+import tarfile
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Optional
 
 from .. import hookimpl
-from ..errors import StageNotBuilt
+from .base import ExecResult, HeadTail, SandboxError
+
+log = logging.getLogger(__name__)
+
+LABEL_RUN = "litecoder.run"
+LABEL_ITEM = "litecoder.item"
+KEEPALIVE = ["sleep", "infinity"]
+
+#: Runs $1 in its own process group with a deadline of $2 seconds, then kills whatever is
+#: left of that group, so neither a timeout nor a stray background job outlives the command.
+RUNNER = r"""
+setsid bash -c "$1" &
+pid=$!
+( sleep "$2"; kill -9 -"$pid" 2>/dev/null ) &
+watchdog=$!
+wait "$pid" 2>/dev/null
+status=$?
+kill -9 -"$pid" 2>/dev/null
+kill "$watchdog" 2>/dev/null
+exit "$status"
+"""
+START_HINT = "start one with `bash scripts/setup.sh` (installs Debian's docker.io and starts dockerd) or run `dockerd &` as root"
 
 
 @dataclass
 class DockerSandboxConfig:
     type: str = "docker"
-    #: base image; built by ``builder`` when missing locally
+    #: base image; made by ``builder`` when it is missing locally
     image: str = "litecoder-base:bookworm"
-    #: ``debootstrap``, ``pull`` or ``dockerfile``
+    #: ``debootstrap`` (offline, from Debian packages), ``pull`` or ``dockerfile``
     builder: str = "debootstrap"
+    #: packages of the debootstrap image
+    packages: list[str] = field(default_factory=lambda: [
+        "bash", "coreutils", "git", "python3", "procps", "tmux", "curl", "ca-certificates",
+        "less", "nano", "file", "patch", "diffutils", "findutils", "grep", "sed", "gawk",
+    ])
+    suite: str = "bookworm"
+    #: Debian mirror for debootstrap; null: the first one in the host's apt sources
+    mirror: Optional[str] = None
+    #: Dockerfile directory for ``builder=dockerfile``
+    dockerfile_dir: Optional[str] = None
     #: containers get no network unless this is true
     network: bool = False
     cpus: float = 1.0
     memory: str = "2g"
-    pids_limit: int = 512
+    pids_limit: int = 256
+    #: largest single file a command may write (RLIMIT_FSIZE)
+    max_file_bytes: int = 1 << 30
+    #: a container whose writable layer grows past this fails its item
+    max_disk_bytes: int = 4 << 30
     #: containers running at once
     max_containers: int = 4
+    #: output kept per command (head and tail)
+    max_output_bytes: int = 16_000
+    #: Docker API timeout in seconds
+    api_timeout: float = 120.0
+
+
+def docker_client(timeout: float = 120.0):
+    """A client for the local engine, or one clear line saying how to start one."""
+    import docker
+
+    try:
+        client = docker.from_env(timeout=int(timeout))
+        client.ping()
+    except Exception as exc:  # noqa: BLE001 - every failure here means "no engine"
+        raise SandboxError(f"no Docker engine is reachable ({type(exc).__name__}); {START_HINT}") from exc
+    return client
+
+
+class DockerSession:
+    """One container for one item."""
+
+    def __init__(self, sandbox: "DockerSandbox", container: Any, item: str) -> None:
+        self.sandbox = sandbox
+        self.container = container
+        self.id = container.id
+        self.item = item
+        self._removed = False
+
+    def exec(self, command: str, *, timeout: float, max_output_bytes: int | None = None) -> ExecResult:
+        """Run ``command`` with bash; background processes it leaves are killed with it."""
+        config = self.sandbox.config
+        api = self.sandbox.client.api
+        seconds = max(1, int(round(timeout)))
+        exec_id = api.exec_create(self.id, ["bash", "-c", RUNNER, "litecoder", command, str(seconds)],
+                                  stdout=True, stderr=True, workdir="/root")["Id"]
+        keeper = HeadTail(max_output_bytes or config.max_output_bytes)
+        pids_hit_before = self._pids_limit_hits()
+        started = time.monotonic()
+
+        def pump() -> None:
+            try:
+                for chunk in api.exec_start(exec_id, stream=True, demux=False):
+                    keeper.feed(chunk)
+            except Exception as exc:  # noqa: BLE001 - a broken stream ends the command
+                keeper.feed(f"\n[output stream ended: {type(exc).__name__}]\n".encode())
+
+        reader = threading.Thread(target=pump, daemon=True)
+        reader.start()
+        reader.join(seconds + 15)
+        escaped = reader.is_alive()
+        if escaped:  # something outlived the timeout (it left the process group)
+            self._kill_strays()
+            reader.join(10)
+        elapsed = time.monotonic() - started
+        exit_code = api.exec_inspect(exec_id).get("ExitCode")
+        timed_out = escaped or (exit_code == 137 and elapsed >= seconds - 0.5)
+        notes = []
+        if timed_out:
+            notes.append(f"[command stopped after {seconds}s]")
+        elif exit_code == 137:
+            notes.append(f"[command killed: out of memory (sandbox.memory={config.memory}) or signalled]")
+        if self._pids_limit_hits() > pids_hit_before:
+            notes.append(f"[process limit sandbox.pids_limit={config.pids_limit} reached]")
+            exit_code = exit_code or 1
+        if exit_code == 153:  # 128 + SIGXFSZ
+            notes.append(f"[file size limit sandbox.max_file_bytes={config.max_file_bytes} reached]")
+        used = self.disk_usage()
+        if used is not None and used > config.max_disk_bytes:
+            notes.append(f"[container disk use {used} bytes exceeds sandbox.max_disk_bytes={config.max_disk_bytes}]")
+            exit_code = exit_code or 1
+        output = keeper.text() + ("\n" + "\n".join(notes) if notes else "")
+        return ExecResult(exit_code, output, keeper.cut, timed_out, elapsed)
+
+    def _pids_limit_hits(self) -> int:
+        """How often the container hit its process limit (cgroup ``pids.events``), if readable."""
+        for path in (f"/sys/fs/cgroup/pids/docker/{self.id}/pids.events",
+                     f"/sys/fs/cgroup/system.slice/docker-{self.id}.scope/pids.events"):
+            try:
+                for line in open(path):
+                    name, _, value = line.partition(" ")
+                    if name == "max":
+                        return int(value)
+            except OSError:
+                continue
+        return 0
+
+    def disk_usage(self) -> int | None:
+        try:
+            return self.sandbox.client.api.inspect_container(self.id, size=True).get("SizeRw")
+        except Exception:  # noqa: BLE001 - size is advisory
+            return None
+
+    def _kill_strays(self) -> None:
+        """Kill every process in the container except its init and keep-alive, from the host."""
+        try:
+            top = self.container.top(ps_args="-eo pid,args")
+        except Exception:  # noqa: BLE001
+            top = {"Processes": []}
+        for pid, args in (row[:2] for row in top.get("Processes") or []):
+            if args.startswith(("/sbin/docker-init", "/dev/init", "sleep infinity")):
+                continue
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except (ProcessLookupError, PermissionError, ValueError):
+                pass
+
+    def write_files(self, files: dict[str, bytes | str], *, mode: int = 0o644) -> None:
+        buffer = io.BytesIO()
+        with tarfile.open(fileobj=buffer, mode="w") as archive:
+            for path, content in files.items():
+                data = content.encode() if isinstance(content, str) else content
+                info = tarfile.TarInfo(posixpath.normpath(path).lstrip("/"))
+                info.size, info.mode, info.mtime = len(data), mode, int(time.time())
+                archive.addfile(info, io.BytesIO(data))
+        self.container.put_archive("/", buffer.getvalue())
+
+    def read_file(self, path: str, *, max_bytes: int = 1_000_000) -> bytes:
+        stream, _ = self.container.get_archive(path)
+        data = b"".join(stream)
+        with tarfile.open(fileobj=io.BytesIO(data)) as archive:
+            member = archive.next()
+            if member is None or not member.isfile():
+                raise FileNotFoundError(path)
+            return archive.extractfile(member).read(max_bytes)
+
+    def snapshot(self, repository: str, tag: str, labels: dict[str, str] | None = None) -> str:
+        changes = [f'LABEL {k}="{v}"' for k, v in {LABEL_RUN: self.sandbox.run_name, **(labels or {})}.items()]
+        image = self.container.commit(repository=repository, tag=tag, changes=changes)
+        return image.id
+
+    def remove(self) -> None:
+        if self._removed:
+            return
+        self._removed = True
+        try:
+            self.container.remove(force=True)
+        except Exception as exc:  # noqa: BLE001 - already gone is fine
+            log.debug("removing %s: %s", self.id[:12], exc)
+        finally:
+            self.sandbox._slots.release()
 
 
 class DockerSandbox:
-    def __init__(self, config: Any, run: Any = None) -> None:
-        raise StageNotBuilt("the Docker sandbox is not built yet (planned: environment stage)")
+    """Opens containers for a run, bounded in number, and cleans up after it."""
+
+    def __init__(self, config: Any, run_name: str) -> None:
+        self.config = config
+        self.run_name = run_name
+        self.client = docker_client(config.api_timeout)
+        self._slots = threading.BoundedSemaphore(max(1, int(config.max_containers)))
+        left = self.cleanup()
+        if left:
+            log.warning("removed %d containers a previous attempt of run %s left behind", left, run_name)
+
+    def ensure_image(self, builders: Any) -> str:
+        import docker
+
+        try:
+            return self.client.images.get(self.config.image).id
+        except docker.errors.ImageNotFound:
+            pass
+        builder = builders.get(self.config.builder)
+        log.info("image %s is missing; building it with the %s builder", self.config.image, self.config.builder)
+        return builder(self.config, self.client)
+
+    def open(self, item: str, image: str | None = None) -> DockerSession:
+        self._slots.acquire()
+        try:
+            container = self.client.containers.run(
+                image or self.config.image,
+                KEEPALIVE,
+                detach=True,
+                init=True,
+                network_mode="bridge" if self.config.network else "none",
+                nano_cpus=int(float(self.config.cpus) * 1e9),
+                mem_limit=self.config.memory,
+                memswap_limit=self.config.memory,
+                pids_limit=int(self.config.pids_limit),
+                ulimits=[_ulimit("fsize", int(self.config.max_file_bytes))],
+                privileged=False,
+                security_opt=["no-new-privileges"],
+                labels={LABEL_RUN: self.run_name, LABEL_ITEM: item},
+                working_dir="/root",
+                hostname="sandbox",
+            )
+        except Exception as exc:
+            self._slots.release()
+            raise SandboxError(f"cannot start a container from {image or self.config.image}: {exc}") from exc
+        return DockerSession(self, container, item)
+
+    def cleanup(self) -> int:
+        removed = 0
+        for container in self.client.containers.list(all=True, filters={"label": f"{LABEL_RUN}={self.run_name}"}):
+            try:
+                container.remove(force=True)
+                removed += 1
+            except Exception as exc:  # noqa: BLE001
+                log.warning("could not remove container %s: %s", container.short_id, exc)
+        return removed
+
+    def close(self) -> None:
+        self.cleanup()
+        self.client.close()
+
+
+def _ulimit(name: str, value: int):
+    from docker.types import Ulimit
+
+    return Ulimit(name=name, soft=value, hard=value)
 
 
 @hookimpl

@@ -1,0 +1,96 @@
+"""What a sandbox offers: run a command with limits, move files, snapshot, remove.
+
+Every command a model writes runs inside a sandbox, never on the host. Output is capped:
+the head and the tail are kept and the cut is stated, so a runaway ``yes`` cannot flood
+memory or a model's context.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+from ..errors import LitecoderError
+
+
+class SandboxError(LitecoderError):
+    """The sandbox cannot be used at all (no engine, no image)."""
+
+
+@dataclass
+class ExecResult:
+    exit_code: int | None
+    output: str
+    #: bytes of output dropped from the middle
+    cut_bytes: int
+    timed_out: bool
+    duration_s: float
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0 and not self.timed_out
+
+
+class HeadTail:
+    """Keeps the first and last ``limit // 2`` bytes of a stream and counts the rest."""
+
+    def __init__(self, limit: int) -> None:
+        self.half = max(1, limit // 2)
+        self.head = bytearray()
+        self.tail = bytearray()
+        self.total = 0
+
+    def feed(self, chunk: bytes) -> None:
+        self.total += len(chunk)
+        room = self.half - len(self.head)
+        if room > 0:
+            self.head += chunk[:room]
+            chunk = chunk[room:]
+        if chunk:
+            self.tail += chunk
+            if len(self.tail) > self.half:
+                del self.tail[: len(self.tail) - self.half]
+
+    @property
+    def cut(self) -> int:
+        return self.total - len(self.head) - len(self.tail)
+
+    def text(self) -> str:
+        head = self.head.decode("utf-8", errors="replace")
+        tail = self.tail.decode("utf-8", errors="replace")
+        if self.cut:
+            return f"{head}\n[... {self.cut} bytes of output cut ...]\n{tail}"
+        return head + tail
+
+
+def clip(data: bytes | str, limit: int) -> tuple[str, int]:
+    """Head and tail of ``data`` within ``limit`` bytes, and how many bytes were cut."""
+    keeper = HeadTail(limit)
+    keeper.feed(data.encode() if isinstance(data, str) else data)
+    return keeper.text(), keeper.cut
+
+
+class Session(Protocol):
+    """One running container (or other isolated machine) for one item."""
+
+    id: str
+
+    def exec(self, command: str, *, timeout: float, max_output_bytes: int | None = None) -> ExecResult: ...
+
+    def write_files(self, files: dict[str, bytes | str], *, mode: int = 0o644) -> None: ...
+
+    def read_file(self, path: str, *, max_bytes: int = 1_000_000) -> bytes: ...
+
+    def snapshot(self, repository: str, tag: str, labels: dict[str, str] | None = None) -> str: ...
+
+    def remove(self) -> None: ...
+
+
+class Sandbox(Protocol):
+    def open(self, item: str, image: str | None = None) -> Session:
+        """A fresh session from ``image`` (default: the configured base image)."""
+
+    def cleanup(self) -> int:
+        """Remove everything this run left behind; returns how many containers went."""
+
+    def close(self) -> None: ...
