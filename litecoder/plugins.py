@@ -29,6 +29,7 @@ DEFAULT_PLUGINS = (
     "litecoder.domains",
     "litecoder.stages.sample",
     "litecoder.stages.judge",
+    "litecoder.stages.environment",
     "litecoder.stages.pending",
     "litecoder.backends.openai_compat",
     "litecoder.backends.vllm",

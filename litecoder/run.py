@@ -35,6 +35,16 @@ class Run:
         #: sampling rounds planned so far (grows with ``sample.target_accepted``)
         self.rounds = int(self.store.get_meta("rounds", "1"))
         self._backends: dict[str, Any] = {}
+        self._sandbox: Any = None
+
+    def sandbox(self) -> Any:
+        """The run's sandbox, created on first use with its base image ready."""
+        if self._sandbox is None:
+            factory = self.plugins.registry("sandbox").get(self.cfg.sandbox.type)
+            sandbox = factory(self.cfg.sandbox, self.name)
+            self._sandbox = sandbox
+            sandbox.ensure_image(self.plugins.registry("image_builder"))
+        return self._sandbox
 
     def path(self, name: str) -> Path:
         return self.dir / name
@@ -67,6 +77,12 @@ class Run:
             except Exception:  # noqa: BLE001 - closing must reach every backend
                 log.exception("closing backend %s failed", backend)
         self._backends.clear()
+        if self._sandbox is not None:
+            try:
+                self._sandbox.close()  # removes every container of this run
+            except Exception:  # noqa: BLE001
+                log.exception("closing the sandbox failed")
+            self._sandbox = None
         self.store.close()
 
 

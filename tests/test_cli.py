@@ -41,7 +41,7 @@ def test_without_a_name_the_run_gets_a_timestamped_directory(cli, stub_server, m
 def test_stage_all_runs_what_is_built_and_names_what_is_not(cli, stub_server, model_dir):
     result = cli("stage=all", "run.name=chain", f"backend.url={stub_server.url}", "sample.num_tasks=2")
     assert result.returncode == 0, result.stderr
-    assert "stage 'environment' is not built yet; stopping before it (finished: sample, judge)" in result.stderr
+    assert "stage 'trajectory' is not built yet; stopping before it (finished: sample, judge, environment)" in result.stderr
     assert "Traceback" not in result.stderr
     assert (cli.outputs / "chain" / "tasks.parquet").is_file()
 

@@ -16,5 +16,5 @@ class PendingStage:
 
 @hookimpl
 def litecoder_register_stages(register):
-    for name in ("environment", "trajectory", "export"):
+    for name in ("trajectory", "export"):
         register(name, lambda name=name: PendingStage(name))

@@ -1,0 +1,266 @@
+"""Environment preparation: an agent builds each accepted task's starting state in Docker.
+
+The agent acts in turns (a JSON reply with commands, validated against a schema; the
+commands' output comes back) until it declares the state ready and hands over a verifier
+script. The container is then committed as the task's image. The verifier is kept outside
+that image and run once, in a fresh container from it: it must report "not solved" on the
+prepared state, or the task is trivial (or the verifier wrong) and is rejected.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import jinja2
+import polars as pl
+from omegaconf import OmegaConf
+from tqdm import tqdm
+
+from .. import hookimpl
+from ..backends.openai_compat import RequestError
+from ..budget import request_cost
+from ..dispatch import Dispatcher
+from ..errors import BackendError, ConfigError
+from ..replies import ReplyError, parse_reply
+from ..sandboxes.base import SandboxError, clip
+from ..store import DONE, FAILED
+from ..tables import write_parquet_atomic
+from .sample import backend_identity
+
+log = logging.getLogger(__name__)
+
+ENVIRONMENTS_FILE = "environments.parquet"
+READY, REJECTED = "ready", "rejected"
+IMAGE_REPOSITORY = "litecoder-env"
+VERIFIER_PATH = "/tmp/.litecoder-verifier.sh"
+
+REPLY_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "analysis": {"type": "string", "maxLength": 2000},
+        "commands": {"type": "array", "items": {"type": "string", "maxLength": 8000}, "maxItems": 20},
+        "verifier": {"type": "string", "maxLength": 12000},
+        "ready": {"type": "boolean"},
+        "give_up": {"type": "boolean"},
+    },
+    "required": ["analysis", "commands", "verifier", "ready", "give_up"],
+    "additionalProperties": False,
+}
+
+SCHEMA = {
+    "task_id": pl.String,
+    "text": pl.String,
+    "status": pl.String,
+    "reason": pl.String,
+    "image": pl.String,
+    "image_id": pl.String,
+    "changed_paths": pl.List(pl.String),
+    "commands": pl.List(pl.Struct({"command": pl.String, "exit_code": pl.Int64, "timed_out": pl.Boolean, "duration_s": pl.Float64})),
+    "verifier": pl.String,
+    "verifier_exit_code": pl.Int64,
+    "verifier_output": pl.String,
+    "steps": pl.Int64,
+    "model": pl.String,
+    "prompt_tokens": pl.Int64,
+    "completion_tokens": pl.Int64,
+    "wall_s": pl.Float64,
+    "prepared_at": pl.String,
+}
+
+#: paths every container changes by itself; not part of "what the agent created"
+NOISE = ("/root/.bash_history", "/tmp/.litecoder")
+
+
+class ItemFailed(Exception):
+    """The item ends failed with this reason (not a run failure)."""
+
+
+def image_tag(task_id: str) -> str:
+    return f"{IMAGE_REPOSITORY}:{task_id}"
+
+
+class EnvironmentStage:
+    name = "environment"
+
+    def identity(self, cfg: Any, backend_config: Any) -> dict:
+        env = OmegaConf.to_container(cfg.environment, resolve=True)
+        env.pop("backend", None)
+        sandbox = OmegaConf.to_container(cfg.sandbox, resolve=True)
+        return {"environment": env, "sandbox": {k: sandbox.get(k) for k in ("type", "image", "network")},
+                "backend": backend_identity(backend_config)}
+
+    def run(self, run: Any) -> dict:
+        cfg, store = run.cfg, run.store
+        stale = store.begin_stage(self.name, self.identity(cfg, run.backend_config(self.name)))
+        accepted = [i.record for i in store.items("judge", DONE) if i.outcome == "accepted"]
+        if not store.items("judge"):
+            raise ConfigError(f"no judged tasks in {run.dir}; run stage=[sample,judge] first")
+        stale += store.retire(self.name, {t["task_id"] for t in accepted})
+        if stale:
+            log.warning("environment: %d earlier results are stale and will be redone", stale)
+        finished = {DONE} if cfg.run.retry_failed else {DONE, FAILED}
+        states = store.states(self.name)
+        todo = [t for t in accepted if states.get(t["task_id"]) not in finished]
+        try:
+            if todo:
+                sandbox = run.sandbox()
+                asyncio.run(self._prepare_all(run, sandbox, todo))
+        finally:
+            self.export(run)
+        counts = store.counts(self.name)
+        return {"inputs": len(accepted), **{k: v for k, v in counts.items() if k != DONE}}
+
+    async def _prepare_all(self, run: Any, sandbox: Any, tasks: list[dict]) -> None:
+        cfg = run.cfg
+        backend = run.backend(self.name)
+        client = backend.client()
+        show = cfg.run.progress if cfg.run.progress is not None else sys.stderr.isatty()
+        bar = tqdm(total=len(tasks), desc="environment", unit="task", disable=not show)
+        request_errors: list[str] = []
+
+        async def one(task: dict) -> bool:
+            record = await self._prepare(run, sandbox, backend, client, task, request_errors)
+            state = DONE if record["status"] in (READY, REJECTED) else FAILED
+            run.store.put(self.name, [(task["task_id"], state, record["status"], record["reason"], record)])
+            bar.update(1)
+            return record.get("request_failed") is not True
+
+        dispatcher = Dispatcher(int(cfg.sandbox.max_containers), stop=run.budget.exhausted)
+        try:
+            stopped = await dispatcher.run(tasks, one)
+        finally:
+            bar.close()
+            await client.aclose()
+        if stopped == "breaker":
+            cause = getattr(backend, "diagnose", lambda: None)() or f"first error: {request_errors[0]}"
+            raise BackendError(f"environment agent requests keep failing, stopping; {cause}")
+
+    async def _prepare(self, run: Any, sandbox: Any, backend: Any, client: Any, task: dict, request_errors: list) -> dict:
+        env = run.cfg.environment
+        render = jinja2.Environment(undefined=jinja2.StrictUndefined)
+        system = render.from_string(env.system_prompt).render(max_steps=env.max_steps, command_timeout=env.command_timeout)
+        messages = [{"role": "system", "content": system},
+                    {"role": "user", "content": render.from_string(env.instruction).render(task=task["text"])}]
+        params: dict[str, Any] = {"temperature": env.temperature, "max_tokens": env.max_tokens}
+        if env.structured_output == "auto" and getattr(backend, "supports_structured_output", False):
+            params["response_format"] = {"type": "json_schema", "json_schema": {"name": "environment_step", "schema": REPLY_SCHEMA}}
+        record: dict[str, Any] = {
+            "task_id": task["task_id"], "text": task["text"], "status": FAILED, "reason": None, "commands": [],
+            "changed_paths": [], "steps": 0, "model": backend.describe().get("model") or "",
+            "usage": {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0},
+        }
+        started = time.monotonic()
+        session = None
+        try:
+            session = await asyncio.to_thread(sandbox.open, task["task_id"])
+            verifier = await self._converse(run, backend, client, session, messages, params, record, started, request_errors)
+            record["verifier"] = verifier
+            record["image_id"] = await asyncio.to_thread(session.snapshot, IMAGE_REPOSITORY, task["task_id"], {"litecoder.task": task["task_id"]})
+            record["image"] = image_tag(task["task_id"])
+            changes = await asyncio.to_thread(session.container.diff)
+            record["changed_paths"] = sorted(c["Path"] for c in changes or [] if not c["Path"].startswith(NOISE))
+            await asyncio.to_thread(session.remove)
+            session = None
+            exit_code, output = await asyncio.to_thread(self._verify, sandbox, record["image_id"], task["task_id"], verifier, env)
+            record["verifier_exit_code"], record["verifier_output"] = exit_code, output
+            self._save_verifier(run, task["task_id"], verifier)
+            if exit_code == 0:
+                record["status"], record["reason"] = REJECTED, "the verifier reports the task solved on the prepared state"
+                await asyncio.to_thread(sandbox.client.images.remove, record["image_id"], force=True)
+            else:
+                record["status"] = READY
+        except ItemFailed as exc:
+            record["reason"] = str(exc)
+        except SandboxError as exc:
+            record["reason"] = f"sandbox: {exc}"
+        except Exception as exc:  # noqa: BLE001 - Docker API errors end the item, not the run
+            if type(exc).__module__.startswith("docker"):
+                record["reason"] = f"docker: {exc}"
+            else:
+                raise
+        finally:
+            if session is not None:
+                await asyncio.to_thread(session.remove)
+        usage = record["usage"]
+        usage["cost_usd"] = request_cost(run.backend_config(self.name), usage["prompt_tokens"], usage["completion_tokens"])
+        run.budget.add(usage)
+        record["prompt_tokens"], record["completion_tokens"] = usage["prompt_tokens"], usage["completion_tokens"]
+        record["wall_s"] = round(time.monotonic() - started, 2)
+        record["prepared_at"] = datetime.now(timezone.utc).isoformat()
+        return record
+
+    async def _converse(self, run, backend, client, session, messages, params, record, started, request_errors) -> str:
+        """Turns until the agent is ready; returns the verifier or raises ``ItemFailed``."""
+        env = run.cfg.environment
+        for step in range(1, int(env.max_steps) + 1):
+            if time.monotonic() - started > env.max_wall_time:
+                raise ItemFailed(f"wall-time limit of {env.max_wall_time:.0f}s reached after {step - 1} steps")
+            record["steps"] = step
+            try:
+                result = await client.chat(messages, n=1, **params)
+            except RequestError as exc:
+                request_errors.append(str(exc))
+                record["request_failed"] = True
+                raise ItemFailed(f"request failed: {exc}") from exc
+            usage = record["usage"]
+            usage["requests"] += 1
+            usage["prompt_tokens"] += result.prompt_tokens or 0
+            usage["completion_tokens"] += result.completion_tokens or 0
+            text = result.choices[0].text if result.choices else ""
+            messages.append({"role": "assistant", "content": text})
+            try:
+                reply = parse_reply(text, REPLY_SCHEMA, max_chars=int(env.max_reply_chars))
+            except ReplyError as exc:
+                messages.append({"role": "user", "content": f"Your reply was not usable: {exc}. Reply with one JSON object as described."})
+                continue
+            if reply["give_up"]:
+                raise ItemFailed(f"the agent gave up: {reply['analysis'][:300]}")
+            observations = []
+            for command in reply["commands"][: int(env.max_commands_per_step)]:
+                outcome = await asyncio.to_thread(session.exec, command, timeout=float(env.command_timeout))
+                record["commands"].append({"command": command, "exit_code": outcome.exit_code,
+                                           "timed_out": outcome.timed_out, "duration_s": round(outcome.duration_s, 2)})
+                observations.append(f"$ {command}\n{outcome.output}\n[exit code {outcome.exit_code}]")
+            if reply["ready"]:
+                if not reply["verifier"].strip():
+                    messages.append({"role": "user", "content": "You are ready but gave no verifier. Reply again with the verifier script."})
+                    continue
+                return reply["verifier"]
+            observation, _ = clip("\n\n".join(observations) or "(no commands)", int(env.max_observation_bytes))
+            messages.append({"role": "user", "content": observation})
+        raise ItemFailed(f"step limit of {env.max_steps} reached before the agent declared the state ready")
+
+    @staticmethod
+    def _verify(sandbox: Any, image_id: str, task_id: str, verifier: str, env: Any) -> tuple[int | None, str]:
+        session = sandbox.open(f"{task_id}-verify", image=image_id)
+        try:
+            session.write_files({VERIFIER_PATH: verifier}, mode=0o755)
+            result = session.exec(f"bash {VERIFIER_PATH}", timeout=float(env.verifier_timeout))
+            return (124 if result.timed_out else result.exit_code), result.output[-2000:]
+        finally:
+            session.remove()
+
+    @staticmethod
+    def _save_verifier(run: Any, task_id: str, verifier: str) -> Path:
+        path = run.path("environments") / task_id / "verifier.sh"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(verifier)
+        return path
+
+    def export(self, run: Any) -> None:
+        records = [i.record for i in run.store.items(self.name)]
+        frame = pl.DataFrame([{k: r.get(k) for k in SCHEMA} for r in records], schema=SCHEMA)
+        frame = frame.with_columns(pl.col("prepared_at").str.to_datetime(time_zone="UTC", time_unit="us"))
+        write_parquet_atomic(frame, run.path(ENVIRONMENTS_FILE))
+
+
+@hookimpl
+def litecoder_register_stages(register):
+    register("environment", EnvironmentStage)
