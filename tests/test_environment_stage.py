@@ -1,0 +1,140 @@
+"""The environment stage on the real Docker engine, with a scripted agent (and the real one
+in test_vllm.py): a merge-conflict repository, its verifier, and every failure path."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import polars as pl
+import pytest
+from omegaconf import OmegaConf
+
+from litecoder.run import execute
+from litecoder.sandboxes.docker import LABEL_RUN, DockerSandbox, DockerSandboxConfig
+
+from .stub_openai import StubServer, completion_body
+
+pytestmark = pytest.mark.docker
+
+CRITERIA = ["complexity_balance", "clarity", "resource_availability", "verifiability", "safety"]
+ACCEPT = json.dumps({c: {"rationale": "fine", "score": 5} for c in CRITERIA})
+TASK = "Resolve the merge conflict in the git repository /srv/repo so that app.py keeps both greetings, then commit the merge."
+
+SETUP_CONFLICT = [
+    "git config --global user.email dev@example.com && git config --global user.name Dev && git config --global init.defaultBranch main",
+    "mkdir -p /srv/repo && cd /srv/repo && git init -q && printf 'greeting = \"hello\"\\n' > app.py && git add app.py && git commit -qm base",
+    "cd /srv/repo && git checkout -q -b feature && printf 'greeting = \"hello, world\"\\n' > app.py && git commit -qam feature",
+    "cd /srv/repo && git checkout -q main && printf 'greeting = \"hi\"\\n' > app.py && git commit -qam main-change",
+    "cd /srv/repo && git merge feature; git status --short",
+]
+VERIFIER = """#!/bin/bash
+cd /srv/repo || exit 1
+if grep -qE '^(<<<<<<<|=======|>>>>>>>)' app.py; then exit 1; fi
+if git rev-parse -q --verify MERGE_HEAD >/dev/null; then exit 1; fi
+git log --merges --oneline | grep -q . || exit 1
+exit 0
+"""
+
+
+def step(commands=(), *, ready=False, verifier="", give_up=False, analysis="working"):
+    return json.dumps({"analysis": analysis, "commands": list(commands), "verifier": verifier, "ready": ready, "give_up": give_up})
+
+
+class Scripted:
+    """Samples one task, accepts it, and plays the environment agent from a script."""
+
+    def __init__(self, script):
+        self.script = script
+        self.environment_requests = []
+
+    def __call__(self, path, body):
+        if not path.endswith("chat/completions"):
+            return 200, completion_body([TASK] * int(body.get("n", 1))), 0
+        system = body["messages"][0]["content"]
+        if "task proposals" in system:
+            return 200, completion_body([ACCEPT], chat=True), 0
+        self.environment_requests.append(body)
+        turn = sum(1 for m in body["messages"] if m["role"] == "assistant")
+        reply = self.script(turn)
+        return 200, completion_body([reply], chat=True), 0
+
+
+def run_environment(compose_cfg, tmp_path, script, *overrides):
+    model = Scripted(script)
+    with StubServer(model) as server:
+        cfg = compose_cfg("stage=[sample,judge,environment]", f"backend.url={server.url}", "sample.num_tasks=1",
+                          "sample.n=1", "backend.retry_initial_wait=0.01", "sandbox.max_containers=2", *overrides)
+        execute(cfg, tmp_path)
+    frame = pl.read_parquet(tmp_path / "environments.parquet")
+    assert leftovers(tmp_path.name) == []
+    return frame, model
+
+
+def leftovers(run_name):
+    out = subprocess.run(["docker", "ps", "-aq", "--filter", f"label={LABEL_RUN}={run_name}"], capture_output=True, text=True)
+    return out.stdout.split()
+
+
+def conflict_script(turn):
+    if turn == 0:
+        return step(SETUP_CONFLICT, analysis="build a repository with a conflicted merge")
+    return step(ready=True, verifier=VERIFIER, analysis="the conflict is in place")
+
+
+def test_a_merge_conflict_is_prepared_committed_and_verified_as_unsolved(compose_cfg, tmp_path, model_dir):
+    frame, model = run_environment(compose_cfg, tmp_path, conflict_script)
+    row = frame.row(0, named=True)
+    assert row["status"] == "ready", row["reason"]
+    assert row["verifier_exit_code"] not in (0, None)
+    assert row["steps"] == 2 and len(row["commands"]) == len(SETUP_CONFLICT)
+    assert any(p.startswith("/srv/repo") for p in row["changed_paths"])
+    assert (tmp_path / "environments" / row["task_id"] / "verifier.sh").read_text() == VERIFIER
+    # The agent saw the commands' output.
+    assert "CONFLICT" in model.environment_requests[1]["messages"][-1]["content"]
+    # A new container from the committed image has the conflict, and not the verifier.
+    config = OmegaConf.structured(DockerSandboxConfig)
+    sandbox = DockerSandbox(config, "test-env-check")
+    try:
+        session = sandbox.open("check", image=row["image"])
+        status = session.exec("cd /srv/repo && git status --short && ls /tmp", timeout=30)
+        assert "UU app.py" in status.output and ".litecoder-verifier" not in status.output
+        session.write_files({"/tmp/v.sh": VERIFIER}, mode=0o755)
+        assert session.exec("bash /tmp/v.sh", timeout=30).exit_code == 1  # not solved
+        solve = "cd /srv/repo && printf 'greeting = \"hello, world\"\\ngreeting2 = \"hi\"\\n' > app.py && git add app.py && git commit -qm merge"
+        assert session.exec(solve, timeout=30).ok
+        assert session.exec("bash /tmp/v.sh", timeout=30).exit_code == 0  # solved
+        session.remove()
+    finally:
+        sandbox.close()
+        subprocess.run(["docker", "rmi", "-f", row["image"]], capture_output=True)
+
+
+@pytest.mark.parametrize(
+    "name, script, status, reason",
+    [
+        ("gives-up", lambda turn: step(give_up=True, analysis="needs a GPU"), "failed", "the agent gave up: needs a GPU"),
+        ("never-ready", lambda turn: step(["echo still working"]), "failed", "step limit of 3 reached"),
+        ("malformed", lambda turn: "I will now do it! {not json", "failed", "step limit of 3 reached"),
+        ("trivial", lambda turn: step(ready=True, verifier="exit 0"), "rejected", "reports the task solved on the prepared state"),
+        ("no-setup-needed", lambda turn: step(ready=True, verifier="test -f /root/answer.txt"), "ready", None),
+    ],
+)
+def test_every_item_ends_in_a_recorded_state(compose_cfg, tmp_path, model_dir, name, script, status, reason):
+    frame, _ = run_environment(compose_cfg, tmp_path, script, "environment.max_steps=3")
+    row = frame.row(0, named=True)
+    assert row["status"] == status
+    if reason:
+        assert reason in row["reason"]
+    if status == "ready":
+        subprocess.run(["docker", "rmi", "-f", row["image"]], capture_output=True)
+
+
+def test_a_hostile_agent_is_contained(compose_cfg, tmp_path, model_dir):
+    hostile = ["bomb() { bomb | bomb; }; bomb", "while true; do :; done", "dd if=/dev/zero of=/big bs=1M count=100000"]
+    frame, model = run_environment(compose_cfg, tmp_path, lambda turn: step(hostile) if turn == 0 else step(give_up=True),
+                                   "environment.command_timeout=5", "sandbox.max_file_bytes=67108864", "sandbox.pids_limit=128")
+    row = frame.row(0, named=True)
+    assert row["status"] == "failed" and [c["timed_out"] for c in row["commands"]] == [True, True, False]
+    seen = model.environment_requests[1]["messages"][-1]["content"]
+    assert "[command stopped after 5s]" in seen and "sandbox.max_file_bytes" in seen
