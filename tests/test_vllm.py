@@ -185,3 +185,24 @@ def test_target_accepted_on_the_real_server_ends_at_the_target_or_a_named_budget
     assert ("target reached: 20 accepted" in result.stderr) or ("budget reached: budget.max_requests=16" in result.stderr)
     judgments = pl.read_parquet(cli.outputs / "target" / "judgments.parquet")
     assert (judgments["verdict"] == "accepted").sum() <= 20
+
+
+@pytest.mark.docker
+def test_environment_stage_on_the_real_server_leaves_no_container(cli, vllm_url):
+    """SmolLM2 prepares environments badly, but every item ends recorded and nothing is left over."""
+    lenient_judge = ["judge.criteria=[{name: clarity, description: 'The task is stated.'}]", "judge.threshold=1"]
+    result = cli("stage=[sample,judge,environment]", "run.name=envs", f"backend.url={vllm_url}", "domain=version_control",
+                 "sample.num_tasks=2", "sample.n=1", *JUDGE_FAST, *lenient_judge, "environment.max_steps=3",
+                 "environment.command_timeout=10", "environment.max_tokens=400", timeout=1500)
+    assert result.returncode == 0, result.stderr[-3000:]
+    run_dir = cli.outputs / "envs"
+    judgments = pl.read_parquet(run_dir / "judgments.parquet")
+    accepted = set(judgments.filter(pl.col("verdict") == "accepted")["task_id"])
+    environments = pl.read_parquet(run_dir / "environments.parquet")
+    assert set(environments["task_id"]) == accepted and len(accepted) >= 1
+    assert set(environments["status"]) <= {"ready", "rejected", "failed"}
+    assert environments["reason"].filter(environments["status"] != "ready").null_count() == 0
+    out = subprocess.run(["docker", "ps", "-aq", "--filter", "label=litecoder.run=envs"], capture_output=True, text=True)
+    assert out.stdout.split() == []
+    for image in environments["image"].drop_nulls():
+        subprocess.run(["docker", "rmi", "-f", image], capture_output=True)
