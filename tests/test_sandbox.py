@@ -138,3 +138,19 @@ def test_no_engine_is_one_clear_error(monkeypatch):
     monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
     with pytest.raises(SandboxError, match="no Docker engine is reachable.*scripts/setup.sh"):
         DockerSandbox(sandbox_config(), "no-engine")
+
+
+def test_the_debootstrap_builder_makes_an_image_offline():
+    """Always exercised, even where the default base image already exists."""
+    import docker
+
+    config = sandbox_config(image="litecoder-test-minimal:latest", packages=["bash", "coreutils", "git"])
+    client = docker.from_env()
+    subprocess.run(["docker", "rmi", "-f", config.image], capture_output=True)
+    try:
+        image_id = get_plugins().registry("image_builder").get("debootstrap")(config, client)
+        out = client.containers.run(image_id, ["git", "--version"], remove=True, network_mode="none")
+        assert out.decode().startswith("git version")
+    finally:
+        subprocess.run(["docker", "rmi", "-f", config.image], capture_output=True)
+        client.close()
