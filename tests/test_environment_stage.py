@@ -138,3 +138,42 @@ def test_a_hostile_agent_is_contained(compose_cfg, tmp_path, model_dir):
     assert row["status"] == "failed" and [c["timed_out"] for c in row["commands"]] == [True, True, False]
     seen = model.environment_requests[1]["messages"][-1]["content"]
     assert "[command stopped after 5s]" in seen and "sandbox.max_file_bytes" in seen
+
+
+def test_a_killed_run_leaves_containers_that_the_resumed_run_removes(tmp_path, model_dir):
+    """SIGKILL while agents are working, then the same command again: zero containers left."""
+    import sys
+    import time
+
+    from .conftest import REPO
+
+    def slow_then_ready(turn):
+        return step(["sleep 3"]) if turn < 3 else step(ready=True, verifier="test -f /root/done")
+
+    model = Scripted(slow_then_ready)
+    texts = iter(range(10**6))
+
+    def sample_distinct(path, body):
+        if not path.endswith("chat/completions"):
+            return 200, completion_body([f"{TASK} Variant {next(texts)} with its own words {i}" for i in range(int(body.get("n", 1)))]), 0
+        return model(path, body)
+
+    with StubServer(sample_distinct) as server:
+        args = [sys.executable, "-m", "litecoder", "stage=[sample,judge,environment]", "run.name=killed-env",
+                f"run.root={tmp_path}", f"backend.url={server.url}", "sample.num_tasks=3", "sample.n=1",
+                "dedup.near=false", "sandbox.max_containers=3"]
+        process = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and len(leftovers("killed-env")) < 2:
+            time.sleep(0.5)
+        assert len(leftovers("killed-env")) >= 2
+        process.kill()
+        process.wait()
+        assert leftovers("killed-env")  # a SIGKILL gives no chance to clean up
+        resumed = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=600)
+        assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert leftovers("killed-env") == []
+    frame = pl.read_parquet(tmp_path / "killed-env" / "environments.parquet")
+    assert len(frame) == 3 and set(frame["status"]) == {"ready"}
+    for image in frame["image"]:
+        subprocess.run(["docker", "rmi", "-f", image], capture_output=True)
