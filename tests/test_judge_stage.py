@@ -126,7 +126,8 @@ def test_duplicates_and_truncated_tasks_are_recorded_without_judging(compose_cfg
     texts = [base, base.upper() + "!", base.replace("8002", "8003"), "GOOD task: bisect the regression in /repo with git bisect and a test script"]
     model = Model(texts, by_keyword)
     with StubServer(model) as server:
-        run_pipeline(compose_cfg, tmp_path, server, "sample.num_tasks=4", "sample.n=1")
+        # One request at a time, so the scripted texts arrive in request order.
+        run_pipeline(compose_cfg, tmp_path, server, "sample.num_tasks=4", "sample.n=1", "backend.max_in_flight=1")
     judgments = read(tmp_path, "judgments.parquet").sort("task_id")
     tasks = read(tmp_path, "tasks.parquet")
     first_id = tasks.filter(pl.col("request_index") == 0)["id"][0]
