@@ -18,3 +18,10 @@ def write_parquet_atomic(frame: pl.DataFrame, path: Path) -> Path:
         os.fsync(handle.fileno())
     os.replace(tmp, path)
     return path
+
+
+def records_frame(records: list[dict], schema: dict, timestamp: str) -> pl.DataFrame:
+    """Store records as a typed table; ``timestamp`` holds ISO text that becomes a UTC datetime."""
+    text_schema = {**schema, timestamp: pl.String}
+    frame = pl.DataFrame([{k: r.get(k) for k in text_schema} for r in records], schema=text_schema)
+    return frame.with_columns(pl.col(timestamp).str.to_datetime(time_zone="UTC", time_unit="us"))

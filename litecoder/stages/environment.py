@@ -31,7 +31,7 @@ from ..errors import BackendError, ConfigError
 from ..replies import ReplyError, parse_reply
 from ..sandboxes.base import SandboxError, clip
 from ..store import DONE, FAILED
-from ..tables import write_parquet_atomic
+from ..tables import records_frame, write_parquet_atomic
 from .sample import backend_identity
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,7 @@ SCHEMA = {
     "prompt_tokens": pl.Int64,
     "completion_tokens": pl.Int64,
     "wall_s": pl.Float64,
-    "prepared_at": pl.String,
+    "prepared_at": pl.Datetime("us", "UTC"),
 }
 
 #: paths every container changes by itself; not part of "what the agent created"
@@ -255,9 +255,7 @@ class EnvironmentStage:
         return path
 
     def export(self, run: Any) -> None:
-        records = [i.record for i in run.store.items(self.name)]
-        frame = pl.DataFrame([{k: r.get(k) for k in SCHEMA} for r in records], schema=SCHEMA)
-        frame = frame.with_columns(pl.col("prepared_at").str.to_datetime(time_zone="UTC", time_unit="us"))
+        frame = records_frame([i.record for i in run.store.items(self.name)], SCHEMA, "prepared_at")
         write_parquet_atomic(frame, run.path(ENVIRONMENTS_FILE))
 
 

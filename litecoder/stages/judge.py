@@ -28,7 +28,7 @@ from ..dispatch import Dispatcher
 from ..errors import BackendError, ConfigError
 from ..replies import ReplyError, parse_reply
 from ..store import DONE, FAILED, RunStore
-from ..tables import write_parquet_atomic
+from ..tables import records_frame, write_parquet_atomic
 from .sample import SCHEMA as TASK_SCHEMA
 from .sample import TASKS_FILE, backend_identity
 
@@ -58,7 +58,7 @@ JUDGMENT_SCHEMA = {
     "attempts": pl.Int64,
     "raw": pl.String,
     "error": pl.String,
-    "judged_at": pl.String,
+    "judged_at": pl.Datetime("us", "UTC"),
 }
 
 
@@ -269,9 +269,7 @@ class JudgeStage:
 
     def export(self, run: Any) -> None:
         """Rebuild ``judgments.parquet`` and ``feasible.parquet`` from the store."""
-        records = [i.record for i in run.store.items(self.name)]
-        frame = pl.DataFrame([{k: r.get(k) for k in JUDGMENT_SCHEMA} for r in records], schema=JUDGMENT_SCHEMA)
-        frame = frame.with_columns(pl.col("judged_at").str.to_datetime(time_zone="UTC", time_unit="us"))
+        frame = records_frame([i.record for i in run.store.items(self.name)], JUDGMENT_SCHEMA, "judged_at")
         write_parquet_atomic(frame, run.path(JUDGMENTS_FILE))
         accepted = frame.filter(pl.col("verdict") == ACCEPTED).select("task_id", "aggregate", "scores")
         tasks_path = run.path(TASKS_FILE)

@@ -31,7 +31,7 @@ from ..budget import request_cost
 from ..dispatch import Dispatcher
 from ..errors import BackendError, ConfigError
 from ..store import DONE, FAILED
-from ..tables import write_parquet_atomic
+from ..tables import records_frame, write_parquet_atomic
 
 log = logging.getLogger(__name__)
 
@@ -170,9 +170,7 @@ class SampleStage:
     def export(self, run: Any) -> pl.DataFrame:
         """Rebuild ``tasks.parquet`` from the store."""
         rows = sorted((item.record for item in run.store.items(self.name)), key=lambda r: (r["request_index"], r["choice_index"]))
-        schema = {**SCHEMA, "created_at": pl.String}
-        frame = pl.DataFrame([{k: r.get(k) for k in schema} for r in rows], schema=schema)
-        frame = frame.with_columns(pl.col("created_at").str.to_datetime(time_zone="UTC", time_unit="us"))
+        frame = records_frame(rows, SCHEMA, "created_at")
         write_parquet_atomic(frame, run.path(TASKS_FILE))
         return frame
 
