@@ -191,8 +191,10 @@ def test_target_accepted_on_the_real_server_ends_at_the_target_or_a_named_budget
 def test_environment_stage_on_the_real_server_leaves_no_container(cli, vllm_url):
     """SmolLM2 prepares environments badly, but every item ends recorded and nothing is left over."""
     lenient_judge = ["judge.criteria=[{name: clarity, description: 'The task is stated.'}]", "judge.threshold=1"]
+    # Long enough samples that some are not cut off (cut-off tasks are rejected unjudged).
     result = cli("stage=[sample,judge,environment]", "run.name=envs", f"backend.url={vllm_url}", "domain=version_control",
-                 "sample.num_tasks=2", "sample.n=1", *JUDGE_FAST, *lenient_judge, "environment.max_steps=3",
+                 "sample.num_tasks=4", "sample.n=1", "sample.max_tokens=256", "judge.max_tokens=400",
+                 "judge.rationale_max_chars=120", *lenient_judge, "environment.max_steps=3",
                  "environment.command_timeout=10", "environment.max_tokens=400", timeout=1500)
     assert result.returncode == 0, result.stderr[-3000:]
     run_dir = cli.outputs / "envs"
