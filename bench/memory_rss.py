@@ -24,9 +24,9 @@ Python objects only, not polars/Arrow buffers or SQLite's cache; compare its pea
 ``--profile`` is slow (tracemalloc makes the judge's jsonschema work ~10x slower), so the
 per-structure figures come from ``--census RUN_DIR``: on a finished run (keep one with
 ``--out``), it calls, in this process and under tracemalloc, the steps of the stages that
-hold a whole table at once: ``SampleStage.export`` (``tasks.parquet``), the judge's task list
-(``store.items("sample", DONE)``, held through judging), ``dedup.find_duplicates`` over it,
-``JudgeStage.export``, and ``spend``. Per step it prints the traced peak, what stays
+read a whole stage: ``SampleStage.export`` (``tasks.parquet``), the judge's passes over the
+sampled tasks (their ids, ``dedup.find_duplicates``), ``JudgeStage.export``, the report's
+slim items and ``spend``. Per step it prints the traced peak, what stays
 referenced afterwards, and the rise of this process's RSS high-water mark (VmHWM, reset
 through ``/proc/self/clear_refs`` before each step), in MiB and per task.
 
@@ -310,6 +310,7 @@ def census(run_dir: Path, top: int) -> None:
     from litecoder.config import DedupConfig
     from litecoder.dedup import find_duplicates
     from litecoder.run import PIPELINE
+    from litecoder.report import RECORD_FIELDS
     from litecoder.spend import spend
     from litecoder.stages.judge import JudgeStage
     from litecoder.stages.sample import SampleStage
@@ -328,15 +329,17 @@ def census(run_dir: Path, top: int) -> None:
     print()
     print("| step (core code) | traced peak MiB | still referenced MiB | RSS high-water rise MiB | KiB/task (peak) |")
     print("|---|---:|---:|---:|---:|")
-    held: dict[str, object] = {}
+    order = ("request_index", "choice_index")
     steps = [
-        ("SampleStage.export (sample.py:170-172)", lambda: SampleStage().export(run), False),
-        ('judge task list: store.items("sample", DONE), sorted (judge.py:129)',
-         lambda: sorted((i.record for i in store.items("sample", DONE)), key=lambda r: (r["request_index"], r["choice_index"])), True),
-        ("find_duplicates over it (judge.py:136, dedup.py)",
-         lambda: find_duplicates(((t["id"], t["text"]) for t in held["judge task list"]), dedup), False),
-        ("JudgeStage.export (judge.py:269-275)", lambda: JudgeStage().export(run), False),
-        ("spend(store) (run.py end-of-run lines, summary.json)", lambda: spend(store, PIPELINE), False),
+        ("SampleStage.export: tasks.parquet", lambda: SampleStage().export(run), False),
+        ("JudgeStage.run: the sampled tasks' ids", lambda: [r["id"] for b in store.iter_records("sample", state=DONE, order=order)
+                                                             for r in b], True),
+        ("JudgeStage.run: find_duplicates over the streamed tasks",
+         lambda: find_duplicates(((r["id"], r["text"]) for b in store.iter_records("sample", state=DONE, order=order)
+                                  for r in b), dedup), False),
+        ("JudgeStage.export: judgments.parquet, feasible.parquet", lambda: JudgeStage().export(run), False),
+        ("report: RunData's slim items", lambda: {s: store.items(s, fields=RECORD_FIELDS[s]) for s in RECORD_FIELDS}, True),
+        ("spend(store): end-of-run lines, summary.json", lambda: spend(store, PIPELINE), False),
     ]
     tracemalloc.start(int(os.environ.get("LITECODER_BENCH_FRAMES", "1")))
     snapshots = {}
@@ -350,7 +353,6 @@ def census(run_dir: Path, top: int) -> None:
         current, peak = tracemalloc.get_traced_memory()
         rss_peak = proc_status(os.getpid()).get("VmHWM", 0)
         if keep:
-            held["judge task list"] = result
             snapshots[label] = tracemalloc.take_snapshot()
         del result
         gc.collect()

@@ -75,7 +75,7 @@ def run_figures(run_dir: Path) -> dict[str, Any]:
         accepted = judge.get("accepted", 0)
         scores: dict[str, list[int]] = {}
         aggregates: list[float] = []
-        for item in store.items("judge", DONE):
+        for item in store.items("judge", DONE, fields=("scores", "aggregate")):
             for score in item.record.get("scores") or []:
                 scores.setdefault(score["criterion"], []).append(int(score["score"]))
             if item.record.get("aggregate") is not None:

@@ -22,7 +22,7 @@ from plotly.offline import get_plotlyjs
 from plotly.subplots import make_subplots
 
 from .spend import spend
-from .store import DONE, FAILED
+from .store import DONE, FAILED, json_field
 from .tables import write_text_atomic
 
 REPORT_FILE = "report.html"
@@ -31,6 +31,27 @@ MAX_TRAJECTORIES = 50
 #: rows of the per-task cost table
 MAX_TASK_ROWS = 50
 LLM_STAGES = ("sample", "judge", "environment", "trajectory")
+#: the record fields the page holds for every item of these stages (one item per accepted task
+#: or rollout); task texts and verifier logs stay in the store, and the viewer fetches them for
+#: the trajectories it shows. The task stages (sample, judge) can hold 100k items, so the page
+#: reads them as aggregates computed inside SQLite.
+RECORD_FIELDS = {
+    "environment": ("model", "usage"),
+    "trajectory": ("task_id", "rollout", "rollout_id", "model", "reward", "status", "turns", "stop_reason", "reason",
+                   "usage", "trajectory", "verifier_exit_code"),
+}
+#: sampled tasks by subtopic and judge outcome (a task's judge item is keyed by its id)
+TASK_OUTCOMES_SQL = f"""
+SELECT {json_field("domain", "s.record")}, {json_field("subtopic", "s.record")}, s.state, j.state, j.outcome, COUNT(*)
+FROM items AS s LEFT JOIN items AS j ON j.stage = 'judge' AND j.key = json_extract(s.record, '$.id')
+WHERE s.stage = 'sample' GROUP BY 1, 2, 3, 4, 5
+"""
+#: every judge score as (criterion, score, how many tasks got it)
+SCORES_SQL = """
+SELECT json_extract(score.value, '$.criterion'), json_extract(score.value, '$.score'), COUNT(*)
+FROM items, json_each(items.record, '$.scores') AS score
+WHERE items.stage = 'judge' AND items.state = 'done' GROUP BY 1, 2
+"""
 OUTCOME_COLORS = {"accepted": "#2ca02c", "rejected": "#d62728", "duplicate": "#7f7f7f", "judge failed": "#ff7f0e",
                   "sampling failed": "#8c564b", "not judged": "#c7c7c7",
                   "solved": "#2ca02c", "unsolved": "#d62728", "failed": "#ff7f0e"}
@@ -83,9 +104,22 @@ class RunData:
     def __init__(self, run: Any) -> None:
         self.run = run
         store = run.store
-        self.items = {stage: store.items(stage) for stage in LLM_STAGES}
+        self.items = {stage: store.items(stage, fields=RECORD_FIELDS[stage]) for stage in RECORD_FIELDS}
         self.started = {stage: store.stage_started(stage) for stage in LLM_STAGES}
-        self.judged = {i.key: i for i in self.items["judge"]}
+        self.counts = {stage: store.counts(stage) for stage in LLM_STAGES}
+        self.models = {stage: [m for (m,) in store.query(
+            "SELECT DISTINCT json_extract(record, '$.model') AS m FROM items WHERE stage = ? AND m IS NOT NULL AND m != '' ORDER BY m",
+            (stage,))] for stage in LLM_STAGES}
+        self.task_outcomes: Counter = Counter()
+        for domain, subtopic, sampled, judged, outcome, n in store.query(TASK_OUTCOMES_SQL):
+            self.task_outcomes[(domain or "?", subtopic or "?", _task_outcome(sampled, judged, outcome))] += n
+        self.scores: dict[str, Counter] = {}
+        for criterion, score, n in store.query(SCORES_SQL):
+            self.scores.setdefault(criterion, Counter())[score] += n
+        rows = store.query("SELECT json_extract(record, '$.aggregate') FROM items WHERE stage = 'judge' AND state = 'done' "
+                           "AND json_array_length(record, '$.scores') > 0")
+        self.aggregates = [a for (a,) in rows if a is not None]
+        self.scored = len(rows)
         #: the config each stage last ran with, as the store recorded it (``stage=report`` itself
         #: may be invoked with other overrides, so ``run.cfg`` is only the fallback)
         self.configs = {stage: json.loads(store.get_meta(f"config:{stage}") or "{}") for stage in LLM_STAGES}
@@ -103,6 +137,10 @@ class RunData:
 
     def done(self, stage: str, outcome: str | None = None) -> list:
         return [i for i in self.items[stage] if i.state == DONE and (outcome is None or i.outcome == outcome)]
+
+    def total(self, stage: str) -> int:
+        """Items of a stage, done or failed."""
+        return self.counts[stage].get(DONE, 0) + self.counts[stage].get(FAILED, 0)
 
     @property
     def exported(self) -> bool:
@@ -155,7 +193,7 @@ def _config(run: Any, key: str, default: Any = None) -> Any:
 
 def _model(run: Any, stage: str, data: RunData) -> str:
     """The model a stage used as recorded, else as configured."""
-    recorded = sorted({i.record.get("model") for i in data.items.get(stage, []) if i.record.get("model")})
+    recorded = data.models[stage]
     if recorded:
         return ", ".join(recorded)
     config = data.configs[stage].get("backend") or OmegaConf.to_container(run.backend_config(stage), resolve=True)
@@ -166,7 +204,7 @@ def _model(run: Any, stage: str, data: RunData) -> str:
 def _overview(run: Any, data: RunData) -> str:
     rows = []
     for stage in LLM_STAGES:
-        counts = run.store.counts(stage)
+        counts = data.counts[stage]
         state = ", ".join(f"{k} {v}" for k, v in counts.items() if k != DONE) or ("ran, no items" if data.started[stage] else "")
         rows.append([stage, state or "not run", _model(run, stage, data)])
     exported = []
@@ -193,13 +231,12 @@ def _overview(run: Any, data: RunData) -> str:
 
 
 def _funnel(data: RunData) -> str:
-    sample = data.items["sample"]
-    if not sample:
+    if not data.total("sample"):
         return _empty("Nothing sampled yet: run stage=sample.")
-    steps: list[tuple[str, int | None]] = [("sampled", len(sample))]
+    steps: list[tuple[str, int | None]] = [("sampled", data.total("sample"))]
     judged = data.started["judge"]
-    steps.append(("unique", sum(i.outcome != "duplicate" for i in data.items["judge"]) if judged else None))
-    steps.append(("accepted", len(data.done("judge", "accepted")) if judged else None))
+    steps.append(("unique", data.total("judge") - data.counts["judge"].get("duplicate", 0) if judged else None))
+    steps.append(("accepted", data.counts["judge"].get("accepted", 0) if judged else None))
     steps.append(("environment ready", len(data.done("environment", "ready")) if data.started["environment"] else None))
     solved = {i.record["task_id"] for i in data.done("trajectory") if i.record.get("reward") == 1}
     steps.append(("solved", len(solved) if data.started["trajectory"] else None))
@@ -219,26 +256,22 @@ def _funnel(data: RunData) -> str:
     return _chart(fig, "chart-funnel", 360) + note
 
 
-def _task_outcome(item: Any, judged: dict) -> str:
-    if item.state == FAILED:
+def _task_outcome(sampled: str, judged: str | None, outcome: str | None) -> str:
+    """Where a sampled task ended, from its sample state and its judge item's state and outcome."""
+    if sampled == FAILED:
         return "sampling failed"
-    verdict = judged.get(item.record.get("id"))
-    if verdict is None:
+    if judged is None:
         return "not judged"
-    return "judge failed" if verdict.state == FAILED else verdict.outcome or "not judged"
+    return "judge failed" if judged == FAILED else outcome or "not judged"
 
 
 def _subtopics(data: RunData) -> str:
-    sample = data.items["sample"]
-    if not sample:
+    if not data.task_outcomes:
         return _empty("No sampled tasks yet: run stage=sample.")
-    domains = sorted({i.record.get("domain") or "?" for i in sample})
+    domains = sorted({domain for domain, _, _ in data.task_outcomes})
     counts: Counter = Counter()
-    for item in sample:
-        label = item.record.get("subtopic") or "?"
-        if len(domains) > 1:
-            label = f"{item.record.get('domain')} / {label}"
-        counts[(label, _task_outcome(item, data.judged))] += 1
+    for (domain, subtopic, outcome), n in data.task_outcomes.items():
+        counts[(f"{domain} / {subtopic}" if len(domains) > 1 else subtopic, outcome)] += n
     labels = sorted({label for label, _ in counts})
     fig = go.Figure()
     for outcome, color in OUTCOME_COLORS.items():
@@ -251,24 +284,23 @@ def _subtopics(data: RunData) -> str:
 
 
 def _judge_scores(data: RunData) -> str:
-    scored = [i.record for i in data.done("judge") if i.record.get("scores")]
-    if not scored:
+    if not data.scored:
         return _empty("No judge scores yet (no task was judged by the model): run stage=judge.")
-    criteria = list(dict.fromkeys(s["criterion"] for r in scored for s in r["scores"]))
+    criteria = list(data.scores)
     titles = [*criteria, "aggregate"]
     scales = {c.get("name"): (c.get("scale_min"), c.get("scale_max")) for c in data.setting("judge", "judge.criteria") or []}
     fig = make_subplots(rows=1, cols=len(titles), subplot_titles=titles, shared_yaxes=True)
     for col, criterion in enumerate(criteria, 1):
-        values = [s["score"] for r in scored for s in r["scores"] if s["criterion"] == criterion]
+        counts = data.scores[criterion]
         low, high = scales.get(criterion) or (None, None)
-        low, high = (min(values) if low is None else low), (max(values) if high is None else high)
-        fig.add_trace(go.Histogram(x=values, name=criterion, xbins={"start": low - 0.5, "end": high + 0.5, "size": 1},
-                                   marker_color="#4c78a8"), row=1, col=col)
+        low, high = (min(counts) if low is None else low), (max(counts) if high is None else high)
+        values = sorted(counts)
+        fig.add_trace(go.Bar(x=values, y=[counts[v] for v in values], name=criterion, marker_color="#4c78a8"),
+                      row=1, col=col)
         fig.update_xaxes(range=[low - 0.5, high + 0.5], dtick=1, row=1, col=col)
-    aggregates = [r["aggregate"] for r in scored if r.get("aggregate") is not None]
-    fig.add_trace(go.Histogram(x=aggregates, name="aggregate", marker_color="#f58518"), row=1, col=len(titles))
+    fig.add_trace(go.Histogram(x=data.aggregates, name="aggregate", marker_color="#f58518"), row=1, col=len(titles))
     fig.update_layout(showlegend=False, yaxis_title="tasks", bargap=0.1)
-    return f"<p>Score histograms over {len(scored)} tasks the judge scored.</p>" + _chart(fig, "chart-judge-scores", 320)
+    return f"<p>Score histograms over {data.scored} tasks the judge scored.</p>" + _chart(fig, "chart-judge-scores", 320)
 
 
 def _rollout_outcome(record: dict) -> str:
@@ -325,9 +357,12 @@ def _usage(data: RunData) -> str:
 
 def _per_task(data: RunData) -> str:
     """What each accepted task cost from judging on (sampling is shared by whole requests)."""
-    accepted = data.done("judge", "accepted")
-    if not accepted:
+    total = data.counts["judge"].get("accepted", 0)
+    if not total:
         return _empty("No accepted task yet, so no cost per task.")
+    accepted = data.run.store.query(
+        f"SELECT key, {json_field('subtopic')}, {json_field('usage')} FROM items "
+        "WHERE stage = 'judge' AND state = 'done' AND outcome = 'accepted' ORDER BY seq LIMIT ?", (MAX_TASK_ROWS,))
     environments = {i.key: i.record.get("usage") or {} for i in data.items["environment"]}
     rollouts: dict[str, list[dict]] = {}
     for item in data.items["trajectory"]:
@@ -337,14 +372,14 @@ def _per_task(data: RunData) -> str:
         return int((usage.get("prompt_tokens") or 0) + (usage.get("completion_tokens") or 0))
 
     rows = []
-    for item in accepted[:MAX_TASK_ROWS]:
-        usages = [item.record.get("usage") or {}, environments.get(item.key, {})]
-        usages += [r.get("usage") or {} for r in rollouts.get(item.key, [])]
-        rows.append([item.key, (item.record.get("subtopic") or ""), tokens(usages[0]), tokens(usages[1]),
-                     sum(tokens(u) for u in usages[2:]), len(rollouts.get(item.key, [])),
-                     sum(1 for r in rollouts.get(item.key, []) if r.get("reward") == 1),
+    for key, subtopic, usage in accepted:
+        usages = [json.loads(usage) if usage else {}, environments.get(key, {})]
+        usages += [r.get("usage") or {} for r in rollouts.get(key, [])]
+        rows.append([key, subtopic or "", tokens(usages[0]), tokens(usages[1]),
+                     sum(tokens(u) for u in usages[2:]), len(rollouts.get(key, [])),
+                     sum(1 for r in rollouts.get(key, []) if r.get("reward") == 1),
                      float(sum(u.get("cost_usd") or 0 for u in usages))])
-    more = len(accepted) - len(rows)
+    more = total - len(rows)
     note = _empty(f"{more} more accepted tasks not listed.") if more > 0 else ""
     return ("<h3>Per accepted task</h3>"
             + _table(["task", "subtopic", "judge tokens", "environment tokens", "trajectory tokens", "rollouts", "solved",
@@ -367,8 +402,7 @@ def _viewer(data: RunData) -> str:
 
 def _trajectory(data: RunData, record: dict, open_: bool) -> str:
     trajectory = json.loads((data.run.dir / record["trajectory"]).read_text(encoding="utf-8"))
-    judged = data.judged.get(record["task_id"])
-    task = judged.record.get("text") if judged else None
+    task = (data.run.store.record("judge", record["task_id"]) or {}).get("text")
     reward = record.get("reward")
     summary = (f"{escape(record['rollout_id'])} · <span class='reward-{reward}'>reward {_fmt(reward)}</span> · "
                f"{escape(str(record.get('status')))} · {record.get('turns') or 0} turns · stopped: "
@@ -377,7 +411,7 @@ def _trajectory(data: RunData, record: dict, open_: bool) -> str:
     task_html = f"<p><span class='label'>Task:</span> {escape(task)}</p>" if task else ""
     agent_steps = [s for s in trajectory.get("steps", []) if s.get("source") == "agent"]
     turns = "\n".join(_turn(n, step) for n, step in enumerate(agent_steps, 1)) or _empty("The agent made no turn.")
-    verifier = record.get("verifier_output")
+    verifier = (data.run.store.record("trajectory", record["rollout_id"]) or {}).get("verifier_output")
     verifier_html = (f"<div class='verifier'><span class='label'>Verifier (exit {_fmt(record.get('verifier_exit_code'))}):"
                      f"</span><pre>{escape(verifier)}</pre></div>") if verifier else ""
     return (f"<details class='trajectory' id='trajectory-{escape(record['rollout_id'])}'{' open' if open_ else ''}>"

@@ -45,6 +45,14 @@ def config_hash(value: Any) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def json_field(field: str, column: str = "record") -> str:
+    """SQL for one top-level field of a JSON record, typed as JSON (``json_extract`` alone
+    turns true/false into 1/0); works on SQLite 3.37, which lacks the ``->`` operator."""
+    path = f"'$.{field}'"
+    return (f"CASE json_type({column}, {path}) WHEN 'true' THEN json('true') WHEN 'false' THEN json('false') "
+            f"ELSE json_extract({column}, {path}) END")
+
+
 @dataclass(frozen=True)
 class Item:
     stage: str
@@ -121,8 +129,14 @@ class RunStore:
                     (stage, key, state, outcome, reason, json.dumps(record, default=str), digest, seq, now),
                 )
 
-    def items(self, stage: str, state: str | None = None) -> list[Item]:
-        query = "SELECT stage, key, state, outcome, reason, record FROM items WHERE stage = ?"
+    def items(self, stage: str, state: str | None = None, fields: tuple[str, ...] | None = None) -> list[Item]:
+        """The stage's items in the order they were stored. ``fields`` keeps only those record
+        fields (missing ones read as ``None``), picked out inside SQLite, for callers that hold
+        every item of a large stage but not its texts."""
+        record = "record"
+        if fields is not None:
+            record = "json_object(" + ", ".join(f"'{f}', {json_field(f)}" for f in fields) + ")"
+        query = f"SELECT stage, key, state, outcome, reason, {record} FROM items WHERE stage = ?"
         args: tuple = (stage,)
         if state is not None:
             query += " AND state = ?"
@@ -130,19 +144,47 @@ class RunStore:
         rows = self._db.execute(query + " ORDER BY seq", args).fetchall()
         return [Item(s, k, st, o, r, json.loads(rec)) for s, k, st, o, r, rec in rows]
 
-    def iter_records(self, stage: str, *, state: str | None = None, order: tuple[str, ...] = (),
-                     batch: int = 2000) -> Iterator[list[dict]]:
-        """The stage's records in batches (ordered by record fields, else as stored), so that a
-        whole table never has to be in memory at once."""
-        query = "SELECT record FROM items WHERE stage = ?"
+    def query(self, sql: str, params: tuple = ()) -> list[tuple]:
+        """Rows of a read-only query over ``items``: views of a large stage (the report's
+        counts and histograms) aggregate inside SQLite instead of holding every record."""
+        if not sql.lstrip().upper().startswith(("SELECT", "WITH")):
+            raise ValueError("RunStore.query runs SELECT statements only")
+        return self._db.execute(sql, params).fetchall()
+
+    def record(self, stage: str, key: str) -> dict | None:
+        """One item's whole record, or ``None`` if the item has none."""
+        row = self._db.execute("SELECT record FROM items WHERE stage = ? AND key = ?", (stage, key)).fetchone()
+        return json.loads(row[0]) if row else None
+
+    def keys(self, stage: str, *, state: str | None = None, order: tuple[str, ...] = ()) -> list[str]:
+        """The stage's item keys, ordered by record fields (else as stored)."""
+        query = "SELECT key FROM items WHERE stage = ?"
         args: tuple = (stage,)
         if state is not None:
             query += " AND state = ?"
             args += (state,)
-        keys = ", ".join(f"json_extract(record, '$.{key}')" for key in order) or "seq"
-        cursor = self._db.execute(f"{query} ORDER BY {keys}", args)
-        while rows := cursor.fetchmany(batch):
-            yield [json.loads(record) for (record,) in rows]
+        by = ", ".join(f"json_extract(record, '$.{field}')" for field in order) or "seq"
+        return [key for (key,) in self._db.execute(f"{query} ORDER BY {by}", args)]
+
+    def records(self, stage: str, keys: list[str]) -> list[dict]:
+        """The records of these items, in the order of ``keys`` (keys with no item are skipped)."""
+        found: dict[str, dict] = {}
+        for start in range(0, len(keys), 500):
+            chunk = keys[start:start + 500]
+            marks = ", ".join("?" * len(chunk))
+            for key, record in self._db.execute(
+                    f"SELECT key, record FROM items WHERE stage = ? AND key IN ({marks})", (stage, *chunk)):
+                found[key] = json.loads(record)
+        return [found[key] for key in keys if key in found]
+
+    def iter_records(self, stage: str, *, state: str | None = None, order: tuple[str, ...] = (),
+                     batch: int = 500) -> Iterator[list[dict]]:
+        """The stage's records in batches (ordered by record fields, else as stored), so that a
+        whole table never has to be in memory at once. Each batch is its own short query, so
+        the caller may write to the store between batches (the keys are fixed at the start)."""
+        keys = self.keys(stage, state=state, order=order)
+        for start in range(0, len(keys), batch):
+            yield self.records(stage, keys[start:start + batch])
 
     def stage_names(self) -> list[str]:
         """Stages that recorded at least one item, alphabetically."""

@@ -7,11 +7,11 @@ their size never decides how much memory a run needs.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Callable, Iterable
 
 import polars as pl
+import pyarrow.parquet as pq
 
 
 #: rows per Parquet row group when streaming: the writer holds one group in memory at a time
@@ -42,18 +42,26 @@ def records_frame(records: list[dict], schema: dict, timestamp: str) -> pl.DataF
 
 
 def write_records_parquet(path: Path, batches: Iterable[list[dict]], schema: dict, timestamp: str) -> Path:
-    """Store records as a typed Parquet table, one batch in memory at a time."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as parts_dir:
-        parts = []
-        for number, batch in enumerate(batches):
-            part = Path(parts_dir) / f"{number:06d}.arrow"
-            records_frame(batch, schema, timestamp).write_ipc(part)
-            parts.append(part)
-        if not parts:
-            return write_parquet_atomic(records_frame([], schema, timestamp), path)
-        return sink_parquet_atomic(pl.scan_ipc(parts), path)
+    """Store records as a typed Parquet table, one batch in memory at a time.
+
+    Each batch becomes one row group, appended through pyarrow's writer: nothing is read
+    back, so the peak is one batch whatever the table's length.
+    """
+    def write(out: Path) -> None:
+        writer = None
+        try:
+            for batch in batches:
+                table = records_frame(batch, schema, timestamp).to_arrow()
+                if writer is None:
+                    writer = pq.ParquetWriter(out, table.schema, compression="zstd")
+                writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
+            if writer is None:
+                records_frame([], schema, timestamp).write_parquet(out)
+        finally:
+            if writer is not None:
+                writer.close()
+
+    return _write_atomic(path, write)
 
 
 def sink_parquet_atomic(frame: pl.LazyFrame, path: Path) -> Path:

@@ -87,10 +87,22 @@ def test_a_run_that_only_sampled_and_judged_gets_charts_and_notes_through_the_cl
     assert "<td>domain</td><td>security</td>" in page  # what the run was sampled with, from the store
     assert "Not reached yet: environment ready, solved, exported." in page
     assert "No trajectories yet: run stage=trajectory." in page
-    start = page.index('"chart-funnel",') + len('"chart-funnel",')
-    funnel = json.JSONDecoder().raw_decode(page[start:].lstrip())[0][0]  # the figure's data, as plotly got it
+    funnel = figure_data(page, "chart-funnel")[0]
     assert funnel["y"] == ["sampled", "unique", "accepted"] and funnel["x"] == [7, 6, 6]
     assert re.search(r"<td>per accepted task \(6\)</td>", page)
+    # counted inside SQLite: each sampled task once, by its judge outcome; each criterion's scores
+    subtopics = {trace["name"]: sum(trace["y"]) for trace in figure_data(page, "chart-subtopics")}
+    assert subtopics == {"accepted": 6, "duplicate": 1}
+    *criteria, aggregate = figure_data(page, "chart-judge-scores")
+    assert len(criteria) == len(json.loads(ACCEPT))
+    assert all(trace["x"] == [5] and trace["y"] == [6] for trace in criteria)
+    assert aggregate["name"] == "aggregate" and len(aggregate["x"]) == 6
+
+
+def figure_data(page: str, chart: str) -> list[dict]:
+    """A chart's traces, as plotly got them."""
+    start = page.index(f'"{chart}",') + len(f'"{chart}",')
+    return json.JSONDecoder().raw_decode(page[start:].lstrip())[0]
 
 
 def chromium(*args: str, tmp_path: Path) -> subprocess.CompletedProcess:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Iterator
 
 import jinja2
 import polars as pl
@@ -37,6 +37,8 @@ JUDGMENTS_FILE = "judgments.parquet"
 FEASIBLE_FILE = "feasible.parquet"
 ACCEPTED, REJECTED, DUPLICATE = "accepted", "rejected", "duplicate"
 #: what judging needs of a sampled task
+#: prefiltered results are written in batches of this many
+PUT_BATCH = 500
 TASK_FIELDS = ("id", "text", "status", "domain", "subtopic", "prompt_variant", "request_index", "choice_index")
 
 SCORE = pl.Struct({"criterion": pl.String, "score": pl.Int64, "rationale": pl.String})
@@ -128,19 +130,25 @@ class JudgeStage:
         cfg, store = run.cfg, run.store
         if not cfg.judge.criteria:
             raise ConfigError(f"judge {cfg.judge.name!r} has no criteria")
-        # Only the fields judging needs: the prompts and token counts stay in the store.
-        tasks = [{k: r.get(k) for k in TASK_FIELDS}
-                 for batch in store.iter_records("sample", state=DONE, order=("request_index", "choice_index"))
-                 for r in batch]
-        if not tasks and not store.items("sample"):
+        order = ("request_index", "choice_index")
+
+        def sampled() -> Iterator[dict]:
+            """The sampled tasks, streamed from the store a batch at a time, with only the
+            fields judging needs (the prompts and token counts stay in the store)."""
+            for batch in store.iter_records("sample", state=DONE, order=order):
+                yield from ({k: r.get(k) for k in TASK_FIELDS} for r in batch)
+
+        ids = [task["id"] for task in sampled()]
+        if not ids and not store.counts("sample"):
             raise ConfigError(f"no sampled tasks in {run.dir}; run stage=sample first (or stage=[sample,judge])")
         finished, stale = store.open_stage(self.name, self.identity(cfg, run.backend_config(self.name)),
-                                           {t["id"] for t in tasks}, retry_failed=cfg.run.retry_failed)
+                                           set(ids), retry_failed=cfg.run.retry_failed)
         if stale:
             log.warning("judge: %d earlier results are stale (config or tasks changed) and will be redone", stale)
-        duplicates = find_duplicates(((t["id"], t["text"]) for t in tasks), cfg.dedup)
-        prefiltered, to_judge = [], []
-        for task in tasks:
+        duplicates = find_duplicates(((t["id"], t["text"]) for t in sampled()), cfg.dedup)
+        prefiltered: list[tuple] = []
+        to_judge: set[str] = set()
+        for task in sampled():
             if task["id"] in finished:
                 continue
             if task["id"] in duplicates:
@@ -152,19 +160,25 @@ class JudgeStage:
                 record = self._record(task, REJECTED, "task text was cut off at sample.max_tokens")
                 prefiltered.append((task["id"], DONE, REJECTED, record["reason"], record))
             else:
-                to_judge.append(task)
+                to_judge.add(task["id"])
+            if len(prefiltered) >= PUT_BATCH:
+                store.put(self.name, prefiltered)
+                prefiltered = []
         store.put(self.name, prefiltered)
         try:
-            stopped = asyncio.run(self._judge(run, to_judge)) if to_judge else None
+            stopped = None
+            if to_judge:
+                tasks = (task for task in sampled() if task["id"] in to_judge)
+                stopped = asyncio.run(self._judge(run, tasks, len(to_judge)))
         finally:
             self.export(run)  # the parquet views reflect the store even after an error or Ctrl-C
         counts = store.counts(self.name)
-        summary = {"inputs": len(tasks), **{k: v for k, v in counts.items() if k != DONE}}
+        summary = {"inputs": len(ids), **{k: v for k, v in counts.items() if k != DONE}}
         if stopped and stopped not in ("breaker", "target"):
             summary["stopped_by"] = stopped
         return summary
 
-    async def _judge(self, run: Any, tasks: list[dict]) -> str | None:
+    async def _judge(self, run: Any, tasks: Iterator[dict], count: int) -> str | None:
         cfg, store = run.cfg, run.store
         judge = cfg.judge
         backend = run.backend(self.name)
@@ -182,7 +196,7 @@ class JudgeStage:
         target = cfg.sample.target_accepted
         accepted = store.counts(self.name).get(ACCEPTED, 0)
         request_errors: list[str] = []
-        bar = Progress(run, f"judge {cfg.domain.name}", len(tasks), "task")
+        bar = Progress(run, f"judge {cfg.domain.name}", count, "task")
 
         async def one(task: dict) -> bool:
             nonlocal accepted
@@ -244,7 +258,7 @@ class JudgeStage:
         finally:
             bar.close()
             await client.aclose()
-        if stopped == "breaker" or (request_errors and len(request_errors) == len(tasks)):
+        if stopped == "breaker" or (request_errors and len(request_errors) == count):
             cause = getattr(backend, "diagnose", lambda: None)() or f"first error: {request_errors[0]}"
             raise BackendError(f"judge requests keep failing, stopping (recorded in {run.path(JUDGMENTS_FILE)}); {cause}")
         return stopped
