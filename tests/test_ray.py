@@ -1,9 +1,11 @@
-"""executor=ray on a real local Ray cluster (a head node started with `ray start`, workers as
-separate processes): sample and judge over two endpoints, a killed worker and a killed driver
-with exact counts after resume, and containers on the cluster's Docker node."""
+"""executor=ray on a real local Ray cluster (a head node and a second node started with
+`ray start`, workers as separate processes): sample and judge over two endpoints, a killed
+worker and a killed driver with exact counts after resume, and containers spread over both
+Docker nodes."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
@@ -33,7 +35,8 @@ RAY = str(Path(sys.executable).with_name("ray"))
 
 @pytest.fixture(scope="module")
 def ray_cluster():
-    """A head node with 2 CPUs and the ``docker`` resource, in its own processes."""
+    """Two nodes with the ``docker`` resource, in their own processes: a head with 2 CPUs and a
+    second node with 1 that joins it (both use this machine's engine)."""
     temp = f"/tmp/lcray-{uuid.uuid4().hex[:6]}"  # Ray's socket paths must stay short
     port = free_port("127.0.0.1")
     # A throwaway cluster on loopback: no token (Ray's default token auth is for real clusters);
@@ -46,6 +49,9 @@ def ray_cluster():
                               "--disable-usage-stats"], capture_output=True, text=True, env=env, timeout=180)
     assert started.returncode == 0, started.stdout + started.stderr
     try:
+        joined = subprocess.run([RAY, "start", f"--address=127.0.0.1:{port}", "--num-cpus=1", '--resources={"docker": 1}',
+                                 "--disable-usage-stats"], capture_output=True, text=True, env=env, timeout=180)
+        assert joined.returncode == 0, joined.stdout + joined.stderr
         yield f"127.0.0.1:{port}"  # Ray maps a loopback address to the node's own
     finally:
         subprocess.run([RAY, "stop", "--force"], capture_output=True, env=env, timeout=120)
@@ -84,6 +90,15 @@ class SlowModel:
                 texts.append(distinct_task(self.count))
                 self.count += 1
             return 200, completion_body(texts), self.delay
+
+
+def ray_node_ids(address: str) -> list[str]:
+    """The ids of the cluster's live nodes, asked of Ray in a separate process."""
+    probe = subprocess.run([sys.executable, "-c", "import json, ray; ray.init(address=%r, logging_level='ERROR'); "
+                            "print(json.dumps([n['NodeID'] for n in ray.nodes() if n['Alive']]))" % address],
+                           capture_output=True, text=True, timeout=120)
+    assert probe.returncode == 0, probe.stderr[-2000:]
+    return json.loads(probe.stdout.strip().splitlines()[-1])
 
 
 def ray_args(address: str) -> list[str]:
@@ -144,16 +159,22 @@ def test_a_killed_worker_and_a_killed_driver_lose_and_repeat_nothing(ray_cluster
 
 
 @pytest.mark.docker
-def test_containers_run_on_the_clusters_docker_node(ray_cluster, compose_cfg, tmp_path, model_dir, caplog):
+def test_containers_spread_over_the_clusters_docker_nodes(ray_cluster, compose_cfg, tmp_path, model_dir, caplog):
     """The whole chain with executor=ray: the environment is made and the teacher works in
-    containers opened by the Docker node's Ray actor; the result equals the local executor's."""
+    containers opened by the Docker nodes' Ray actors, two rollouts at once on the two nodes;
+    the result equals the local executor's."""
     caplog.set_level(logging.INFO, logger="litecoder")
     try:
-        summaries, _ = run_pipeline(compose_cfg, tmp_path, solving_teacher, *ray_args(ray_cluster))
+        summaries, _ = run_pipeline(compose_cfg, tmp_path, solving_teacher, "trajectory.rollouts=2",
+                                    *ray_args(ray_cluster))
         assert summaries["environment"]["ready"] == 1
-        assert summaries["trajectory"]["kept"] == 1 and summaries["trajectory"]["pass@1"] == 1.0
+        assert summaries["trajectory"]["kept"] == 2 and summaries["trajectory"]["pass@2"] == 1.0
         assert summaries["export"]["harbor_solution_checked"] == 1
-        assert "containers on 1 Ray node(s)" in caplog.text
+        assert "containers on 2 Ray node(s)" in caplog.text
+        nodes = set(ray_node_ids(ray_cluster))
+        # the two rollouts ran at once, so the least busy node was a different one for each
+        assert set(pl.read_parquet(tmp_path / "trajectories.parquet")["host"]) == nodes
+        assert set(pl.read_parquet(tmp_path / "environments.parquet")["host"]) < nodes
         assert worker_pids("DockerNode") == []  # the run's node actors are gone with the run
         assert leftovers(tmp_path.name) == []
     finally:

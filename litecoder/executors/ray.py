@@ -153,6 +153,7 @@ class RaySession:
         self.sandbox = sandbox
         self.node = node
         self.id = session_id
+        self.host = sandbox.node_ids[node]
 
     def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         return self.sandbox._get(self.sandbox.nodes[self.node].session_call.remote(self.id, method, args, kwargs))

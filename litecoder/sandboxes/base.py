@@ -84,6 +84,9 @@ class Session(Protocol):
     """One running container (or other isolated machine) for one item."""
 
     id: str
+    #: where the container runs when that is not this machine's engine (a Ray node's id), else None;
+    #: stages record it, since an image stays on the engine that made it
+    host: str | None
 
     def exec(self, command: str, *, timeout: float, max_output_bytes: int | None = None) -> ExecResult: ...
 

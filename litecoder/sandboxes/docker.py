@@ -105,6 +105,7 @@ class DockerSession:
         self.container = container
         self.id = container.id
         self.item = item
+        self.host: str | None = None
         self._removed = False
 
     def exec(self, command: str, *, timeout: float, max_output_bytes: int | None = None) -> ExecResult:

@@ -61,6 +61,7 @@ SCHEMA = {
     "reason": pl.String,
     "image": pl.String,
     "image_id": pl.String,
+    "host": pl.String,
     "changed_paths": pl.List(pl.String),
     "added_paths": pl.List(pl.String),
     "deleted_paths": pl.List(pl.String),
@@ -170,6 +171,7 @@ class EnvironmentStage:
         session = None
         try:
             session = await asyncio.to_thread(sandbox.open, task["task_id"])
+            record["host"] = getattr(session, "host", None)  # plugins' sandboxes may not say
             verifier = await self._converse(run, backend, client, session, messages, params, record, started, request_errors)
             record["verifier"] = verifier
             tag = image_tag(run.name, task["task_id"])

@@ -54,6 +54,7 @@ SCHEMA = {
     "stop_reason": pl.String,
     "stop_detail": pl.String,
     "turns": pl.Int64,
+    "host": pl.String,
     "commands": pl.Int64,
     "malformed_turns": pl.Int64,
     "repeated_commands": pl.Int64,
@@ -224,6 +225,7 @@ class TrajectoryStage:
         session = None
         try:
             session = await asyncio.to_thread(sandbox.open, rollout_id, image=env.get("image_id") or env["image"])
+            record["host"] = getattr(session, "host", None)  # plugins' sandboxes may not say
             terminal = TmuxTerminal(session, width=int(cfg.agent.get("terminal_width", 160)),
                                     height=int(cfg.agent.get("terminal_height", 40)),
                                     output_bytes=int(cfg.agent.get("output_bytes", 10_000)))
