@@ -23,9 +23,12 @@ Ray is an optional dependency: ``pip install 'litecoder[ray]'``.
 
 from __future__ import annotations
 
+import io
 import logging
 import os
+import tarfile
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Optional
 
 from omegaconf import OmegaConf
@@ -188,7 +191,6 @@ class RaySandbox:
         self.node_ids = node_ids
         self.config = config
         self.busy = [0] * len(nodes)
-        self._client: Any = None
 
     def _get(self, ref: Any) -> Any:
         ray = _ray()
@@ -219,18 +221,18 @@ class RaySandbox:
     def has_image(self, image: str) -> bool:
         return bool(self._holding(image))
 
+    def build_image(self, context: Any, *, tag: str, labels: dict[str, str], timeout: float) -> str:
+        """Built on the least busy node: the directory travels as a tar, so the driver needs
+        no Docker engine."""
+        if not isinstance(context, (bytes, bytearray)):
+            context = directory_tar(Path(context))
+        node = min(range(len(self.nodes)), key=lambda i: self.busy[i])
+        return self._get(self.nodes[node].call.remote("build_image", (context,), {"tag": tag, "labels": labels,
+                                                                                    "timeout": timeout}))
+
     def remove_image(self, image: str) -> None:
         for node in self._holding(image):
             self._get(self.nodes[node].call.remote("remove_image", (image,)))
-
-    @property
-    def client(self) -> Any:
-        """The driver's own Docker engine, for work that stays in the driver (the export's checks)."""
-        if self._client is None:
-            from ..sandboxes.docker import docker_client
-
-            self._client = docker_client()
-        return self._client
 
     def cleanup(self) -> int:
         return sum(self._get(node.call.remote("cleanup")) for node in self.nodes)
@@ -246,8 +248,14 @@ class RaySandbox:
         finally:
             for node in self.nodes:
                 ray.kill(node, no_restart=True)
-            if self._client is not None:
-                self._client.close()
+
+
+def directory_tar(directory: Path) -> bytes:
+    """A directory as an uncompressed tar, paths relative to it (a Docker build context)."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        tar.add(directory, arcname=".")
+    return buffer.getvalue()
 
 
 def _first_line(exc: BaseException) -> str:

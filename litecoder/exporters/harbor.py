@@ -220,11 +220,11 @@ class HarborExporter:
         sandbox = run.sandbox()
         timeout = float(run.cfg.export.harbor.check_timeout)
         tag = f"litecoder-harbor-check:{directory.name}"
-        image, _ = sandbox.client.images.build(path=str(directory / "environment"), tag=tag, rm=True, forcerm=True,
-                                               labels={"litecoder.run": run.name}, timeout=int(timeout))
+        image = sandbox.build_image(directory / "environment", tag=tag, labels={"litecoder.run": run.name},
+                                    timeout=timeout)
         session = None
         try:
-            session = sandbox.open(f"{directory.name}-check", image=image.id)
+            session = sandbox.open(f"{directory.name}-check", image=image)
             def copy(sub: str) -> None:
                 session.write_files({f"/{sub}/{p.name}": p.read_bytes() for p in (directory / sub).iterdir()}, mode=0o755)
 
@@ -240,7 +240,7 @@ class HarborExporter:
         finally:
             if session is not None:
                 session.remove()
-            sandbox.client.images.remove(image.id, force=True)
+            sandbox.remove_image(image)
 
 
 def _shell_quote(path: str) -> str:

@@ -8,6 +8,7 @@ memory or a model's context.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 from ..errors import LitecoderError
@@ -107,6 +108,11 @@ class Sandbox(Protocol):
         """A fresh session from ``image`` (default: the configured base image)."""
 
     def has_image(self, image: str) -> bool: ...
+
+    def build_image(self, context: Path | bytes, *, tag: str, labels: dict[str, str], timeout: float) -> str:
+        """Build an image from a directory with a Dockerfile (or a tar of one) where the
+        sandbox's containers run; returns its id. Exports check their tasks this way, so the
+        driver needs no engine of its own."""
 
     def remove_image(self, image: str) -> None: ...
 

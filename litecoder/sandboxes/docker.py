@@ -289,8 +289,23 @@ class DockerSandbox:
             return False
         return True
 
+    def build_image(self, context: Any, *, tag: str, labels: dict[str, str], timeout: float) -> str:
+        if isinstance(context, (bytes, bytearray)):
+            source = {"fileobj": io.BytesIO(context), "custom_context": True}
+        else:
+            source = {"path": str(context)}
+        image, _ = self.client.images.build(**source, tag=tag, rm=True, forcerm=True, labels=labels,
+                                            timeout=int(timeout))
+        return image.id
+
     def remove_image(self, image: str) -> None:
-        self.client.images.remove(image, force=True)
+        """Remove an image; one that is already gone (engines shared by two nodes) is fine."""
+        import docker
+
+        try:
+            self.client.images.remove(image, force=True)
+        except docker.errors.ImageNotFound:
+            pass
 
     def cleanup(self) -> int:
         removed = 0

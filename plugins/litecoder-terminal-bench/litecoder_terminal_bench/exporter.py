@@ -201,12 +201,11 @@ class TerminalBenchExporter:
         every test in pytest's summary passed."""
         sandbox = run.sandbox()
         timeout = float(run.cfg.export.harbor.check_timeout)
-        image, _ = sandbox.client.images.build(path=str(directory), tag=f"litecoder-tbench-check:{directory.name}",
-                                               rm=True, forcerm=True, labels={"litecoder.run": run.name},
-                                               timeout=int(timeout))
+        image = sandbox.build_image(directory, tag=f"litecoder-tbench-check:{directory.name}",
+                                    labels={"litecoder.run": run.name}, timeout=timeout)
         session = None
         try:
-            session = sandbox.open(f"{directory.name}-tbench-check", image=image.id)
+            session = sandbox.open(f"{directory.name}-tbench-check", image=image)
             session.write_files({"/oracle/solution.sh": (directory / "solution.sh").read_bytes()}, mode=0o755)
             solve = session.exec("bash /oracle/solution.sh", timeout=timeout)
             tests = {f"/tests/{p.relative_to(directory / 'tests')}": p.read_bytes()
@@ -220,4 +219,4 @@ class TerminalBenchExporter:
         finally:
             if session is not None:
                 session.remove()
-            sandbox.client.images.remove(image.id, force=True)
+            sandbox.remove_image(image)
