@@ -76,9 +76,10 @@ def leftovers(run_name):
     return out.stdout.split()
 
 
-def kill_while_working_then_resume(args, run_name):
+def kill_while_working_then_resume(args, run_name, leftovers=leftovers):
     """Start ``python -m litecoder ARGS``, SIGKILL it once two containers run, check that they
-    are left behind, and run the same command again to the end."""
+    are left behind, and run the same command again to the end (``leftovers``: the run's
+    containers, on every engine the run uses)."""
     import time
 
     from .conftest import REPO

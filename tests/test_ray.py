@@ -1,7 +1,7 @@
 """executor=ray on a real local Ray cluster (a head node and a second node started with
-`ray start`, workers as separate processes): sample and judge over two endpoints, a killed
-worker and a killed driver with exact counts after resume, and containers spread over both
-Docker nodes."""
+`ray start`, workers as separate processes, each node with its own Docker engine): sample and
+judge over two endpoints, a killed worker and a killed driver with exact counts after resume,
+and containers spread over both Docker nodes, with images copied from node to node."""
 
 from __future__ import annotations
 
@@ -34,9 +34,49 @@ RAY = str(Path(sys.executable).with_name("ray"))
 
 
 @pytest.fixture(scope="module")
-def ray_cluster():
-    """Two nodes with the ``docker`` resource, in their own processes: a head with 2 CPUs and a
-    second node with 1 that joins it (both use this machine's engine)."""
+def second_engine(tmp_path_factory):
+    """A second Docker engine on this machine, as a second node would have: its own dockerd,
+    data and socket (no bridge network: sandboxes run offline), with the base image loaded."""
+    import docker
+
+    from litecoder.sandboxes.docker import DockerSandboxConfig
+
+    root = Path(f"/tmp/lcd2-{uuid.uuid4().hex[:6]}")  # a unix socket path must stay short
+    root.mkdir()
+    url = f"unix://{root}/docker.sock"
+    log = open(root / "dockerd.log", "w")
+    daemon = subprocess.Popen(["dockerd", f"--data-root={root}/data", f"--exec-root={root}/exec", f"-H={url}",
+                               f"--pidfile={root}/docker.pid", "--bridge=none", "--iptables=false", "--ip-masq=false"],
+                              stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                engine = docker.DockerClient(base_url=url, timeout=120)  # asks the engine for its API version
+                break
+            except docker.errors.DockerException:  # not up yet
+                assert daemon.poll() is None and time.monotonic() < deadline, (root / "dockerd.log").read_text()[-3000:]
+                time.sleep(0.5)
+        local = docker.from_env(timeout=300)
+        engine.api.load_image(local.api.get_image(DockerSandboxConfig.image, chunk_size=8 << 20))
+        local.close()
+        yield url, engine
+        engine.close()
+    finally:
+        daemon.terminate()
+        try:
+            daemon.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            daemon.kill()
+            daemon.wait()
+        log.close()
+        subprocess.run(["rm", "-rf", str(root)], capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def ray_cluster(second_engine):
+    """Two nodes with the ``docker`` resource, in their own processes: a head with 2 CPUs on
+    this machine's engine, and a second node with 1 CPU on the second engine."""
     temp = f"/tmp/lcray-{uuid.uuid4().hex[:6]}"  # Ray's socket paths must stay short
     port = free_port("127.0.0.1")
     # A throwaway cluster on loopback: no token (Ray's default token auth is for real clusters);
@@ -50,7 +90,8 @@ def ray_cluster():
     assert started.returncode == 0, started.stdout + started.stderr
     try:
         joined = subprocess.run([RAY, "start", f"--address=127.0.0.1:{port}", "--num-cpus=1", '--resources={"docker": 1}',
-                                 "--disable-usage-stats"], capture_output=True, text=True, env=env, timeout=180)
+                                 "--disable-usage-stats"], capture_output=True, text=True, timeout=180,
+                                env={**env, "DOCKER_HOST": second_engine[0]})  # its workers use that engine
         assert joined.returncode == 0, joined.stdout + joined.stderr
         yield f"127.0.0.1:{port}"  # Ray maps a loopback address to the node's own
     finally:
@@ -90,6 +131,10 @@ class SlowModel:
                 texts.append(distinct_task(self.count))
                 self.count += 1
             return 200, completion_body(texts), self.delay
+
+
+def engine_leftovers(engine, run_name: str) -> list[str]:
+    return [c.id for c in engine.containers.list(all=True, filters={"label": f"litecoder.run={run_name}"})]
 
 
 def ray_node_ids(address: str) -> list[str]:
@@ -159,30 +204,40 @@ def test_a_killed_worker_and_a_killed_driver_lose_and_repeat_nothing(ray_cluster
 
 
 @pytest.mark.docker
-def test_containers_spread_over_the_clusters_docker_nodes(ray_cluster, compose_cfg, tmp_path, model_dir, caplog):
+@pytest.mark.parametrize("copy_images", [True, False])
+def test_containers_spread_over_the_clusters_docker_nodes(ray_cluster, second_engine, compose_cfg, tmp_path, model_dir,
+                                                          caplog, copy_images):
     """The whole chain with executor=ray: the environment is made and the teacher works in
-    containers opened by the Docker nodes' Ray actors, two rollouts at once on the two nodes;
-    the result equals the local executor's."""
+    containers opened by the Docker nodes' Ray actors, each node with its own engine. The two
+    rollouts run at once: with copy_images, the second goes to the idle node, which gets the
+    task's image from the node that made it; without, both run where the image is."""
     caplog.set_level(logging.INFO, logger="litecoder")
+    engine = second_engine[1]
     try:
         summaries, _ = run_pipeline(compose_cfg, tmp_path, solving_teacher, "trajectory.rollouts=2",
-                                    *ray_args(ray_cluster))
+                                    f"executor.copy_images={str(copy_images).lower()}", *ray_args(ray_cluster))
         assert summaries["environment"]["ready"] == 1
         assert summaries["trajectory"]["kept"] == 2 and summaries["trajectory"]["pass@2"] == 1.0
-        assert summaries["export"]["harbor_solution_checked"] == 1
+        assert summaries["export"]["harbor_solution_checked"] == 1  # built on a node, not by the driver
         assert "containers on 2 Ray node(s)" in caplog.text
         nodes = set(ray_node_ids(ray_cluster))
-        # the two rollouts ran at once, so the least busy node was a different one for each
-        assert set(pl.read_parquet(tmp_path / "trajectories.parquet")["host"]) == nodes
-        assert set(pl.read_parquet(tmp_path / "environments.parquet")["host"]) < nodes
+        (made_on,) = set(pl.read_parquet(tmp_path / "environments.parquet")["host"])
+        hosts = pl.read_parquet(tmp_path / "trajectories.parquet")["host"].to_list()
+        if copy_images:
+            assert set(hosts) == nodes and "copied image" in caplog.text
+        else:
+            assert hosts == [made_on, made_on] and "copied image" not in caplog.text
         assert worker_pids("DockerNode") == []  # the run's node actors are gone with the run
-        assert leftovers(tmp_path.name) == []
+        assert leftovers(tmp_path.name) == [] and engine_leftovers(engine, tmp_path.name) == []
     finally:
         remove_images(tmp_path)
+        for image in engine.images.list(filters={"label": "litecoder.task"}):
+            engine.images.remove(image.id, force=True)
 
 
 @pytest.mark.docker
-def test_a_killed_driver_leaves_containers_on_the_node_that_the_resumed_run_removes(ray_cluster, tmp_path, model_dir):
+def test_a_killed_driver_leaves_containers_on_the_nodes_that_the_resumed_run_removes(ray_cluster, second_engine, tmp_path,
+                                                                                     model_dir):
     def slow_then_ready(turn):
         return step(["sleep 3"]) if turn < 3 else step(ready=True, verifier="test -f /root/done")
 
@@ -198,12 +253,17 @@ def test_a_killed_driver_leaves_containers_on_the_node_that_the_resumed_run_remo
         args = [sys.executable, "-m", "litecoder", "stage=[sample,judge,environment]", "run.name=killed-ray-env",
                 f"run.root={tmp_path}", f"backend.url={server.url}", "sample.num_tasks=3", "sample.n=1",
                 "sandbox.max_containers=3", *ray_args(ray_cluster)]
-        kill_while_working_then_resume(args, "killed-ray-env")
-    assert leftovers("killed-ray-env") == []
+        engine = second_engine[1]
+        on_both = lambda name: leftovers(name) + engine_leftovers(engine, name)  # noqa: E731
+        kill_while_working_then_resume(args, "killed-ray-env", leftovers=on_both)
+    assert on_both("killed-ray-env") == []
     frame = pl.read_parquet(tmp_path / "killed-ray-env" / "environments.parquet")
     assert len(frame) == 3 and set(frame["status"]) == {"ready"} and frame["task_id"].is_unique().all()
+    assert frame["host"].n_unique() == 2  # three at once: the environments were spread over both nodes
     for image in frame["image"]:
         subprocess.run(["docker", "rmi", "-f", image], capture_output=True)
+        for found in engine.images.list(name=image):
+            engine.images.remove(found.id, force=True)
 
 
 @pytest.mark.vllm

@@ -10,8 +10,10 @@ on the cluster:
   resume.
 - **Containers** run on every node that offers the ``executor.docker_resource`` resource
   (``ray start --resources='{"docker": 1}'``), through one actor per node that owns that
-  node's Docker engine. A new container goes to the least busy node; a container from a
-  task's image goes to a node that has the image (images stay on the node that made them).
+  node's Docker engine. A new container goes to the least busy node. A container from a
+  task's image goes there too: if that node lacks the image, it is copied from a node that
+  has it, node to node in chunks (``executor.copy_images=false``: to the least busy node
+  that has it).
   A node actor that dies takes its sessions with it: those items fail with a recorded reason
   and are retried on resume, and the containers are removed by the run's cleanup.
 
@@ -27,6 +29,9 @@ import io
 import logging
 import os
 import tarfile
+import threading
+import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -55,6 +60,9 @@ class RayExecutorConfig(ExecutorConfig):
     docker_resource: str = "docker"
     #: restarts of a worker that died; its requests in flight are sent again after a restart
     max_restarts: int = 3
+    #: when the least busy Docker node lacks a task's image, copy it there from a node that has
+    #: it (node to node, in chunks); false: such containers wait for the nodes that have it
+    copy_images: bool = True
 
 
 def _ray():
@@ -94,6 +102,7 @@ class DockerNode:
         self.sandbox = plugins.registry("sandbox").get(sandbox_type)(OmegaConf.create(config), run_name)
         self.builders = plugins.registry("image_builder")
         self.sessions: dict[str, Any] = {}
+        self.transfers: dict[str, Any] = {}
 
     def ensure_image(self) -> str:
         return self.sandbox.ensure_image(self.builders)
@@ -115,6 +124,31 @@ class DockerNode:
 
     def call(self, method: str, args: tuple = (), kwargs: dict | None = None) -> Any:
         return getattr(self.sandbox, method)(*args, **(kwargs or {}))
+
+    def export_image(self, image: str) -> str:
+        """Start sending an image; the receiving node pulls it with ``next_chunk``."""
+        transfer = uuid.uuid4().hex
+        self.transfers[transfer] = iter(self.sandbox.save_image(image))
+        return transfer
+
+    def next_chunk(self, transfer: str) -> bytes | None:
+        chunk = next(self.transfers[transfer], None)
+        if chunk is None:
+            del self.transfers[transfer]
+        return chunk
+
+    def import_image(self, source: Any, image: str) -> None:
+        """Load ``image`` from the node actor ``source``, a chunk at a time: the image never
+        passes through the driver, and never whole through this process's memory."""
+        import ray
+
+        transfer = ray.get(source.export_image.remote(image))
+
+        def chunks():
+            while (chunk := ray.get(source.next_chunk.remote(transfer))) is not None:
+                yield chunk
+
+        self.sandbox.load_image(chunks())
 
     def pid(self) -> int:
         return os.getpid()
@@ -180,17 +214,20 @@ class RaySession:
         try:
             self._call("remove")
         finally:
-            self.sandbox.busy[self.node] -= 1
+            self.sandbox.release(self.node)
 
 
 class RaySandbox:
     """Containers on the cluster's Docker nodes, behind the same calls as a local sandbox."""
 
-    def __init__(self, nodes: list[Any], node_ids: list[str], config: Any) -> None:
+    def __init__(self, nodes: list[Any], node_ids: list[str], config: Any, copy_images: bool = False) -> None:
         self.nodes = nodes
         self.node_ids = node_ids
         self.config = config
         self.busy = [0] * len(nodes)
+        self.copy_images = bool(copy_images)
+        self._lock = threading.Lock()
+        self._copying: dict[tuple[str, int], threading.Lock] = {}
 
     def _get(self, ref: Any) -> Any:
         ray = _ray()
@@ -206,17 +243,51 @@ class RaySandbox:
         return [i for i, node in enumerate(self.nodes) if self._get(node.call.remote("has_image", (image,)))]
 
     def open(self, item: str, image: str | None = None) -> RaySession:
-        candidates = self._holding(image) if image else list(range(len(self.nodes)))
-        if not candidates:
+        holders = self._holding(image) if image else None
+        if holders == []:
             raise SandboxError(f"no Docker node of the Ray cluster has the image {image}")
-        node = min(candidates, key=lambda i: self.busy[i])
-        self.busy[node] += 1
+        copy_from = None
+        with self._lock:  # choose and reserve at once, so containers opened together spread
+            node = min(range(len(self.nodes)), key=lambda i: self.busy[i])
+            if holders is not None and node not in holders:
+                holder = min(holders, key=lambda i: self.busy[i])
+                if self.copy_images and self.busy[holder] > self.busy[node]:
+                    copy_from = holder
+                else:
+                    node = holder
+            self.busy[node] += 1
         try:
+            if copy_from is not None:
+                node = self._copy(image, copy_from, node)
             session_id = self._get(self.nodes[node].open.remote(item, image))
         except BaseException:
-            self.busy[node] -= 1
+            self.release(node)
             raise
         return RaySession(self, node, session_id)
+
+    def release(self, node: int) -> None:
+        with self._lock:
+            self.busy[node] -= 1
+
+    def _copy(self, image: str, source: int, target: int) -> int:
+        """Copy ``image`` to node ``target`` (reserved by the caller); returns the node to use:
+        ``source`` if the copy fails, with the reservation moved there."""
+        with self._copying.setdefault((image, target), threading.Lock()):
+            if self._get(self.nodes[target].call.remote("has_image", (image,))):
+                return target  # another container of this task copied it meanwhile
+            started = time.monotonic()
+            try:
+                self._get(self.nodes[target].import_image.remote(self.nodes[source], image))
+            except Exception as exc:  # noqa: BLE001 - the holder can still run it
+                log.warning("copying image %s to Ray node %s failed, using node %s: %s", image[:24],
+                            self.node_ids[target][:8], self.node_ids[source][:8], exc)
+                with self._lock:
+                    self.busy[target] -= 1
+                    self.busy[source] += 1
+                return source
+            log.info("copied image %s from Ray node %s to %s in %.1fs", image[:24], self.node_ids[source][:8],
+                     self.node_ids[target][:8], time.monotonic() - started)
+            return target
 
     def has_image(self, image: str) -> bool:
         return bool(self._holding(image))
@@ -320,7 +391,7 @@ class RayExecutor:
             ).remote(sandbox_type, settings, run_name)  # factory and builders are looked up on the node
             for node_id in node_ids
         ]
-        sandbox = RaySandbox(nodes, node_ids, config)
+        sandbox = RaySandbox(nodes, node_ids, config, copy_images=bool(self.config.copy_images))
         try:
             for node in nodes:
                 sandbox._get(node.ensure_image.remote())

@@ -17,7 +17,7 @@ import tarfile
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Iterable, Iterator, Optional
 
 from .. import hookimpl
 from .base import ExecResult, HeadTail, SandboxError
@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 LABEL_RUN = "litecoder.run"
 LABEL_ITEM = "litecoder.item"
 KEEPALIVE = ["sleep", "infinity"]
+#: chunks of an image copied between engines (``save_image``/``load_image``)
+IMAGE_CHUNK_BYTES = 8 << 20
 
 #: Runs $1 in its own process group with a deadline of $2 seconds, then kills whatever is
 #: left of that group, so neither a timeout nor a stray background job outlives the command.
@@ -294,9 +296,19 @@ class DockerSandbox:
             source = {"fileobj": io.BytesIO(context), "custom_context": True}
         else:
             source = {"path": str(context)}
+        # RUN steps get the network the sandbox's containers get (none by default)
+        network = {} if self.config.network else {"network_mode": "none"}
         image, _ = self.client.images.build(**source, tag=tag, rm=True, forcerm=True, labels=labels,
-                                            timeout=int(timeout))
+                                            timeout=int(timeout), **network)
         return image.id
+
+    def save_image(self, image: str) -> Iterator[bytes]:
+        """The image as a ``docker save`` tar, in chunks (for copying it to another engine)."""
+        return self.client.api.get_image(image, chunk_size=IMAGE_CHUNK_BYTES)
+
+    def load_image(self, chunks: Iterable[bytes]) -> None:
+        """Load a ``docker save`` tar streamed in chunks (the body is sent chunked)."""
+        self.client.api.load_image(chunks)
 
     def remove_image(self, image: str) -> None:
         """Remove an image; one that is already gone (engines shared by two nodes) is fine."""
