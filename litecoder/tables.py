@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Iterator
 
 import polars as pl
 import pyarrow.parquet as pq
@@ -42,21 +42,25 @@ def records_frame(records: list[dict], schema: dict, timestamp: str) -> pl.DataF
 
 
 def write_records_parquet(path: Path, batches: Iterable[list[dict]], schema: dict, timestamp: str) -> Path:
-    """Store records as a typed Parquet table, one batch in memory at a time.
+    """Store records as a typed Parquet table, one batch in memory at a time."""
+    return write_frames_parquet(path, (records_frame(batch, schema, timestamp) for batch in batches),
+                                records_frame([], schema, timestamp))
 
-    Each batch becomes one row group, appended through pyarrow's writer: nothing is read
-    back, so the peak is one batch whatever the table's length.
-    """
+
+def write_frames_parquet(path: Path, frames: Iterable[pl.DataFrame], empty: pl.DataFrame) -> Path:
+    """Frames of one schema appended to a Parquet file, one row group (or more) each, through
+    pyarrow's writer: nothing is read back, so the peak is one frame whatever the table's
+    length. ``empty`` is written when there are no frames, so the file always has its columns."""
     def write(out: Path) -> None:
         writer = None
         try:
-            for batch in batches:
-                table = records_frame(batch, schema, timestamp).to_arrow()
+            for frame in frames:
+                table = frame.to_arrow()
                 if writer is None:
                     writer = pq.ParquetWriter(out, table.schema, compression="zstd")
                 writer.write_table(table, row_group_size=ROW_GROUP_ROWS)
             if writer is None:
-                records_frame([], schema, timestamp).write_parquet(out)
+                empty.write_parquet(out)
         finally:
             if writer is not None:
                 writer.close()
@@ -64,9 +68,10 @@ def write_records_parquet(path: Path, batches: Iterable[list[dict]], schema: dic
     return _write_atomic(path, write)
 
 
-def sink_parquet_atomic(frame: pl.LazyFrame, path: Path) -> Path:
-    """A lazy query streamed into a Parquet file, written the same crash-safe way."""
-    return _write_atomic(path, lambda out: frame.sink_parquet(out, row_group_size=ROW_GROUP_ROWS))
+def iter_parquet(path: Path, batch: int = 500) -> Iterator[pl.DataFrame]:
+    """A Parquet file's rows as frames of up to ``batch`` rows, read a row group at a time."""
+    for record_batch in pq.ParquetFile(path).iter_batches(batch_size=batch):
+        yield pl.from_arrow(record_batch)
 
 
 def write_text_atomic(path: Path, text: str) -> Path:

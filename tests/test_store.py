@@ -59,3 +59,29 @@ def test_streamed_parquet_has_every_batch_typed(tmp_path):
 def test_an_empty_table_still_has_its_columns(tmp_path):
     frame = pl.read_parquet(write_records_parquet(tmp_path / "empty.parquet", iter([]), SCHEMA, "at"))
     assert frame.height == 0 and frame.columns == list(SCHEMA)
+
+
+def test_feasible_tasks_are_joined_a_batch_at_a_time_in_task_order(tmp_path):
+    """1200 tasks (three batches of the export), every third accepted: feasible.parquet has
+    exactly those, in task order, with their scores."""
+    import types
+
+    from litecoder.stages.judge import FEASIBLE_FILE, JudgeStage
+    from litecoder.stages.sample import SampleStage, sample_key
+
+    store = RunStore(tmp_path / "store.sqlite")
+    run = types.SimpleNamespace(store=store, path=lambda name: tmp_path / name)
+    tasks = [{"id": f"task-{n:04d}", "text": f"task {n}", "status": "ok", "request_index": n // 2, "choice_index": n % 2,
+              "created_at": "2026-11-24T10:00:00+00:00"} for n in range(1200)]
+    store.put("sample", [(sample_key(t["request_index"], t["choice_index"]), DONE, "ok", None, t) for t in reversed(tasks)])
+    verdicts = [{"task_id": t["id"], "verdict": "accepted" if n % 3 == 0 else "rejected", "aggregate": float(n % 5),
+                 "scores": [{"criterion": "clarity", "score": n % 5, "rationale": "r"}],
+                 "judged_at": "2026-11-24T10:00:00+00:00"} for n, t in enumerate(tasks)]
+    store.put("judge", [(v["task_id"], DONE, v["verdict"], None, v) for v in verdicts])
+    SampleStage().export(run)
+    JudgeStage().export(run)
+    feasible = pl.read_parquet(tmp_path / FEASIBLE_FILE)
+    assert feasible["id"].to_list() == [f"task-{n:04d}" for n in range(0, 1200, 3)]
+    assert feasible["aggregate"].to_list()[:3] == [0.0, 3.0, 1.0]
+    assert feasible["scores"][1].to_list() == [{"criterion": "clarity", "score": 3, "rationale": "r"}]
+    assert pl.read_parquet(tmp_path / "judgments.parquet").height == 1200

@@ -27,7 +27,7 @@ from ..progress import Progress
 from ..errors import BackendError, ConfigError
 from ..replies import ReplyError, parse_reply
 from ..store import DONE, FAILED, RunStore
-from ..tables import sink_parquet_atomic, write_records_parquet
+from ..tables import iter_parquet, write_frames_parquet, write_records_parquet
 from .sample import SCHEMA as TASK_SCHEMA
 from .sample import TASKS_FILE, backend_identity
 
@@ -285,13 +285,20 @@ class JudgeStage:
 
     def export(self, run: Any) -> None:
         """Rebuild ``judgments.parquet`` and ``feasible.parquet`` from the store."""
-        judgments = write_records_parquet(run.path(JUDGMENTS_FILE), run.store.iter_records(self.name),
-                                          JUDGMENT_SCHEMA, "judged_at")
-        accepted = (pl.scan_parquet(judgments).filter(pl.col("verdict") == ACCEPTED)
-                    .select(pl.col("task_id").alias("id"), "aggregate", "scores"))
+        write_records_parquet(run.path(JUDGMENTS_FILE), run.store.iter_records(self.name), JUDGMENT_SCHEMA, "judged_at")
         tasks_path = run.path(TASKS_FILE)
-        tasks = pl.scan_parquet(tasks_path) if tasks_path.exists() else pl.LazyFrame(schema=TASK_SCHEMA)
-        sink_parquet_atomic(tasks.join(accepted, on="id", how="inner"), run.path(FEASIBLE_FILE))
+        verdicts = {"id": pl.String, "aggregate": JUDGMENT_SCHEMA["aggregate"], "scores": JUDGMENT_SCHEMA["scores"]}
+
+        def feasible() -> Iterator[pl.DataFrame]:
+            # a batch of tasks at a time, joined with the verdicts the store has for them
+            for tasks in iter_parquet(tasks_path) if tasks_path.exists() else ():
+                accepted = [{"id": r["task_id"], "aggregate": r.get("aggregate"), "scores": r.get("scores")}
+                            for r in run.store.records(self.name, tasks["id"].to_list()) if r.get("verdict") == ACCEPTED]
+                if accepted:
+                    yield tasks.join(pl.DataFrame(accepted, schema=verdicts), on="id", how="inner", maintain_order="left")
+
+        empty = pl.DataFrame(schema=TASK_SCHEMA).join(pl.DataFrame(schema=verdicts), on="id")
+        write_frames_parquet(run.path(FEASIBLE_FILE), feasible(), empty)
 
 
 @hookimpl
