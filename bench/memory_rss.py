@@ -310,7 +310,7 @@ def census(run_dir: Path, top: int) -> None:
     from litecoder.config import DedupConfig
     from litecoder.dedup import find_duplicates
     from litecoder.run import PIPELINE
-    from litecoder.report import RECORD_FIELDS
+    from litecoder.report import RunData
     from litecoder.spend import spend
     from litecoder.stages.judge import JudgeStage
     from litecoder.stages.sample import SampleStage
@@ -319,7 +319,7 @@ def census(run_dir: Path, top: int) -> None:
     store = RunStore(run_dir / "store.sqlite")
     counts = {stage: sum(store.counts(stage).get(s, 0) for s in ("done", "failed")) for stage in ("sample", "judge")}
     scratch = Path(tempfile.mkdtemp(prefix="litecoder-census-"))
-    run = types.SimpleNamespace(store=store, path=lambda name: scratch / name)
+    run = types.SimpleNamespace(store=store, path=lambda name: scratch / name, dir=run_dir)
     dedup = OmegaConf.structured(DedupConfig)
     n = max(1, counts["sample"])
     records = store._db.execute("SELECT record FROM items WHERE stage = 'sample' LIMIT 200").fetchall()
@@ -338,7 +338,7 @@ def census(run_dir: Path, top: int) -> None:
          lambda: find_duplicates(((r["id"], r["text"]) for b in store.iter_records("sample", state=DONE, order=order)
                                   for r in b), dedup), False),
         ("JudgeStage.export: judgments.parquet, feasible.parquet", lambda: JudgeStage().export(run), False),
-        ("report: RunData's slim items", lambda: {s: store.items(s, fields=RECORD_FIELDS[s]) for s in RECORD_FIELDS}, True),
+        ("report: RunData (slim items, aggregates in SQLite)", lambda: RunData(run), True),
         ("spend(store): end-of-run lines, summary.json", lambda: spend(store, PIPELINE), False),
     ]
     tracemalloc.start(int(os.environ.get("LITECODER_BENCH_FRAMES", "1")))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable, Iterable
 
 import polars as pl
 import pyarrow.parquet as pq
@@ -66,12 +66,6 @@ def write_frames_parquet(path: Path, frames: Iterable[pl.DataFrame], empty: pl.D
                 writer.close()
 
     return _write_atomic(path, write)
-
-
-def iter_parquet(path: Path, batch: int = 500) -> Iterator[pl.DataFrame]:
-    """A Parquet file's rows as frames of up to ``batch`` rows, read a row group at a time."""
-    for record_batch in pq.ParquetFile(path).iter_batches(batch_size=batch):
-        yield pl.from_arrow(record_batch)
 
 
 def write_text_atomic(path: Path, text: str) -> Path:

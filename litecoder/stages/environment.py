@@ -10,7 +10,6 @@ prepared state, or the task is trivial (or the verifier wrong) and is rejected.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import re
 import time

@@ -27,9 +27,9 @@ from ..progress import Progress
 from ..errors import BackendError, ConfigError
 from ..replies import ReplyError, parse_reply
 from ..store import DONE, FAILED, RunStore
-from ..tables import iter_parquet, write_frames_parquet, write_records_parquet
+from ..tables import write_records_parquet
 from .sample import SCHEMA as TASK_SCHEMA
-from .sample import TASKS_FILE, backend_identity
+from .sample import backend_identity
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +63,8 @@ JUDGMENT_SCHEMA = {
     "error": pl.String,
     "judged_at": pl.Datetime("us", "UTC"),
 }
+#: ``feasible.parquet``: the accepted tasks as sampled, with their scores
+FEASIBLE_SCHEMA = {**TASK_SCHEMA, "aggregate": JUDGMENT_SCHEMA["aggregate"], "scores": JUDGMENT_SCHEMA["scores"]}
 
 
 def judgment_schema(judge: Any) -> dict:
@@ -286,19 +288,15 @@ class JudgeStage:
     def export(self, run: Any) -> None:
         """Rebuild ``judgments.parquet`` and ``feasible.parquet`` from the store."""
         write_records_parquet(run.path(JUDGMENTS_FILE), run.store.iter_records(self.name), JUDGMENT_SCHEMA, "judged_at")
-        tasks_path = run.path(TASKS_FILE)
-        verdicts = {"id": pl.String, "aggregate": JUDGMENT_SCHEMA["aggregate"], "scores": JUDGMENT_SCHEMA["scores"]}
+        def feasible() -> Iterator[list[dict]]:
+            # a batch of sampled tasks at a time, with the verdicts the store has for them
+            for tasks in run.store.iter_records("sample", state=DONE, order=("request_index", "choice_index")):
+                verdicts = {v["task_id"]: v for v in run.store.records(self.name, [t["id"] for t in tasks])
+                            if v.get("verdict") == ACCEPTED}
+                yield [{**t, "aggregate": v.get("aggregate"), "scores": v.get("scores")}
+                       for t in tasks if (v := verdicts.get(t["id"])) is not None]
 
-        def feasible() -> Iterator[pl.DataFrame]:
-            # a batch of tasks at a time, joined with the verdicts the store has for them
-            for tasks in iter_parquet(tasks_path) if tasks_path.exists() else ():
-                accepted = [{"id": r["task_id"], "aggregate": r.get("aggregate"), "scores": r.get("scores")}
-                            for r in run.store.records(self.name, tasks["id"].to_list()) if r.get("verdict") == ACCEPTED]
-                if accepted:
-                    yield tasks.join(pl.DataFrame(accepted, schema=verdicts), on="id", how="inner", maintain_order="left")
-
-        empty = pl.DataFrame(schema=TASK_SCHEMA).join(pl.DataFrame(schema=verdicts), on="id")
-        write_frames_parquet(run.path(FEASIBLE_FILE), feasible(), empty)
+        write_records_parquet(run.path(FEASIBLE_FILE), feasible(), FEASIBLE_SCHEMA, "created_at")
 
 
 @hookimpl
