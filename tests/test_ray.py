@@ -36,18 +36,23 @@ RAY = str(Path(sys.executable).with_name("ray"))
 @pytest.fixture(scope="module")
 def second_engine(tmp_path_factory):
     """A second Docker engine on this machine, as a second node would have: its own dockerd,
-    data and socket (no bridge network: sandboxes run offline), with the base image loaded."""
+    data, socket and network namespace (no bridge: sandboxes run offline), with the base image
+    loaded."""
     import docker
 
     from litecoder.sandboxes.docker import DockerSandboxConfig
 
+    bridge = Path("/sys/class/net/docker0")
+    had_bridge = bridge.exists()
     root = Path(f"/tmp/lcd2-{uuid.uuid4().hex[:6]}")  # a unix socket path must stay short
     root.mkdir()
     url = f"unix://{root}/docker.sock"
     log = open(root / "dockerd.log", "w")
-    daemon = subprocess.Popen(["dockerd", f"--data-root={root}/data", f"--exec-root={root}/exec", f"-H={url}",
-                               f"--pidfile={root}/docker.pid", "--bridge=none", "--iptables=false", "--ip-masq=false"],
-                              stdout=log, stderr=subprocess.STDOUT)
+    # Its own network namespace: an engine's bridge setup (even --bridge=none, which deletes a
+    # docker0 it finds) must not touch the host's docker0, which this machine's engine uses.
+    daemon = subprocess.Popen(["unshare", "--net", "dockerd", f"--data-root={root}/data", f"--exec-root={root}/exec",
+                               f"-H={url}", f"--pidfile={root}/docker.pid", "--bridge=none", "--iptables=false",
+                               "--ip-masq=false"], stdout=log, stderr=subprocess.STDOUT)
     try:
         deadline = time.monotonic() + 120
         while True:
@@ -63,7 +68,7 @@ def second_engine(tmp_path_factory):
         yield url, engine
         engine.close()
     finally:
-        daemon.terminate()
+        daemon.terminate()  # unshare passes the signal on to dockerd
         try:
             daemon.wait(timeout=60)
         except subprocess.TimeoutExpired:
@@ -71,6 +76,7 @@ def second_engine(tmp_path_factory):
             daemon.wait()
         log.close()
         subprocess.run(["rm", "-rf", str(root)], capture_output=True)
+    assert bridge.exists() or not had_bridge, "the second engine removed this machine's docker0"
 
 
 @pytest.fixture(scope="module")

@@ -19,11 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__, hookimpl
-from ..sandboxes.base import SandboxError, item_failure
 from ..sandboxes.tmux import is_key
 from ..store import DONE
-from ..tables import write_text_atomic
-from .base import jsonl, solved_rollouts
+from .base import TaskResult, export_tasks
 
 log = logging.getLogger(__name__)
 
@@ -112,36 +110,17 @@ def memory_mb(text: str) -> int:
 class HarborExporter:
     def export(self, run: Any) -> dict:
         root = run.path(HARBOR_DIR)
-        best = solved_rollouts(run)
         environments = {i.key: i.record for i in run.store.items("environment", DONE)}
         judged = {i.key: i.record for i in run.store.items("judge", DONE)}
-        entries = []
-        for task_id, rollout in best.items():
-            entry = {"task_id": task_id, "rollout_id": rollout.record["rollout_id"], "path": None,
-                     "status": "failed", "solution_check": "skipped", "detail": None}
-            try:
-                directory = self.write_task(run, root, task_id, rollout, environments[task_id], judged.get(task_id, {}))
-                entry["path"], entry["status"] = str(directory.relative_to(run.dir)), "exported"
-                if run.cfg.export.harbor.check_solution:
-                    reward, detail = self.check(run, directory)
-                    entry["solution_check"] = "passed" if reward == "1" else "failed"
-                    entry["detail"] = detail
-            except (SandboxError, ValueError, OSError) as exc:
-                entry["detail"] = str(exc)
-            except Exception as exc:  # noqa: BLE001 - a Docker API error fails this task's export only
-                entry["detail"] = item_failure(exc)
-                if entry["detail"] is None:
-                    raise
-            entries.append(entry)
-        # Directories of tasks that are no longer exported (filters changed) go away.
-        wanted = {e["task_id"] for e in entries if e["status"] == "exported"}
-        for stale in (p for p in root.iterdir() if p.is_dir() and p.name not in wanted) if root.is_dir() else []:
-            shutil.rmtree(stale)
-        write_text_atomic(root / "index.jsonl", jsonl(entries))
-        counts = {"tasks": len(wanted), "failed": sum(e["status"] == "failed" for e in entries)}
-        if run.cfg.export.harbor.check_solution:
-            counts["solution_checked"] = sum(e["solution_check"] == "passed" for e in entries)
-        return counts
+
+        def write(task_id: str, rollout: Any) -> TaskResult:
+            directory = self.write_task(run, root, task_id, rollout, environments[task_id], judged.get(task_id, {}))
+            if not run.cfg.export.harbor.check_solution:
+                return directory, None
+            reward, detail = self.check(run, directory)
+            return directory, (reward == "1", detail)
+
+        return export_tasks(run, root, write)
 
     def write_task(self, run: Any, root: Path, task_id: str, rollout: Any, env: dict, judged: dict) -> Path:
         """Write one task's Harbor directory under ``root`` (other task formats start from it)."""

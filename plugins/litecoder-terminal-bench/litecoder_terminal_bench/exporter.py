@@ -26,11 +26,9 @@ from typing import Any
 
 import yaml
 
-from litecoder.exporters.base import jsonl, solved_rollouts
+from litecoder.exporters.base import TaskResult, export_tasks
 from litecoder.exporters.harbor import HarborExporter
-from litecoder.sandboxes.base import SandboxError, item_failure
 from litecoder.store import DONE
-from litecoder.tables import write_text_atomic
 
 TBENCH_DIR = "tbench"
 STAGING = ".harbor-staging"
@@ -130,37 +128,17 @@ class TerminalBenchExporter:
         staging = root / STAGING
         environments = {i.key: i.record for i in run.store.items("environment", DONE)}
         judged = {i.key: i.record for i in run.store.items("judge", DONE)}
-        check = bool(run.cfg.export.harbor.check_solution)
-        entries = []
+
+        def write(task_id: str, rollout: Any) -> TaskResult:
+            harbor = HarborExporter().write_task(run, staging, task_id, rollout, environments[task_id],
+                                                  judged.get(task_id, {}))
+            directory = self._write_task(run, root, harbor, rollout, judged.get(task_id, {}))
+            return directory, (self.check(run, directory) if run.cfg.export.harbor.check_solution else None)
+
         try:
-            for task_id, rollout in solved_rollouts(run).items():
-                entry = {"task_id": task_id, "rollout_id": rollout.record["rollout_id"], "path": None,
-                         "status": "failed", "solution_check": "skipped", "detail": None}
-                try:
-                    harbor = HarborExporter().write_task(run, staging, task_id, rollout, environments[task_id],
-                                                          judged.get(task_id, {}))
-                    directory = self._write_task(run, root, harbor, rollout, judged.get(task_id, {}))
-                    entry["path"], entry["status"] = str(directory.relative_to(run.dir)), "exported"
-                    if check:
-                        passed, entry["detail"] = self.check(run, directory)
-                        entry["solution_check"] = "passed" if passed else "failed"
-                except (SandboxError, ValueError, OSError) as exc:
-                    entry["detail"] = str(exc)
-                except Exception as exc:  # noqa: BLE001 - a Docker API error fails this task's export only
-                    entry["detail"] = item_failure(exc)
-                    if entry["detail"] is None:
-                        raise
-                entries.append(entry)
+            return export_tasks(run, root, write)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
-        wanted = {e["task_id"] for e in entries if e["status"] == "exported"}
-        for stale in [p for p in root.iterdir() if p.is_dir() and p.name not in wanted]:
-            shutil.rmtree(stale)  # tasks no longer solved (filters changed) and unfinished partials
-        write_text_atomic(root / "index.jsonl", jsonl(entries))
-        counts = {"tasks": len(wanted), "failed": sum(e["status"] == "failed" for e in entries)}
-        if check:
-            counts["solution_checked"] = sum(e["solution_check"] == "passed" for e in entries)
-        return counts
 
     def _write_task(self, run: Any, root: Path, harbor: Path, rollout: Any, judged: dict) -> Path:
         cfg = run.cfg
