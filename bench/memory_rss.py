@@ -313,7 +313,7 @@ def census(run_dir: Path, top: int) -> None:
     from litecoder.report import RunData
     from litecoder.spend import spend
     from litecoder.stages.judge import JudgeStage
-    from litecoder.stages.sample import SampleStage
+    from litecoder.stages.sample import TASK_ORDER, SampleStage
     from litecoder.store import DONE, RunStore
 
     store = RunStore(run_dir / "store.sqlite")
@@ -329,7 +329,7 @@ def census(run_dir: Path, top: int) -> None:
     print()
     print("| step (core code) | traced peak MiB | still referenced MiB | RSS high-water rise MiB | KiB/task (peak) |")
     print("|---|---:|---:|---:|---:|")
-    order = ("request_index", "choice_index")
+    order = TASK_ORDER
     steps = [
         ("SampleStage.export: tasks.parquet", lambda: SampleStage().export(run), False),
         ("JudgeStage.run: the sampled tasks' ids", lambda: [r["id"] for b in store.iter_records("sample", state=DONE, order=order)

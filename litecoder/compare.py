@@ -15,6 +15,7 @@ import yaml
 
 from .store import DONE, FAILED, RunStore
 from .spend import spend
+from .stages.judge import judge_scores
 from .tables import write_text_atomic
 
 STORE_FILE = "store.sqlite"
@@ -73,13 +74,8 @@ def run_figures(run_dir: Path) -> dict[str, Any]:
         judged = judge.get(DONE, 0)
         duplicates = judge.get("duplicate", 0)
         accepted = judge.get("accepted", 0)
-        scores: dict[str, list[int]] = {}
-        aggregates: list[float] = []
-        for item in store.items("judge", DONE, fields=("scores", "aggregate")):
-            for score in item.record.get("scores") or []:
-                scores.setdefault(score["criterion"], []).append(int(score["score"]))
-            if item.record.get("aggregate") is not None:
-                aggregates.append(float(item.record["aggregate"]))
+        scores, scored = judge_scores(store)
+        aggregates = [float(a) for a in scored if a is not None]
         spent = spend(store)
     finally:
         store.close()
@@ -103,8 +99,8 @@ def run_figures(run_dir: Path) -> dict[str, Any]:
         "tokens_per_accepted": (spent["per_accepted_task"] or {}).get("tokens"),
         "cost_per_accepted": (spent["per_accepted_task"] or {}).get("cost_usd"),
     }
-    for criterion, values in sorted(scores.items()):
-        figures[f"mean_{criterion}"] = _mean(values)
+    for criterion, counts in sorted(scores.items()):
+        figures[f"mean_{criterion}"] = sum(int(score) * n for score, n in counts.items()) / sum(counts.values())
     return figures
 
 

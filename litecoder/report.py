@@ -22,6 +22,7 @@ from plotly.offline import get_plotlyjs
 from plotly.subplots import make_subplots
 
 from .spend import spend
+from .stages.judge import judge_scores
 from .store import DONE, FAILED, json_field
 from .tables import write_text_atomic
 
@@ -45,12 +46,6 @@ TASK_OUTCOMES_SQL = f"""
 SELECT {json_field("domain", "s.record")}, {json_field("subtopic", "s.record")}, s.state, j.state, j.outcome, COUNT(*)
 FROM items AS s LEFT JOIN items AS j ON j.stage = 'judge' AND j.key = json_extract(s.record, '$.id')
 WHERE s.stage = 'sample' GROUP BY 1, 2, 3, 4, 5
-"""
-#: every judge score as (criterion, score, how many tasks got it)
-SCORES_SQL = """
-SELECT json_extract(score.value, '$.criterion'), json_extract(score.value, '$.score'), COUNT(*)
-FROM items, json_each(items.record, '$.scores') AS score
-WHERE items.stage = 'judge' AND items.state = 'done' GROUP BY 1, 2
 """
 OUTCOME_COLORS = {"accepted": "#2ca02c", "rejected": "#d62728", "duplicate": "#7f7f7f", "judge failed": "#ff7f0e",
                   "sampling failed": "#8c564b", "not judged": "#c7c7c7",
@@ -113,13 +108,9 @@ class RunData:
         self.task_outcomes: Counter = Counter()
         for domain, subtopic, sampled, judged, outcome, n in store.query(TASK_OUTCOMES_SQL):
             self.task_outcomes[(domain or "?", subtopic or "?", _task_outcome(sampled, judged, outcome))] += n
-        self.scores: dict[str, Counter] = {}
-        for criterion, score, n in store.query(SCORES_SQL):
-            self.scores.setdefault(criterion, Counter())[score] += n
-        rows = store.query("SELECT json_extract(record, '$.aggregate') FROM items WHERE stage = 'judge' AND state = 'done' "
-                           "AND json_array_length(record, '$.scores') > 0")
-        self.aggregates = [a for (a,) in rows if a is not None]
-        self.scored = len(rows)
+        self.scores, aggregates = judge_scores(store)
+        self.aggregates = [a for a in aggregates if a is not None]
+        self.scored = len(aggregates)
         #: the config each stage last ran with, as the store recorded it (``stage=report`` itself
         #: may be invoked with other overrides, so ``run.cfg`` is only the fallback)
         self.configs = {stage: json.loads(store.get_meta(f"config:{stage}") or "{}") for stage in LLM_STAGES}

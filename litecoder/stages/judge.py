@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from datetime import datetime, timezone
 from typing import Any, Iterator
 
@@ -29,16 +30,16 @@ from ..replies import ReplyError, parse_reply
 from ..store import DONE, FAILED, RunStore
 from ..tables import write_records_parquet
 from .sample import SCHEMA as TASK_SCHEMA
-from .sample import backend_identity
+from .sample import TASK_ORDER, backend_identity
 
 log = logging.getLogger(__name__)
 
 JUDGMENTS_FILE = "judgments.parquet"
 FEASIBLE_FILE = "feasible.parquet"
 ACCEPTED, REJECTED, DUPLICATE = "accepted", "rejected", "duplicate"
-#: what judging needs of a sampled task
 #: prefiltered results are written in batches of this many
 PUT_BATCH = 500
+#: what judging needs of a sampled task
 TASK_FIELDS = ("id", "text", "status", "domain", "subtopic", "prompt_variant", "request_index", "choice_index")
 
 SCORE = pl.Struct({"criterion": pl.String, "score": pl.Int64, "rationale": pl.String})
@@ -65,6 +66,26 @@ JUDGMENT_SCHEMA = {
 }
 #: ``feasible.parquet``: the accepted tasks as sampled, with their scores
 FEASIBLE_SCHEMA = {**TASK_SCHEMA, "aggregate": JUDGMENT_SCHEMA["aggregate"], "scores": JUDGMENT_SCHEMA["scores"]}
+
+
+#: every score the judge gave, as (criterion, score, how many tasks got it)
+SCORE_COUNTS_SQL = """
+SELECT json_extract(score.value, '$.criterion'), json_extract(score.value, '$.score'), COUNT(*)
+FROM items, json_each(items.record, '$.scores') AS score
+WHERE items.stage = 'judge' AND items.state = 'done' GROUP BY 1, 2
+"""
+
+
+def judge_scores(store: RunStore) -> tuple[dict[str, Counter], list[float | None]]:
+    """The judge's scores as counts per criterion (criteria in name order), and the aggregate
+    of each task it scored. Counted inside SQLite, so the views of a 100k-task run (the
+    report, the sweep comparison) hold only these."""
+    counts: dict[str, Counter] = {}
+    for criterion, score, n in store.query(SCORE_COUNTS_SQL):
+        counts.setdefault(criterion, Counter())[score] += n
+    rows = store.query("SELECT json_extract(record, '$.aggregate') FROM items WHERE stage = 'judge' "
+                       "AND state = 'done' AND json_array_length(record, '$.scores') > 0")
+    return counts, [aggregate for (aggregate,) in rows]
 
 
 def judgment_schema(judge: Any) -> dict:
@@ -132,12 +153,10 @@ class JudgeStage:
         cfg, store = run.cfg, run.store
         if not cfg.judge.criteria:
             raise ConfigError(f"judge {cfg.judge.name!r} has no criteria")
-        order = ("request_index", "choice_index")
-
         def sampled() -> Iterator[dict]:
             """The sampled tasks, streamed from the store a batch at a time, with only the
             fields judging needs (the prompts and token counts stay in the store)."""
-            for batch in store.iter_records("sample", state=DONE, order=order):
+            for batch in store.iter_records("sample", state=DONE, order=TASK_ORDER):
                 yield from ({k: r.get(k) for k in TASK_FIELDS} for r in batch)
 
         ids = [task["id"] for task in sampled()]
@@ -288,9 +307,10 @@ class JudgeStage:
     def export(self, run: Any) -> None:
         """Rebuild ``judgments.parquet`` and ``feasible.parquet`` from the store."""
         write_records_parquet(run.path(JUDGMENTS_FILE), run.store.iter_records(self.name), JUDGMENT_SCHEMA, "judged_at")
+
         def feasible() -> Iterator[list[dict]]:
             # a batch of sampled tasks at a time, with the verdicts the store has for them
-            for tasks in run.store.iter_records("sample", state=DONE, order=("request_index", "choice_index")):
+            for tasks in run.store.iter_records("sample", state=DONE, order=TASK_ORDER):
                 verdicts = {v["task_id"]: v for v in run.store.records(self.name, [t["id"] for t in tasks])
                             if v.get("verdict") == ACCEPTED}
                 yield [{**t, "aggregate": v.get("aggregate"), "scores": v.get("scores")}

@@ -104,6 +104,10 @@ def render(template: str, **context: Any) -> str:
         raise ConfigError(f"prompt template error: {exc}") from exc
 
 
+#: the order of sampled tasks in every table and pass: by request, then by choice
+TASK_ORDER = ("request_index", "choice_index")
+
+
 def sample_key(request_index: int, choice_index: int) -> str:
     return f"{request_index}:{choice_index}"
 
@@ -167,7 +171,7 @@ class SampleStage:
 
     def export(self, run: Any) -> Path:
         """Rebuild ``tasks.parquet`` from the store."""
-        batches = run.store.iter_records(self.name, order=("request_index", "choice_index"))
+        batches = run.store.iter_records(self.name, order=TASK_ORDER)
         return write_records_parquet(run.path(TASKS_FILE), batches, SCHEMA, "created_at")
 
     @staticmethod
