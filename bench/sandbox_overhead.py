@@ -61,7 +61,8 @@ from litecoder.cli import setup
 from litecoder.config import register_configs
 from litecoder.plugins import get_plugins
 from litecoder.run import execute
-from litecoder.sandboxes.docker import LABEL_RUN, RUNNER, DockerSandbox, DockerSandboxConfig
+from litecoder.sandboxes.docker import RUNNER, DockerSandbox, DockerSandboxConfig
+from litecoder.sandboxes.names import LABEL_RUN, run_id
 from litecoder.testing.stub_openai import StubServer, completion_body
 
 COMMANDS = {"true": "true", "cat": "cat /etc/os-release"}
@@ -234,8 +235,8 @@ def quiet_execute(cfg: DictConfig, run_dir: Path) -> dict:
         raise
 
 
-def remove_images(run_name: str) -> None:
-    out = subprocess.run(["docker", "images", "-q", "--filter", f"label={LABEL_RUN}={run_name}"], capture_output=True, text=True)
+def remove_images(run: str) -> None:
+    out = subprocess.run(["docker", "images", "-q", "--filter", f"label={LABEL_RUN}={run}"], capture_output=True, text=True)
     ids = sorted(set(out.stdout.split()))
     if ids:
         subprocess.run(["docker", "rmi", "-f", *ids], capture_output=True)
@@ -267,7 +268,7 @@ def bench_stage(args: argparse.Namespace, out: Path) -> dict[int, list[tuple[int
                     env = quiet_execute(cfg, run_dir)["environment"]
                 finally:
                     wall = time.perf_counter() - started
-                    remove_images(run_dir.name)
+                    remove_images(run_id(run_dir))
                 ready = int(env.get("ready", 0))
                 if ready != accepted:
                     print(f"warning: N={n} round {round_}: {env}", file=sys.stderr)

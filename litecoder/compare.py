@@ -116,7 +116,8 @@ def comparison(root: Path) -> pl.DataFrame:
     """One row per run under ``root``, best acceptance rate first (then best mean score)."""
     root = Path(root)
     dirs = run_dirs(root)
-    rows = [{"job": label, "dir": str(d.relative_to(root)) if d != root else ".", **run_figures(d)}
+    rows = [{"job": label, "dir": str(d.relative_to(root)) if d != root else ".",
+             "overrides": " ".join(job_overrides(d)), **run_figures(d)}
             for d, label in zip(dirs, job_labels(dirs, root))]
     if not rows:
         return pl.DataFrame()
@@ -148,7 +149,7 @@ def _cell(column: str, value: Any) -> str:
         return f"{value:,.0f}" if column.startswith("tokens") else f"{value:.2f}"
     if isinstance(value, int):
         return f"{value:,}"
-    return str(value).replace("|", "\\|")
+    return str(value).replace("|", "\\|").replace("\r", "\\r").replace("\n", "\\n")
 
 
 def write_comparison(root: Path) -> pl.DataFrame:

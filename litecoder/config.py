@@ -16,6 +16,7 @@ from omegaconf import MISSING, OmegaConf
 
 from .budget import BudgetConfig
 from .paths import litecoder_home
+from .run_names import check_run_name, job_dir_name
 
 
 @dataclass
@@ -263,6 +264,8 @@ def register_configs() -> None:
         OmegaConf.register_new_resolver("litecoder.home", lambda: str(litecoder_home()))
     if not OmegaConf.has_resolver("litecoder.run_name"):
         OmegaConf.register_new_resolver(
-            "litecoder.run_name", lambda name: name if name else default_run_name(), use_cache=True
+            "litecoder.run_name", lambda name: check_run_name(name) if name else default_run_name(), use_cache=True
         )
+    if not OmegaConf.has_resolver("litecoder.job_dir"):
+        OmegaConf.register_new_resolver("litecoder.job_dir", job_dir_name)
     _registered = True

@@ -25,6 +25,16 @@ class BackendError(LitecoderError):
     """An LLM backend cannot be used at all (server down, no key, no model)."""
 
 
+class SandboxError(LitecoderError):
+    """The sandbox cannot be used at all (no engine, no image)."""
+
+
+class TerminalClosed(SandboxError):
+    """The agent's terminal is gone (it killed tmux or the shell loop): the agent ends its
+    episode and the item goes on to its verifier. Where no agent catches it, it fails the item
+    like any sandbox error."""
+
+
 class StageNotBuilt(LitecoderError):
     """The stage exists by name but has no implementation yet."""
 

@@ -11,9 +11,10 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from .budget import Budget, apply_prices
-from .errors import ConfigError, StageNotBuilt
+from .errors import ConfigError, LitecoderError, StageNotBuilt
 from .plugins import Plugins, get_plugins
 from .spend import spend, spend_lines
+from .sandboxes.names import run_id
 from .store import RunStore
 from .tables import write_text_atomic
 
@@ -59,7 +60,7 @@ class Run:
         """The run's sandbox, created on first use with its base image ready."""
         if self._sandbox is None:
             factory = self.plugins.registry("sandbox").get(self.cfg.sandbox.type)
-            self._sandbox = self.executor().sandbox(factory, self.cfg.sandbox, self.name,
+            self._sandbox = self.executor().sandbox(factory, self.cfg.sandbox, run_id(self.dir),
                                                     self.plugins.registry("image_builder"))
         return self._sandbox
 
@@ -87,7 +88,8 @@ class Run:
             backend.start()
         return self._backends[key]
 
-    def close(self) -> None:
+    def stop_services(self) -> None:
+        """Stop model servers, containers and the executor; the store stays open for the summary."""
         for backend in self._backends.values():
             try:
                 backend.close()
@@ -106,6 +108,9 @@ class Run:
             except Exception:  # noqa: BLE001
                 log.exception("closing the executor failed")
             self._executor = None
+
+    def close(self) -> None:
+        self.stop_services()
         self.store.close()
 
 
@@ -155,40 +160,83 @@ def _rounds(run: Run, names: list[str], plugins: Plugins, summaries: dict) -> st
 
 
 def execute(cfg: DictConfig, run_dir: Path, plugins: Plugins | None = None) -> dict[str, dict]:
-    """Run the requested stages in order; returns each finished stage's summary."""
+    """Run the requested stages in order; returns each finished stage's summary.
+
+    However it ends (finished, stopped, failed, interrupted), the run directory gets its
+    ``summary.json`` with what was done so far, and the report unless ``run.report=false``.
+    """
     plugins = plugins or get_plugins()
-    names = stage_names(cfg.stage, plugins.registry("stage").names())
-    target = cfg.sample.target_accepted
-    if target is not None and not {"sample", "judge"} <= set(names):
-        raise ConfigError("sample.target_accepted needs both stages: stage=[sample,judge] (or stage=all)")
-    run = Run(cfg, run_dir, plugins)
+    try:
+        names = stage_names(cfg.stage, plugins.registry("stage").names())
+        if cfg.sample.target_accepted is not None and not {"sample", "judge"} <= set(names):
+            raise ConfigError("sample.target_accepted needs both stages: stage=[sample,judge] (or stage=all)")
+        run = Run(cfg, run_dir, plugins)
+    except BaseException as exc:
+        write_summary(run_dir, _ending(exc), error=str(exc) or type(exc).__name__)
+        raise
     OmegaConf.save(cfg, run.path("config.yaml"), resolve=True)
     log.info("run %s: stages %s, output in %s", run.name, ", ".join(names), run.dir)
     summaries: dict[str, dict] = {}
+    status, error = "failed", None
     try:
-        remaining = list(names)
-        if target is not None:
-            _say(_rounds(run, names, plugins, summaries))
-            remaining = [n for n in names if n not in ("sample", "judge")]
-        for name in remaining:
-            try:
-                summaries[name] = _run_stage(name, run, plugins)
-            except StageNotBuilt as exc:
-                done = ", ".join(summaries) or "nothing"
-                _say(f"{exc}; stopping before it (finished: {done}).")
-                break
-            if summaries[name].get("stopped_by"):
-                _say(f"{name} stopped early: {summaries[name]['stopped_by']}")
-                break
-        report_counts(run, names)
-        if cfg.run.report and "report" not in names and "report" in plugins.registry("stage").names():
-            _write_report(run)
+        _run_stages(run, names, plugins, summaries)
         stopped = [f"{name}: {s['stopped_by']}" for name, s in summaries.items() if s.get("stopped_by")]
-        write_summary(run.dir, "stopped" if stopped else "finished", summaries, spend(run.store, PIPELINE),
-                      error="; ".join(stopped) or None)
+        status, error = ("stopped" if stopped else "finished"), "; ".join(stopped) or None
+    except BaseException as exc:
+        status, error = _ending(exc), _describe(exc)
+        raise
     finally:
-        run.close()
+        try:
+            run.stop_services()
+            _finish(run, names, status, summaries, error)
+        finally:
+            run.close()
     return summaries
+
+
+def _run_stages(run: Run, names: list[str], plugins: Plugins, summaries: dict) -> None:
+    remaining = list(names)
+    if run.cfg.sample.target_accepted is not None:
+        _say(_rounds(run, names, plugins, summaries))
+        remaining = [n for n in names if n not in ("sample", "judge")]
+    for name in remaining:
+        try:
+            summaries[name] = _run_stage(name, run, plugins)
+        except StageNotBuilt as exc:
+            done = ", ".join(summaries) or "nothing"
+            _say(f"{exc}; stopping before it (finished: {done}).")
+            break
+        if summaries[name].get("stopped_by"):
+            _say(f"{name} stopped early: {summaries[name]['stopped_by']}")
+            break
+
+
+def _ending(exc: BaseException) -> str:
+    return "interrupted" if isinstance(exc, KeyboardInterrupt) else "failed"
+
+
+def _describe(exc: BaseException) -> str | None:
+    if isinstance(exc, KeyboardInterrupt):
+        return None
+    return str(exc) if isinstance(exc, LitecoderError) else f"{type(exc).__name__}: {exc}"
+
+
+def _finish(run: Run, names: list[str], status: str, summaries: dict, error: str | None) -> None:
+    """The counts, ``summary.json`` and the report, for a run that ended in any way. A stage
+    cut short has no summary of its own, so it is described by its items' states in the store."""
+    stages = dict(summaries)
+    for name in names:
+        if name not in stages and run.store.stage_started(name):
+            stages[name] = {**run.store.counts(name), "unfinished": True}
+    write_summary(run.dir, status, stages, spend(run.store, PIPELINE), error=error)
+    if status != "finished" and not any(run.store.counts(name) for name in PIPELINE):
+        return  # nothing was done: the error is all there is to say
+    try:
+        report_counts(run, names)
+    except Exception:  # noqa: BLE001 - the counts are printed where they can be
+        log.exception("counting the run's items failed")
+    if run.cfg.run.report and "report" not in names and "report" in run.plugins.registry("stage").names():
+        _write_report(run)
 
 
 def write_summary(run_dir: Path, status: str, stages: dict | None = None, spent: dict | None = None,

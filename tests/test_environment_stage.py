@@ -11,7 +11,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from litecoder.run import execute
-from litecoder.sandboxes.docker import LABEL_RUN, DockerSandbox, DockerSandboxConfig
+from litecoder.sandboxes.docker import DockerSandbox, DockerSandboxConfig
+from litecoder.sandboxes.names import LABEL_RUN, LABEL_RUN_DIR, image_tag, run_id
 
 from .stub_openai import StubServer, completion_body
 
@@ -66,32 +67,32 @@ def run_environment(compose_cfg, tmp_path, script, *overrides):
         cfg = compose_cfg("stage=[sample,judge,environment]", f"backend.url={server.url}", "sample.num_tasks=1",
                           "sample.n=1", "backend.retry_initial_wait=0.01", "sandbox.max_containers=2", *overrides)
         execute(cfg, tmp_path)
-    frame = pl.read_parquet(tmp_path / "environments.parquet")
-    assert leftovers(tmp_path.name) == []
+    frame = pl.read_parquet(tmp_path / "environments.parquet", glob=False)  # run names may hold [ ]
+    assert leftovers(run_id(tmp_path)) == []
     return frame, model
 
 
-def leftovers(run_name):
-    out = subprocess.run(["docker", "ps", "-aq", "--filter", f"label={LABEL_RUN}={run_name}"], capture_output=True, text=True)
+def leftovers(run):
+    out = subprocess.run(["docker", "ps", "-aq", "--filter", f"label={LABEL_RUN}={run}"], capture_output=True, text=True)
     return out.stdout.split()
 
 
-def kill_while_working_then_resume(args, run_name, leftovers=leftovers):
+def kill_while_working_then_resume(args, run, leftovers=leftovers):
     """Start ``python -m litecoder ARGS``, SIGKILL it once two containers run, check that they
-    are left behind, and run the same command again to the end (``leftovers``: the run's
-    containers, on every engine the run uses)."""
+    are left behind, and run the same command again to the end (``run``: the run's id;
+    ``leftovers``: the run's containers, on every engine the run uses)."""
     import time
 
     from .conftest import REPO
 
     process = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and len(leftovers(run_name)) < 2:
+    while time.monotonic() < deadline and len(leftovers(run)) < 2:
         time.sleep(0.5)
-    assert len(leftovers(run_name)) >= 2
+    assert len(leftovers(run)) >= 2
     process.kill()
     process.wait()
-    assert leftovers(run_name)  # a SIGKILL gives no chance to clean up
+    assert leftovers(run)  # a SIGKILL gives no chance to clean up
     resumed = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
 
@@ -106,7 +107,7 @@ def test_a_merge_conflict_is_prepared_committed_and_verified_as_unsolved(compose
     frame, model = run_environment(compose_cfg, tmp_path, conflict_script)
     row = frame.row(0, named=True)
     assert row["status"] == "ready", row["reason"]
-    assert row["image"] == f"litecoder-env:{tmp_path.name}-{row['task_id']}"  # per run
+    assert row["image"] == f"litecoder-env:{image_tag(run_id(tmp_path), row['task_id'])}"  # per run directory
     assert row["verifier_exit_code"] not in (0, None)
     assert row["steps"] == 2 and len(row["commands"]) == len(SETUP_CONFLICT)
     assert any(p.startswith("/srv/repo") for p in row["changed_paths"])
@@ -180,9 +181,56 @@ def test_a_killed_run_leaves_containers_that_the_resumed_run_removes(tmp_path, m
         args = [sys.executable, "-m", "litecoder", "stage=[sample,judge,environment]", "run.name=killed-env",
                 f"run.root={tmp_path}", f"backend.url={server.url}", "sample.num_tasks=3", "sample.n=1",
                 "dedup.near=false", "sandbox.max_containers=3"]
-        kill_while_working_then_resume(args, "killed-env")
-    assert leftovers("killed-env") == []
+        kill_while_working_then_resume(args, run_id(tmp_path / "killed-env"))
+    assert leftovers(run_id(tmp_path / "killed-env")) == []
     frame = pl.read_parquet(tmp_path / "killed-env" / "environments.parquet")
     assert len(frame) == 3 and set(frame["status"]) == {"ready"}
     for image in frame["image"]:
         subprocess.run(["docker", "rmi", "-f", image], capture_output=True)
+
+
+def no_setup(turn):
+    return step(ready=True, verifier="test -f /root/answer.txt")
+
+
+def run_images(run_dir, *filters):
+    """Ids of the images that carry the run's label (``filters``: more ``docker images`` filters)."""
+    args = ["docker", "images", "-q", "--no-trunc", "--filter", f"label={LABEL_RUN}={run_id(run_dir)}"]
+    out = subprocess.run(args + [a for f in filters for a in ("--filter", f)], capture_output=True, text=True)
+    return sorted(set(out.stdout.split()))
+
+
+def remove_run_images(run_dir):
+    ids = run_images(run_dir)
+    if ids:
+        subprocess.run(["docker", "rmi", "-f", *ids], capture_output=True)
+
+
+def test_runs_of_one_name_in_two_roots_keep_their_own_images(compose_cfg, tmp_path, model_dir):
+    """Same name, two roots, same task: two tagged images, neither left untagged by the other."""
+    dirs = [tmp_path / root / "same [näme] 'q' \"$x\"" for root in ("a", "b")]
+    try:
+        rows = [run_environment(compose_cfg, d, no_setup)[0].row(0, named=True) for d in dirs]
+        assert rows[0]["task_id"] == rows[1]["task_id"] and rows[0]["image"] != rows[1]["image"]
+        for run_dir, row in zip(dirs, rows):
+            assert row["status"] == "ready", row["reason"]
+            assert run_images(run_dir) == [row["image_id"]] and run_images(run_dir, "dangling=true") == []
+            inspect = subprocess.run(["docker", "image", "inspect", "-f", "{{.Id}} {{json .Config.Labels}}", row["image"]],
+                                     capture_output=True, text=True, check=True).stdout
+            image_id, labels = inspect.split(" ", 1)
+            assert image_id == row["image_id"] and json.loads(labels)[LABEL_RUN_DIR] == str(run_dir.resolve())
+    finally:
+        for run_dir in dirs:
+            remove_run_images(run_dir)
+
+
+def test_preparing_a_task_again_replaces_its_image(compose_cfg, tmp_path, model_dir):
+    """A changed environment config redoes the task: the new image takes the tag, the old one goes."""
+    try:
+        old = run_environment(compose_cfg, tmp_path, no_setup)[0].row(0, named=True)
+        new = run_environment(compose_cfg, tmp_path, no_setup, "environment.max_steps=4")[0].row(0, named=True)
+        assert new["status"] == old["status"] == "ready"
+        assert new["image"] == old["image"] and new["image_id"] != old["image_id"]
+        assert run_images(tmp_path) == [new["image_id"]]  # the old image is gone, not dangling
+    finally:
+        remove_run_images(tmp_path)

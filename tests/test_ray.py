@@ -21,6 +21,7 @@ import polars as pl
 import pytest
 
 from litecoder.backends.vllm import free_port
+from litecoder.sandboxes.names import LABEL_RUN, run_id
 from litecoder.store import RunStore
 
 from .conftest import run_cli
@@ -139,8 +140,8 @@ class SlowModel:
             return 200, completion_body(texts), self.delay
 
 
-def engine_leftovers(engine, run_name: str) -> list[str]:
-    return [c.id for c in engine.containers.list(all=True, filters={"label": f"litecoder.run={run_name}"})]
+def engine_leftovers(engine, run: str) -> list[str]:
+    return [c.id for c in engine.containers.list(all=True, filters={"label": f"{LABEL_RUN}={run}"})]
 
 
 def ray_node_ids(address: str) -> list[str]:
@@ -234,7 +235,7 @@ def test_containers_spread_over_the_clusters_docker_nodes(ray_cluster, second_en
         else:
             assert hosts == [made_on, made_on] and "copied image" not in caplog.text
         assert worker_pids("DockerNode") == []  # the run's node actors are gone with the run
-        assert leftovers(tmp_path.name) == [] and engine_leftovers(engine, tmp_path.name) == []
+        assert leftovers(run_id(tmp_path)) == [] and engine_leftovers(engine, run_id(tmp_path)) == []
     finally:
         remove_images(tmp_path)
         for image in engine.images.list(filters={"label": "litecoder.task"}):
@@ -261,8 +262,8 @@ def test_a_killed_driver_leaves_containers_on_the_nodes_that_the_resumed_run_rem
                 "sandbox.max_containers=3", *ray_args(ray_cluster)]
         engine = second_engine[1]
         on_both = lambda name: leftovers(name) + engine_leftovers(engine, name)  # noqa: E731
-        kill_while_working_then_resume(args, "killed-ray-env", leftovers=on_both)
-    assert on_both("killed-ray-env") == []
+        kill_while_working_then_resume(args, run_id(tmp_path / "killed-ray-env"), leftovers=on_both)
+    assert on_both(run_id(tmp_path / "killed-ray-env")) == []
     frame = pl.read_parquet(tmp_path / "killed-ray-env" / "environments.parquet")
     assert len(frame) == 3 and set(frame["status"]) == {"ready"} and frame["task_id"].is_unique().all()
     assert frame["host"].n_unique() == 2  # three at once: the environments were spread over both nodes

@@ -11,7 +11,8 @@ from omegaconf import OmegaConf
 
 from litecoder.config import register_configs
 from litecoder.plugins import get_plugins
-from litecoder.sandboxes.docker import LABEL_RUN, DockerSandbox, DockerSandboxConfig
+from litecoder.sandboxes.docker import DockerSandbox, DockerSandboxConfig
+from litecoder.sandboxes.names import LABEL_RUN, run_id
 
 pytestmark = pytest.mark.docker
 
@@ -38,11 +39,11 @@ def sandbox(base_image, request):
                                        max_disk_bytes=256 << 20, max_output_bytes=2000), f"test-{request.node.name[:40]}")
     yield box
     box.close()
-    assert leftovers(box.run_name) == []
+    assert leftovers(box.run_id) == []
 
 
-def leftovers(run_name: str) -> list[str]:
-    out = subprocess.run(["docker", "ps", "-aq", "--filter", f"label={LABEL_RUN}={run_name}"], capture_output=True, text=True)
+def leftovers(run: str) -> list[str]:
+    out = subprocess.run(["docker", "ps", "-aq", "--filter", f"label={LABEL_RUN}={run}"], capture_output=True, text=True)
     return out.stdout.split()
 
 
@@ -130,6 +131,19 @@ def test_containers_are_bounded_and_a_new_start_cleans_up(base_image):
     assert leftovers("test-bounded") == []
     again.close()
     box.client.close()
+
+
+def test_runs_of_one_name_in_two_roots_keep_their_containers(base_image, tmp_path):
+    """A run's start and end remove its own containers, not those of a run named alike elsewhere."""
+    first = DockerSandbox(sandbox_config(), run_id(tmp_path / "a" / "same"))
+    try:
+        session = first.open("a")
+        second = DockerSandbox(sandbox_config(), run_id(tmp_path / "b" / "same"))
+        second.close()
+        assert leftovers(first.run_id) == [session.id[:12]]
+    finally:
+        first.close()
+    assert leftovers(first.run_id) == []
 
 
 def test_no_engine_is_one_clear_error(monkeypatch):

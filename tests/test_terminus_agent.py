@@ -17,6 +17,7 @@ from litecoder.agents.terminus import TerminusAgent
 from litecoder.backends.base import Choice, Completion
 from litecoder.backends.openai_compat import RequestError
 from litecoder.config import TrajectoryFilters
+from litecoder.errors import TerminalClosed
 from litecoder.exporters.harbor import solve_script, task_toml, top_level
 from litecoder.sandboxes.tmux import is_key
 from litecoder.stages.trajectory import drop_reasons, pass_at_k
@@ -123,6 +124,31 @@ def test_limits_turns_context_and_request_errors(agent_config):
     assert episode.stop_reason == base.REQUEST_ERROR and "503" in episode.detail
     episode, _, _ = play(agent_config("agent.max_wall_time=0"), [turn("ls\n")])
     assert episode.stop_reason == base.WALL_TIME
+
+
+class ClosingTerminal(FakeTerminal):
+    """A terminal that ``tmux kill-server`` destroys, as TmuxTerminal reports it."""
+
+    async def send(self, keystrokes: str) -> None:
+        if self.sent and self.sent[-1] == "tmux kill-server\n":
+            raise TerminalClosed("the terminal's tmux session is gone")
+        await super().send(keystrokes)
+
+    async def read_new(self) -> str:
+        if self.sent and self.sent[-1] == "tmux kill-server\n":
+            raise TerminalClosed("the terminal's tmux session is gone")
+        return await super().read_new()
+
+
+def test_a_terminal_the_agent_closes_ends_the_episode(agent_config):
+    episode, model, terminal = play(agent_config(), [turn("ls\n"), turn("tmux kill-server\n", "ls\n"), turn("ls\n")],
+                                    terminal=ClosingTerminal())
+    assert episode.stop_reason == base.TERMINAL_CLOSED and "gone" in episode.detail
+    assert len(episode.turns) == 2 and len(model.requests) == 2 and terminal.sent == ["ls\n", "tmux kill-server\n"]
+    assert episode.turns[-1].observation is None
+    # Like any other stop reason, it is the verifier and the filters that decide what is kept.
+    filters = OmegaConf.structured(TrajectoryFilters)
+    assert drop_reasons(record(stop_reason=base.TERMINAL_CLOSED), filters) == []
 
 
 def test_keys_versus_text():

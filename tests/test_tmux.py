@@ -7,6 +7,7 @@ import asyncio
 import pytest
 from omegaconf import OmegaConf
 
+from litecoder.errors import TerminalClosed
 from litecoder.sandboxes.docker import DockerSandbox, DockerSandboxConfig
 from litecoder.sandboxes.tmux import TmuxTerminal
 
@@ -55,5 +56,24 @@ def test_reads_only_what_is_new_and_handles_keys_clipping_and_redraws(session):
         # Multi-line keystrokes (a heredoc) are typed verbatim.
         await type_and_read(terminal, "cat > /tmp/f.txt <<'EOF'\nline $HOME\nEOF\n")
         assert session.exec("cat /tmp/f.txt", timeout=10).output.strip() == "line $HOME"
+
+    asyncio.run(scenario())
+
+
+def test_a_killed_shell_comes_back_and_a_killed_server_closes_the_terminal(session):
+    async def scenario():
+        terminal = TmuxTerminal(session)
+        await terminal.start()
+        # SIGKILL leaves the terminal to a dead process group; the loop takes it back.
+        await type_and_read(terminal, "kill -9 $$\n")
+        assert "still-2" in await type_and_read(terminal, "echo still-$((1 + 1))\n")
+        await terminal.send("tmux kill-server\n")
+        await asyncio.sleep(0.5)
+        with pytest.raises(TerminalClosed, match="session is gone: no server running"):
+            await terminal.read_new()
+        with pytest.raises(TerminalClosed):
+            await terminal.send("ls\n")
+        # The container is fine: only the terminal went away.
+        assert session.exec("echo alive", timeout=10).output.strip() == "alive"
 
     asyncio.run(scenario())

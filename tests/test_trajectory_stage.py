@@ -14,6 +14,7 @@ import pytest
 from litecoder import atif
 from litecoder.run import execute
 from litecoder.sandboxes.docker import DockerSandbox, DockerSandboxConfig
+from litecoder.sandboxes.names import run_id
 
 from .stub_openai import StubServer, completion_body
 from .test_environment_stage import ACCEPT, SETUP_CONFLICT, TASK, VERIFIER, kill_while_working_then_resume, leftovers, step
@@ -76,7 +77,7 @@ def run_pipeline(compose_cfg, tmp_path, teacher, *overrides, environment=environ
         cfg = compose_cfg("stage=all", f"backend.url={server.url}", "sample.num_tasks=1", "sample.n=1",
                           "backend.retry_initial_wait=0.01", "sandbox.max_containers=2", *overrides)
         summaries = execute(cfg, tmp_path)
-    assert leftovers(tmp_path.name) == []
+    assert leftovers(run_id(tmp_path)) == []
     return summaries, model
 
 
@@ -216,6 +217,49 @@ def test_a_looping_teacher_is_dropped_with_the_reason(compose_cfg, tmp_path, mod
         remove_images(tmp_path)
 
 
+def closing_teacher(keystrokes):
+    """Types ``keystrokes`` first, then looks at the terminal and declares the task done."""
+    def teacher(turn):
+        return [terminus(keystrokes, duration=1), terminus("echo still-$((1 + 1))\n"), terminus(complete=True),
+                terminus(complete=True)][min(turn, 3)]
+    return teacher
+
+
+@pytest.mark.parametrize("keystrokes, closes", [
+    ("tmux kill-server\n", True),
+    ("kill -9 $PPID\n", True),  # the loop that restarts the shell: the pane, and so the session, ends
+    ("exit\n", False),  # only the shell ends, and the loop starts a new one
+    ("kill -9 $$\n", False),
+])
+def test_a_teacher_that_closes_its_terminal_ends_its_episode_and_is_not_retried(compose_cfg, tmp_path, model_dir,
+                                                                                 keystrokes, closes):
+    def environment(turn):  # the environment agent types the same and is not troubled by it
+        return environment_script(turn) if turn else step([keystrokes.strip(), *SETUP_CONFLICT])
+
+    try:
+        summaries, model = run_pipeline(compose_cfg, tmp_path, closing_teacher(keystrokes),
+                                        "stage=[sample,judge,environment,trajectory]", environment=environment)
+        assert summaries["environment"]["ready"] == 1
+        row = pl.read_parquet(tmp_path / "trajectories.parquet").row(0, named=True)
+        # The verifier ran after the episode; the unsolved conflict is reward 0, so the filters drop it.
+        assert row["status"] == "dropped" and row["reward"] == 0 and row["verifier_exit_code"] == 1
+        assert row["reason"] == "unsuccessful: the verifier exited 1 (reward 0)"
+        if closes:
+            assert row["stop_reason"] == "terminal_closed" and row["turns"] == 1
+            assert "tmux session is gone" in row["stop_detail"]
+        else:
+            assert row["stop_reason"] == "completed" and row["turns"] == 4
+            assert any("still-2" in body["messages"][-1]["content"] for body in model.teacher_requests)
+        # A resumed run has nothing to redo: the rollout is finished, not failed.
+        with StubServer(Pipeline(closing_teacher(keystrokes))) as server:
+            summaries = execute(compose_cfg("stage=trajectory", f"backend.url={server.url}"), tmp_path)
+            assert server.requests == []
+        assert summaries["trajectory"]["dropped"] == 1 and "failed" not in summaries["trajectory"]
+        assert pl.read_parquet(tmp_path / "trajectories.parquet").row(0, named=True)["finished_at"] == row["finished_at"]
+    finally:
+        remove_images(tmp_path)
+
+
 def test_a_missing_image_and_a_dead_teacher_end_in_recorded_failures(compose_cfg, tmp_path, model_dir):
     try:
         run_pipeline(compose_cfg, tmp_path, solving_teacher, "stage=[sample,judge,environment]")
@@ -225,7 +269,7 @@ def test_a_missing_image_and_a_dead_teacher_end_in_recorded_failures(compose_cfg
             execute(cfg, tmp_path)
         row = pl.read_parquet(tmp_path / "trajectories.parquet").row(0, named=True)
         assert row["status"] == "failed" and "cannot start a container" in row["reason"]
-        assert leftovers(tmp_path.name) == []
+        assert leftovers(run_id(tmp_path)) == []
     finally:
         remove_images(tmp_path)
 
@@ -247,8 +291,8 @@ def test_a_killed_trajectory_run_resumes_without_losing_or_repeating_a_rollout(c
             args = [sys.executable, "-m", "litecoder", "stage=[trajectory,export]", "run.name=killed-traj",
                     f"run.root={tmp_path}", f"backend.url={server.url}", "trajectory.rollouts=3",
                     "sandbox.max_containers=3", "export.harbor.check_solution=false"]
-            kill_while_working_then_resume(args, "killed-traj")
-        assert leftovers("killed-traj") == []
+            kill_while_working_then_resume(args, run_id(run_dir))
+        assert leftovers(run_id(run_dir)) == []
         rollouts = pl.read_parquet(run_dir / "trajectories.parquet")
         assert sorted(rollouts["rollout"].to_list()) == [0, 1, 2]
         assert set(rollouts["status"]) == {"kept"} and set(rollouts["stop_reason"]) == {"completed"}

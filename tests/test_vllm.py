@@ -13,6 +13,8 @@ import httpx
 import polars as pl
 import pytest
 
+from litecoder.sandboxes.names import LABEL_RUN, run_id
+
 from .conftest import REPO
 
 pytestmark = pytest.mark.vllm
@@ -215,7 +217,7 @@ def test_the_whole_chain_on_the_real_server_records_every_item_and_leaves_no_con
     assert rollouts["reason"].filter(rollouts["status"] != "kept").null_count() == 0
     kept = rollouts.filter(pl.col("status") == "kept").height
     assert len((run_dir / "sft" / "sharegpt.jsonl").read_text().splitlines()) == kept
-    out = subprocess.run(["docker", "ps", "-aq", "--filter", "label=litecoder.run=chain"], capture_output=True, text=True)
+    out = subprocess.run(["docker", "ps", "-aq", "--filter", f"label={LABEL_RUN}={run_id(run_dir)}"], capture_output=True, text=True)
     assert out.stdout.split() == []
     for image in environments["image"].drop_nulls():
         subprocess.run(["docker", "rmi", "-f", image], capture_output=True)
@@ -248,7 +250,7 @@ def test_the_real_model_as_teacher_types_into_a_real_terminal(compose_cfg, tmp_p
             trajectory = json.loads((tmp_path / path).read_text())
             atif.validate(trajectory)
             assert trajectory["steps"][1]["metrics"]["prompt_tokens"] > 100
-        assert leftovers(tmp_path.name) == []
+        assert leftovers(run_id(tmp_path)) == []
     finally:
         for image in pl.read_parquet(tmp_path / "environments.parquet")["image"].drop_nulls():
             subprocess.run(["docker", "rmi", "-f", image], capture_output=True)

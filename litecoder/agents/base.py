@@ -19,11 +19,17 @@ CONTEXT = "context"
 LOOPING = "looping"
 MALFORMED = "malformed"
 REQUEST_ERROR = "request_error"
-STOP_REASONS = (COMPLETED, MAX_TURNS, WALL_TIME, CONTEXT, LOOPING, MALFORMED, REQUEST_ERROR)
+#: the agent ended its own terminal (``tmux kill-server``); the verifier still runs
+TERMINAL_CLOSED = "terminal_closed"
+STOP_REASONS = (COMPLETED, MAX_TURNS, WALL_TIME, CONTEXT, LOOPING, MALFORMED, REQUEST_ERROR, TERMINAL_CLOSED)
 
 
 class Terminal(Protocol):
-    """A live shell the agent types into (a tmux pane in a container)."""
+    """A live shell the agent types into (a tmux pane in a container).
+
+    Once started, ``send`` and ``read_new`` raise ``litecoder.errors.TerminalClosed`` when the
+    agent's own keystrokes destroyed the terminal, so the agent can end its episode there.
+    """
 
     async def start(self) -> str:
         """Open the shell; returns the first screen."""

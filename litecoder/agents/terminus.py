@@ -21,10 +21,11 @@ from omegaconf import MISSING
 
 from .. import hookimpl
 from ..backends.openai_compat import RequestError
+from ..errors import TerminalClosed
 from ..replies import ReplyError, parse_reply
 from ..sandboxes.base import clip
-from .base import (COMPLETED, CONTEXT, LOOPING, MALFORMED, MAX_TURNS, REQUEST_ERROR, WALL_TIME, Chat, Command,
-                   Episode, Terminal, Turn, repeats)
+from .base import (COMPLETED, CONTEXT, LOOPING, MALFORMED, MAX_TURNS, REQUEST_ERROR, TERMINAL_CLOSED, WALL_TIME, Chat,
+                   Command, Episode, Terminal, Turn, repeats)
 
 REPLY_SCHEMA = {
     "type": "object",
@@ -186,6 +187,8 @@ class TerminusAgent:
                         break
             else:
                 episode.stop_reason, episode.detail = MAX_TURNS, f"agent.max_turns={c.max_turns} reached"
+        except TerminalClosed as exc:  # the agent's own keystrokes ended its terminal, and so its episode
+            episode.stop_reason, episode.detail = TERMINAL_CLOSED, str(exc)[:500]
         finally:
             episode.wall_s = round(time.monotonic() - started, 2)
         return episode

@@ -24,7 +24,8 @@ class Executor(Protocol):
     def client(self, backend: Any) -> Any:
         """An async LLM client (``complete``/``chat``/``aclose``) for a started backend."""
 
-    def sandbox(self, factory: Any, config: Any, run_name: str, builders: Any) -> Any:
-        """A sandbox (``open``/``has_image``/``remove_image``/``cleanup``/``close``) with its base image ready."""
+    def sandbox(self, factory: Any, config: Any, run_id: str, builders: Any) -> Any:
+        """A sandbox (``open``/``has_image``/``remove_image``/``cleanup``/``close``) with its base image ready;
+        ``run_id`` (``sandboxes.names.run_id``) labels what it makes, unique per run directory."""
 
     def close(self) -> None: ...

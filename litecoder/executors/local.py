@@ -21,8 +21,8 @@ class LocalExecutor:
     def client(self, backend: Any) -> Any:
         return backend.client()
 
-    def sandbox(self, factory: Any, config: Any, run_name: str, builders: Any) -> Any:
-        sandbox = factory(config, run_name)
+    def sandbox(self, factory: Any, config: Any, run_id: str, builders: Any) -> Any:
+        sandbox = factory(config, run_id)
         try:
             sandbox.ensure_image(builders)
         except BaseException:

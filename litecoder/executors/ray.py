@@ -95,11 +95,11 @@ class LLMWorker:
 class DockerNode:
     """Owns one node's sandbox (its Docker engine) and the sessions open on it."""
 
-    def __init__(self, sandbox_type: str, config: dict, run_name: str) -> None:
+    def __init__(self, sandbox_type: str, config: dict, run_id: str) -> None:
         from ..plugins import get_plugins
 
         plugins = get_plugins()
-        self.sandbox = plugins.registry("sandbox").get(sandbox_type)(OmegaConf.create(config), run_name)
+        self.sandbox = plugins.registry("sandbox").get(sandbox_type)(OmegaConf.create(config), run_id)
         self.builders = plugins.registry("image_builder")
         self.sessions: dict[str, Any] = {}
         self.transfers: dict[str, Any] = {}
@@ -372,7 +372,7 @@ class RayExecutor:
             ray.get([w.pid.remote() for w in self._pools[key]])  # up before the first request
         return RayLLMClient(self._pools[key])
 
-    def sandbox(self, factory: Any, config: Any, run_name: str, builders: Any) -> RaySandbox:
+    def sandbox(self, factory: Any, config: Any, run_id: str, builders: Any) -> RaySandbox:
         ray = self._connect()
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -388,7 +388,7 @@ class RayExecutor:
             ray.remote(DockerNode).options(
                 num_cpus=0, max_concurrency=concurrency, max_restarts=int(self.config.max_restarts), max_task_retries=0,
                 scheduling_strategy=NodeAffinitySchedulingStrategy(node_id, soft=False),
-            ).remote(sandbox_type, settings, run_name)  # factory and builders are looked up on the node
+            ).remote(sandbox_type, settings, run_id)  # factory and builders are looked up on the node
             for node_id in node_ids
         ]
         sandbox = RaySandbox(nodes, node_ids, config, copy_images=bool(self.config.copy_images))

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__, hookimpl
+from ..sandboxes.names import LABEL_RUN, run_id
 from ..sandboxes.tmux import is_key
 from ..store import DONE
 from .base import TaskResult, export_tasks
@@ -199,7 +200,7 @@ class HarborExporter:
         sandbox = run.sandbox()
         timeout = float(run.cfg.export.harbor.check_timeout)
         tag = f"litecoder-harbor-check:{directory.name}"
-        image = sandbox.build_image(directory / "environment", tag=tag, labels={"litecoder.run": run.name},
+        image = sandbox.build_image(directory / "environment", tag=tag, labels={LABEL_RUN: run_id(run.dir)},
                                     timeout=timeout)
         session = None
         try:

@@ -11,11 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from ..errors import LitecoderError
-
-
-class SandboxError(LitecoderError):
-    """The sandbox cannot be used at all (no engine, no image)."""
+from ..errors import SandboxError
 
 
 def item_failure(exc: BaseException) -> str | None:

@@ -2,8 +2,9 @@
 
 Safe by default: no network unless ``sandbox.network`` is true, CPU, memory, process and
 file-size limits, no privileges, no new privileges, no host mounts, no Docker socket.
-Everything litecoder creates carries the ``litecoder.run`` label, so whatever a killed run
-left behind is removed when the same run starts again (and at its end, and on Ctrl-C).
+Everything litecoder creates carries the ``litecoder.run`` label with the run's id (unique per
+run directory, see ``names``), so whatever a killed run left behind is removed when the same
+run starts again (and at its end, and on Ctrl-C), and nothing of another run is.
 """
 
 from __future__ import annotations
@@ -21,11 +22,10 @@ from typing import Any, Iterable, Iterator, Optional
 
 from .. import hookimpl
 from .base import ExecResult, HeadTail, SandboxError
+from .names import LABEL_ITEM, LABEL_RUN
 
 log = logging.getLogger(__name__)
 
-LABEL_RUN = "litecoder.run"
-LABEL_ITEM = "litecoder.item"
 KEEPALIVE = ["sleep", "infinity"]
 #: chunks of an image copied between engines (``save_image``/``load_image``)
 IMAGE_CHUNK_BYTES = 8 << 20
@@ -214,7 +214,7 @@ class DockerSession:
             return archive.extractfile(member).read(max_bytes)
 
     def snapshot(self, repository: str, tag: str, labels: dict[str, str] | None = None) -> str:
-        changes = [f'LABEL {k}="{v}"' for k, v in {LABEL_RUN: self.sandbox.run_name, **(labels or {})}.items()]
+        changes = [f"LABEL {k}={_quoted(v)}" for k, v in {LABEL_RUN: self.sandbox.run_id, **(labels or {})}.items()]
         image = self.container.commit(repository=repository, tag=tag, changes=changes)
         return image.id
 
@@ -237,14 +237,14 @@ class DockerSession:
 class DockerSandbox:
     """Opens containers for a run, bounded in number, and cleans up after it."""
 
-    def __init__(self, config: Any, run_name: str) -> None:
+    def __init__(self, config: Any, run_id: str) -> None:
         self.config = config
-        self.run_name = run_name
+        self.run_id = run_id
         self.client = docker_client(config.api_timeout)
         self._slots = threading.BoundedSemaphore(max(1, int(config.max_containers)))
         left = self.cleanup()
         if left:
-            log.warning("removed %d containers a previous attempt of run %s left behind", left, run_name)
+            log.warning("removed %d containers a previous attempt of run %s left behind", left, run_id)
 
     def ensure_image(self, builders: Any) -> str:
         import docker
@@ -273,7 +273,7 @@ class DockerSandbox:
                 ulimits=[_ulimit("fsize", int(self.config.max_file_bytes))],
                 privileged=False,
                 security_opt=["no-new-privileges"],
-                labels={LABEL_RUN: self.run_name, LABEL_ITEM: item},
+                labels={LABEL_RUN: self.run_id, LABEL_ITEM: item},
                 working_dir="/root",
                 hostname="sandbox",
             )
@@ -321,7 +321,7 @@ class DockerSandbox:
 
     def cleanup(self) -> int:
         removed = 0
-        for container in self.client.containers.list(all=True, filters={"label": f"{LABEL_RUN}={self.run_name}"}):
+        for container in self.client.containers.list(all=True, filters={"label": f"{LABEL_RUN}={self.run_id}"}):
             try:
                 container.remove(force=True)
                 removed += 1
@@ -332,6 +332,11 @@ class DockerSandbox:
     def close(self) -> None:
         self.cleanup()
         self.client.close()
+
+
+def _quoted(value: str) -> str:
+    """A Dockerfile word for ``value``: labels such as a run's directory may hold quotes or ``$``."""
+    return '"' + "".join("\\" + c if c in '\\"$' else c for c in str(value)) + '"'
 
 
 def _ulimit(name: str, value: int):

@@ -4,6 +4,10 @@ Keystrokes go to the pane verbatim (``send-keys -l``), except tmux key names suc
 or ``Escape`` sent on their own. Reading returns only what is new since the last read:
 the pane's absolute cursor line (scrollback size + cursor row) is remembered, and the next
 capture starts there, so a long session never re-reads its whole history.
+
+An agent can end its own terminal (``tmux kill-server``, killing the shell loop). A tmux
+command that fails is followed by ``tmux has-session``; when the session is gone the failure
+is ``TerminalClosed``, which ends the agent's episode rather than the item.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ import re
 import shlex
 from typing import Any
 
-from .base import SandboxError
+from ..errors import SandboxError, TerminalClosed
 
 SESSION = "agent"
 #: a keystroke string that is one tmux key name rather than text to type
@@ -40,15 +44,28 @@ class TmuxTerminal:
 
     def _run(self, command: str, *, max_output_bytes: int | None = None) -> str:
         result = self.session.exec(command, timeout=30, max_output_bytes=max_output_bytes)
-        if not result.ok:
-            raise SandboxError(f"tmux command failed (exit {result.exit_code}): {result.output.strip()[:300]}")
-        return result.output
+        if result.ok:
+            return result.output
+        gone = self._why_gone()
+        if gone:
+            raise TerminalClosed(f"the terminal's tmux session is gone: {gone}")
+        raise SandboxError(f"tmux command failed (exit {result.exit_code}): {result.output.strip()[:300]}")
+
+    def _why_gone(self) -> str | None:
+        """What tmux says when the session no longer exists; None while it does, or when that
+        cannot be told (a timeout, no tmux): only exit 1 of has-session means "gone"."""
+        probe = self.session.exec(f"tmux has-session -t {SESSION}", timeout=30)
+        if probe.exit_code != 1 or probe.timed_out:
+            return None
+        return probe.output.strip()[:200] or "tmux has-session exited 1"
 
     async def start(self) -> str:
         # The shell is restarted when it exits, so an agent that types ``exit`` (or C-d) gets a
-        # fresh prompt instead of a dead session.
+        # fresh prompt instead of a dead session. The loop has job control (``set -m``) so it
+        # takes the terminal back even from a shell killed with ``kill -9 $$``; without it the
+        # next shell starts in the background, cannot read, and the loop spins.
         start = (f"tmux start-server \\; set-option -g history-limit {self.history} \\; "
-                 f"new-session -d -s {SESSION} -x {self.width} -y {self.height} 'while :; do bash -l; done'")
+                 f"new-session -d -s {SESSION} -x {self.width} -y {self.height} 'set -m; while :; do bash -l; done'")
         await asyncio.to_thread(self._run, start)
         screen = ""
         for _ in range(50):  # the shell prints its prompt shortly after the session starts

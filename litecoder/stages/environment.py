@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 from datetime import datetime, timezone
 from pathlib import Path
@@ -29,6 +28,7 @@ from ..progress import Progress
 from ..errors import BackendError, ConfigError
 from ..replies import ReplyError, parse_reply
 from ..sandboxes.base import clip, item_failure
+from ..sandboxes.names import LABEL_RUN_DIR, image_tag, run_id
 from ..store import DONE, FAILED
 from ..tables import records_frame, write_parquet_atomic
 from .sample import backend_identity
@@ -91,12 +91,6 @@ def run_verifier(session: Any, verifier: str, timeout: float) -> tuple[int | Non
     session.write_files({VERIFIER_PATH: verifier}, mode=0o755)
     result = session.exec(f"bash {VERIFIER_PATH}", timeout=timeout)
     return (124 if result.timed_out else result.exit_code), result.output[-2000:]
-
-
-def image_tag(run_name: str, task_id: str) -> str:
-    """The tag of a task's image: per run, so runs that sample the same task keep their own."""
-    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", run_name).strip("._-")[:100] or "run"
-    return f"{slug}-{task_id}"
 
 
 class EnvironmentStage:
@@ -173,9 +167,7 @@ class EnvironmentStage:
             record["host"] = getattr(session, "host", None)  # plugins' sandboxes may not say
             verifier = await self._converse(run, backend, client, session, messages, params, record, started, request_errors)
             record["verifier"] = verifier
-            tag = image_tag(run.name, task["task_id"])
-            record["image_id"] = await asyncio.to_thread(session.snapshot, IMAGE_REPOSITORY, tag, {"litecoder.task": task["task_id"]})
-            record["image"] = f"{IMAGE_REPOSITORY}:{tag}"
+            record["image"], record["image_id"] = await self._commit(run, sandbox, session, task["task_id"])
             changes = await asyncio.to_thread(session.changes)
             changes = [c for c in changes or [] if not c["Path"].startswith(NOISE)]
             record["changed_paths"] = sorted(c["Path"] for c in changes)
@@ -209,6 +201,19 @@ class EnvironmentStage:
         record["wall_s"] = round(time.monotonic() - started, 2)
         record["prepared_at"] = datetime.now(timezone.utc).isoformat()
         return record
+
+    async def _commit(self, run: Any, sandbox: Any, session: Any, task_id: str) -> tuple[str, str]:
+        """Commit the container as the task's image: (name, id). An image under that name is
+        from an earlier attempt at this task in this run (a resume, a changed config); it goes
+        first, or it would be left untagged for ``docker image prune`` to find."""
+        tag = image_tag(run_id(run.dir), task_id)
+        image = f"{IMAGE_REPOSITORY}:{tag}"
+        try:
+            await asyncio.to_thread(sandbox.remove_image, image)
+        except Exception as exc:  # noqa: BLE001 - an image kept in use is no reason to fail the item
+            log.warning("could not remove %s, which task %s replaces: %s", image, task_id, exc)
+        labels = {"litecoder.task": task_id, LABEL_RUN_DIR: str(Path(run.dir).resolve())}
+        return image, await asyncio.to_thread(session.snapshot, IMAGE_REPOSITORY, tag, labels)
 
     async def _converse(self, run, backend, client, session, messages, params, record, started, request_errors) -> str:
         """Turns until the agent is ready; returns the verifier or raises ``ItemFailed``."""

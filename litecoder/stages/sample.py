@@ -163,7 +163,7 @@ class SampleStage:
             first = new_failures[0].reason if new_failures else "unknown"
             cause = getattr(backend, "diagnose", lambda: None)() or f"first error: {first}"
             raise BackendError(f"sampling requests keep failing, stopping (recorded in {run.path(TASKS_FILE)}); {cause}")
-        tokens = int(pl.scan_parquet(table).select(pl.col("completion_tokens").fill_null(0).sum()).collect().item() or 0)
+        tokens = int(pl.scan_parquet(table, glob=False).select(pl.col("completion_tokens").fill_null(0).sum()).collect().item() or 0)
         summary = {"planned": sum(r.n for r in requests), **counts, "completion_tokens": tokens, "wall_s": round(wall, 1)}
         if stopped and stopped != "breaker":
             summary["stopped_by"] = stopped

@@ -28,6 +28,7 @@ import yaml
 
 from litecoder.exporters.base import TaskResult, export_tasks
 from litecoder.exporters.harbor import HarborExporter
+from litecoder.sandboxes.names import LABEL_RUN, run_id
 from litecoder.store import DONE
 
 TBENCH_DIR = "tbench"
@@ -180,7 +181,7 @@ class TerminalBenchExporter:
         sandbox = run.sandbox()
         timeout = float(run.cfg.export.harbor.check_timeout)
         image = sandbox.build_image(directory, tag=f"litecoder-tbench-check:{directory.name}",
-                                    labels={"litecoder.run": run.name}, timeout=timeout)
+                                    labels={LABEL_RUN: run_id(run.dir)}, timeout=timeout)
         session = None
         try:
             session = sandbox.open(f"{directory.name}-tbench-check", image=image)

@@ -12,6 +12,7 @@ import sys
 import pytest
 import yaml
 
+from litecoder.sandboxes.names import LABEL_RUN, run_id
 from litecoder.testing import completion_body
 from litecoder_terminal_bench.exporter import RUN_TESTS, TEST_OUTPUTS, pytest_summary, task_yaml
 
@@ -123,7 +124,7 @@ def test_a_solved_task_becomes_a_terminal_bench_task_that_its_solution_passes(li
         assert run_task(task, "bash /oracle/solution.sh") == {"test_task_is_solved": "PASSED"}
         assert run_task(task, "true") == {"test_task_is_solved": "FAILED"}  # the starting state is not solved
     finally:
-        images = subprocess.run(["docker", "images", "-q", "--filter", "label=litecoder.run=tb"],
+        images = subprocess.run(["docker", "images", "-q", "--filter", f"label={LABEL_RUN}={run_id(run_dir)}"],
                                 capture_output=True, text=True).stdout.split()
         if images:
             subprocess.run(["docker", "rmi", "-f", *images], capture_output=True)
