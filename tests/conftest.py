@@ -67,3 +67,43 @@ def vllm_url(model_dir, tmp_path_factory):
         yield backend.base_url.removesuffix("/v1")
     finally:
         backend.close()
+
+
+def _served_tokens(url: str) -> tuple[float, float]:
+    """Prompt and generated tokens the vLLM server has processed so far (its /metrics)."""
+    import httpx
+
+    totals = {"vllm:prompt_tokens_total": 0.0, "vllm:generation_tokens_total": 0.0}
+    for line in httpx.get(f"{url}/metrics", timeout=10).text.splitlines():
+        name = line.split("{", 1)[0].split(" ", 1)[0]
+        if name in totals:
+            totals[name] += float(line.rsplit(" ", 1)[1])
+    return totals["vllm:prompt_tokens_total"], totals["vllm:generation_tokens_total"]
+
+
+#: (test id, prompt tokens, generated tokens) of every test that used the shared server
+SERVED: list[tuple[str, float, float]] = []
+
+
+@pytest.fixture(autouse=True)
+def _count_served_tokens(request):
+    """Record what each test cost the shared vLLM server: on a slow CPU, generated tokens are
+    what real-model tests spend their time on, so they are sized by this figure."""
+    if "vllm_url" not in request.fixturenames:
+        yield
+        return
+    url = request.getfixturevalue("vllm_url")
+    before = _served_tokens(url)
+    yield
+    after = _served_tokens(url)
+    SERVED.append((request.node.nodeid, after[0] - before[0], after[1] - before[1]))
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not SERVED:
+        return
+    terminalreporter.section("tokens served by the shared vLLM server, per test")
+    for nodeid, prompt, generated in sorted(SERVED, key=lambda row: -row[2]):
+        terminalreporter.write_line(f"{generated:>8,.0f} generated {prompt:>9,.0f} prompt  {nodeid}")
+    terminalreporter.write_line(f"{sum(row[2] for row in SERVED):>8,.0f} generated in all "
+                                f"({sum(row[1] for row in SERVED):,.0f} prompt)")

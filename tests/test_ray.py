@@ -276,8 +276,8 @@ def test_a_killed_driver_leaves_containers_on_the_nodes_that_the_resumed_run_rem
 @pytest.mark.vllm
 def test_sample_and_judge_through_ray_on_the_real_server(ray_cluster, tmp_path, vllm_url):
     result = run_cli("stage=[sample,judge]", "run.name=real", f"run.root={tmp_path}", f"backend.url={vllm_url}",
-                     "sample.num_tasks=4", "sample.n=1", *JUDGE_FAST, *ray_args(ray_cluster), cwd=tmp_path, timeout=1200)
+                     "sample.num_tasks=2", "sample.n=1", *JUDGE_FAST, *ray_args(ray_cluster), cwd=tmp_path, timeout=1200)
     assert result.returncode == 0, result.stderr[-3000:]
     tasks = pl.read_parquet(tmp_path / "real" / "tasks.parquet")
-    assert len(tasks) == 4 and tasks["completion_tokens"].sum() > 0
-    assert "4 sampled = " in result.stderr and "+ 0 not judged yet" in result.stderr
+    assert len(tasks) == 2 and tasks["completion_tokens"].sum() > 0
+    assert "2 sampled = " in result.stderr and "+ 0 not judged yet" in result.stderr
