@@ -20,6 +20,7 @@ from omegaconf import DictConfig
 
 from .config import register_configs
 from .errors import ConfigError, LitecoderError
+from .overrides import check_overrides, one_line
 from .paths import core_conf_dir
 from .plugins import get_plugins
 
@@ -30,30 +31,6 @@ USER_FULL_ERROR = "LITECODER_USER_FULL_ERROR"
 
 def _full_errors() -> bool:
     return os.environ.get(USER_FULL_ERROR, os.environ.get("HYDRA_FULL_ERROR")) == "1"
-
-
-def _one_line(exc: BaseException) -> str:
-    """Hydra's and OmegaConf's messages span lines (option lists, ``full_key``) and keep the
-    reason in their cause: say it all on one line."""
-    parts: list[str] = []
-    while exc is not None:
-        for part in _message_parts(str(exc)):
-            if part not in parts:
-                parts.append(part)
-        exc = exc.__cause__
-    return "; ".join(parts)
-
-
-def _message_parts(message: str) -> list[str]:
-    parts: list[str] = []
-    for line in (line.strip() for line in message.split("Config search path:")[0].splitlines()):
-        if not line or line.startswith("See https://hydra.cc"):
-            continue
-        if parts and parts[-1].endswith((":", ",")) and "options" in parts[-1]:
-            parts[-1] += (" " if parts[-1].endswith(":") else " ") + line + ","
-        else:
-            parts.append(line.rstrip("."))
-    return [p.rstrip(",") for p in parts]
 
 
 def _fail(exc: LitecoderError) -> None:
@@ -87,30 +64,6 @@ def _task(cfg: DictConfig) -> None:
     except KeyboardInterrupt:
         print(f"litecoder: interrupted; partial results are in {run_dir}", file=sys.stderr)
         sys.exit(130)
-
-
-def check_overrides(argv: list[str]) -> None:
-    """Parse the command line's overrides the way Hydra will, so a value that needs quoting or
-    a run name that cannot be a directory fails with one line before anything starts."""
-    from hydra._internal.utils import get_args_parser
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import OverrideParseException
-
-    from .run_names import check_run_name
-
-    overrides = get_args_parser().parse_known_args(argv)[0].overrides or []
-    parser = OverridesParser.create()
-    for text in overrides:
-        try:
-            (override,) = parser.parse_overrides([text])
-        except OverrideParseException as exc:
-            raise ConfigError(f"cannot read the override {text!r}: {_one_line(exc)}; quote a value that holds "
-                              "brackets, braces, commas, quotes or spaces (key='value', with \\' for a quote)") from None
-        if override.key_or_group == "run.name":
-            names = override.sweep_string_iterator() if override.is_sweep_override() else [override.value()]
-            for name in names:
-                if isinstance(name, str) and "${" not in name:
-                    check_run_name(name)
 
 
 def setup() -> str:
@@ -170,7 +123,7 @@ def _run_hydra(conf_dir: str) -> None:
     except (HydraException, OmegaConfBaseException) as exc:
         if _full_errors():
             raise
-        _fail(ConfigError(_one_line(exc)))
+        _fail(ConfigError(one_line(exc)))
 
 
 if __name__ == "__main__":

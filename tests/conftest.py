@@ -61,6 +61,7 @@ def vllm_url(model_dir, tmp_path_factory):
 
     register_configs()
     config = OmegaConf.structured(VLLMBackendConfig)
+    config.extra_args = ["--enforce-eager"]  # a faster start; see tests/test_vllm.py EAGER
     backend = VLLMBackend(config, tmp_path_factory.mktemp("vllm-server"))
     backend.start()
     try:

@@ -15,7 +15,7 @@ from litecoder.errors import ConfigError
 from .conftest import run_cli
 from .stub_openai import StubServer, completion_body
 from .test_judge_stage import CRITERIA, FAST, scores
-from .test_vllm import JUDGE_FAST, managed_port, port_open, server_processes
+from .test_vllm import EAGER, JUDGE_FAST, managed_port, port_open, server_processes
 
 VARIANT_YIELD = {"v1": 1, "v2": 0, "v3": 4}  # accepted tasks out of 4, by prompt variant
 
@@ -53,7 +53,7 @@ def test_a_prompt_sweep_writes_a_comparison_table(cli, model_dir):
     sweep = cli.outputs / "sweep"
     table = pl.read_csv(sweep / "comparison.csv")
     assert table["job"].to_list() == ["prompts=v3", "prompts=v1", "prompts=v2"]  # best acceptance first
-    assert table["sampled"].to_list() == [2, 2, 2]
+    assert table["sampled"].to_list() == [4, 4, 4]
     assert table["accepted"].to_list() == [4, 1, 0]
     assert table["acceptance_rate"].to_list() == [1.0, 0.25, 0.0]
     assert table["status"].to_list() == ["finished"] * 3
@@ -119,7 +119,7 @@ def test_a_parallel_sweep_on_the_managed_server_starts_it_once(cli, model_dir):
     """Three jobs in parallel (joblib launcher), no backend.url: the sweep starts one vLLM server."""
     result = cli("-m", "stage=[sample,judge]", "run.name=sweep", "prompts=v1,v2,v3", "domain=networking",
                  "hydra/launcher=joblib", "hydra.launcher.n_jobs=3", "sample.num_tasks=2", "sample.n=1",
-                 *JUDGE_FAST, timeout=1800)
+                 EAGER, *JUDGE_FAST, timeout=1800)
     assert result.returncode == 0, result.stderr[-3000:]
     sweep = cli.outputs / "sweep"
     logs = list(sweep.rglob("vllm-*.log"))
