@@ -28,12 +28,23 @@ class SubtopicConfig:
 
 
 @dataclass
+class ToolchainConfig:
+    """What a domain's tasks need installed, each ``name`` or pinned (``name=1.2`` for Debian,
+    ``name==1.2`` for Python, ``name@1.2`` for npm); ``stage=image`` builds it on the base image."""
+
+    debian: list[str] = field(default_factory=list)
+    python: list[str] = field(default_factory=list)
+    npm: list[str] = field(default_factory=list)
+
+
+@dataclass
 class DomainConfig:
     name: str = MISSING
     description: str = MISSING
     #: the domain's system message for MAGPIE sampling (a prompt variant wraps it)
     system_message: str = MISSING
     subtopics: list[SubtopicConfig] = field(default_factory=list)
+    toolchain: ToolchainConfig = field(default_factory=ToolchainConfig)
 
 
 @dataclass

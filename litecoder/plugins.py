@@ -34,6 +34,7 @@ DEFAULT_PLUGINS = (
     "litecoder.stages.trajectory",
     "litecoder.stages.export",
     "litecoder.stages.report",
+    "litecoder.stages.image",
     "litecoder.backends.openai_compat",
     "litecoder.backends.vllm",
     "litecoder.sandboxes.docker",

@@ -229,6 +229,8 @@ def _finish(run: Run, names: list[str], status: str, summaries: dict, error: str
         if name not in stages and run.store.stage_started(name):
             stages[name] = {**run.store.counts(name), "unfinished": True}
     write_summary(run.dir, status, stages, spend(run.store, PIPELINE), error=error)
+    if not set(names) & set(PIPELINE):
+        return  # e.g. stage=image: no items, nothing to count or draw
     if status != "finished" and not any(run.store.counts(name) for name in PIPELINE):
         return  # nothing was done: the error is all there is to say
     try:
