@@ -131,15 +131,17 @@ def ensure_toolchain_image(client: Any, domain: str, base: str, base_image_id: s
         if manifest_path(image).is_file():
             return image, True
     except docker.errors.ImageNotFound:
-        _build(client, image, base, toolchain, timeout)
+        build_toolchain_image(client, image, base, toolchain, timeout)
     write_manifest(client, image, {"domain": domain, "base": base_image_id, "recipe": packages(toolchain)})
     return image, False
 
 
-def _build(client: Any, image: str, base: str, toolchain: Any, timeout: float) -> None:
+def build_toolchain_image(client: Any, image: str, base: str, toolchain: Any, timeout: float,
+                          nocache: bool = False) -> None:
+    """Build ``image`` with the build's network (the registries); ``nocache`` skips the layer cache."""
     log.info("building %s (%s)", image, ", ".join(f"{k}: {len(v)}" for k, v in packages(toolchain).items()))
     stream = client.api.build(fileobj=io.BytesIO(build_context(base, toolchain)), custom_context=True, tag=image,
-                              rm=True, forcerm=True, decode=True, network_mode="bridge", timeout=int(timeout),
+                              rm=True, forcerm=True, decode=True, network_mode="bridge", timeout=int(timeout), nocache=nocache,
                               labels={"litecoder.toolchain": image})
     output = _follow(stream, image)
     if output is not None:
