@@ -210,7 +210,8 @@ def test_atif_round_trip_and_strictness(agent_config):
 
 def test_harbor_helpers():
     assert top_level(["/srv/repo/a", "/srv/repo", "/srv/repo2", "/root/.gitconfig"]) == ["/root/.gitconfig", "/srv/repo", "/srv/repo2"]
-    text = task_toml({"metadata": {"tags": ["a", 'q"uote'], "difficulty": "unknown"}, "environment": {"cpus": 1.0, "allow_internet": False}})
+    text = task_toml({"metadata": {"tags": ["a", 'q"uote'], "difficulty": "unknown"},
+                      "environment": {"cpus": 1, "network_mode": "no-network"}})
     parsed = tomllib.loads(text)
-    assert parsed["version"] == "1.0" and parsed["metadata"]["tags"] == ["a", 'q"uote']
-    assert parsed["environment"] == {"cpus": 1.0, "allow_internet": False}
+    assert parsed["schema_version"] == "1.4" and parsed["metadata"]["tags"] == ["a", 'q"uote']
+    assert parsed["environment"] == {"cpus": 1, "network_mode": "no-network"}

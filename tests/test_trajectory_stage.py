@@ -135,7 +135,9 @@ def test_a_scripted_teacher_solves_the_merge_conflict_and_every_format_is_writte
         harbor = tmp_path / "harbor" / task_id
         assert (harbor / "instruction.md").read_text().strip() == TASK
         toml = tomllib.loads((harbor / "task.toml").read_text())
-        assert toml["environment"]["allow_internet"] is False and toml["verifier"]["timeout_sec"] > 0
+        assert toml["schema_version"] == "1.4" and toml["task"]["name"] == f"litecoder/{task_id}"
+        assert toml["environment"]["network_mode"] == "no-network" and toml["verifier"]["timeout_sec"] > 0
+        assert isinstance(toml["environment"]["cpus"], int) and "allow_internet" not in toml["environment"]
         dockerfile = (harbor / "environment" / "Dockerfile").read_text()
         assert "FROM litecoder-base:bookworm" in dockerfile and "RUN rm -rf -- '/etc/issue.net'" in dockerfile
         (index,) = [json.loads(line) for line in (tmp_path / "harbor" / "index.jsonl").read_text().splitlines()]

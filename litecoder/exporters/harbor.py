@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import re
 import shutil
 from pathlib import Path
@@ -93,8 +94,13 @@ def _toml(value: Any) -> str:
     return json.dumps(str(value), ensure_ascii=False)  # JSON string escapes are valid TOML
 
 
+#: Harbor's task schema that ``task.toml`` follows
+SCHEMA_VERSION = "1.4"
+
+
 def task_toml(sections: dict[str, dict]) -> str:
-    lines = ['version = "1.0"']
+    """``task.toml`` in Harbor's schema: ``schema_version`` at the root, then the sections."""
+    lines = [f'schema_version = "{SCHEMA_VERSION}"']
     for name, values in sections.items():
         lines += ["", f"[{name}]"] + [f"{k} = {_toml(v)}" for k, v in values.items() if v is not None]
     return "\n".join(lines) + "\n"
@@ -151,16 +157,18 @@ class HarborExporter:
         domain = judged.get("domain") or cfg.domain.name
         sandbox = cfg.sandbox
         (building / "task.toml").write_text(task_toml({
+            "task": {"name": f"litecoder/{task_id}", "description": f"litecoder task from run {run.name}"},
             "metadata": {"author_name": "litecoder", "difficulty": "unknown", "category": domain,
                          "tags": [t for t in (domain, judged.get("subtopic"), "synthetic") if t],
                          "source_run": run.name, "teacher_model": rollout.record.get("model"),
                          "teacher_turns": rollout.record.get("turns")},
             "verifier": {"timeout_sec": float(cfg.trajectory.verifier_timeout)},
             "agent": {"timeout_sec": float(cfg.agent.get("max_wall_time", 1800.0))},
-            "environment": {"build_timeout_sec": float(cfg.export.harbor.check_timeout), "cpus": float(sandbox.cpus),
+            "environment": {"build_timeout_sec": float(cfg.export.harbor.check_timeout),
+                            "cpus": max(1, math.ceil(float(sandbox.cpus))),  # the schema's cpus are whole
                             "memory_mb": memory_mb(sandbox.memory),
                             "storage_mb": int(sandbox.get("max_disk_bytes", 4 << 30)) >> 20,
-                            "allow_internet": bool(sandbox.network)},
+                            "network_mode": "public" if sandbox.network else "no-network"},
         }))
         final = root / task_id
         shutil.rmtree(final, ignore_errors=True)
