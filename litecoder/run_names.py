@@ -45,9 +45,9 @@ def job_dir_name(override_dirname: str, job_num: int | str = 0) -> str:
     readable = ",".join(simple)
     if len(simple) == len(overrides) and readable and len(readable) <= MAX_READABLE:
         return readable
-    digest = hashlib.sha256(override_dirname.encode("utf-8", "surrogatepass")).hexdigest()[:10]
     if not overrides:
         return f"job{job_num}"
+    digest = hashlib.sha256(override_dirname.encode("utf-8", "surrogatepass")).hexdigest()[:10]
     return f"{readable[:MAX_READABLE].rstrip(',')}~{digest}" if readable else f"job~{digest}"
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__, hookimpl
+from ..sandboxes.base import shell_quote
 from ..sandboxes.names import LABEL_RUN, run_id
 from ..sandboxes.tmux import is_key
 from ..store import DONE
@@ -143,7 +144,7 @@ class HarborExporter:
         dockerfile = [f"# Starting state of task {task_id}: the base image, then what the environment agent",
                       f"# changed (made by litecoder {__version__}).", f"FROM {base}"]
         if deleted:
-            dockerfile.append("RUN rm -rf -- " + " ".join(_shell_quote(p) for p in deleted))
+            dockerfile.append("RUN rm -rf -- " + " ".join(shell_quote(p) for p in deleted))
         if state.exists():  # a task that needs no starting state has no archive
             dockerfile.append(f"ADD {STATE_TAR} /")
         dockerfile += ["WORKDIR /root", ""]
@@ -229,10 +230,6 @@ class HarborExporter:
             if session is not None:
                 session.remove()
             sandbox.remove_image(image)
-
-
-def _shell_quote(path: str) -> str:
-    return "'" + path.replace("'", "'\\''") + "'"
 
 
 @hookimpl

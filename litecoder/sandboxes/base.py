@@ -70,6 +70,11 @@ class HeadTail:
         return head + tail
 
 
+def shell_quote(word: str) -> str:
+    """``word`` as one single-quoted shell word, for RUN lines litecoder writes."""
+    return "'" + str(word).replace("'", "'\\''") + "'"
+
+
 def clip(data: bytes | str, limit: int) -> tuple[str, int]:
     """Head and tail of ``data`` within ``limit`` bytes, and how many bytes were cut."""
     keeper = HeadTail(limit)

@@ -22,6 +22,7 @@ from typing import Any, Iterable, Iterator, Optional
 
 from .. import hookimpl
 from .base import ExecResult, HeadTail, SandboxError
+from .images import ensure_base_image
 from .names import LABEL_ITEM, LABEL_RUN
 
 log = logging.getLogger(__name__)
@@ -247,15 +248,7 @@ class DockerSandbox:
             log.warning("removed %d containers a previous attempt of run %s left behind", left, run_id)
 
     def ensure_image(self, builders: Any) -> str:
-        import docker
-
-        try:
-            return self.client.images.get(self.config.image).id
-        except docker.errors.ImageNotFound:
-            pass
-        builder = builders.get(self.config.builder)
-        log.info("image %s is missing; building it with the %s builder", self.config.image, self.config.builder)
-        return builder(self.config, self.client)
+        return ensure_base_image(self.config, self.client, builders)
 
     def open(self, item: str, image: str | None = None) -> DockerSession:
         self._slots.acquire()

@@ -63,6 +63,18 @@ def build_with_debootstrap(config: Any, client: Any) -> str:
     return client.images.get(config.image).id
 
 
+def ensure_base_image(config: Any, client: Any, builders: Any) -> str:
+    """The id of the base image ``config.image``, built by ``config.builder`` when it is missing."""
+    import docker
+
+    try:
+        return client.images.get(config.image).id
+    except docker.errors.ImageNotFound:
+        pass
+    log.info("image %s is missing; building it with the %s builder", config.image, config.builder)
+    return builders.get(config.builder)(config, client)
+
+
 def build_with_pull(config: Any, client: Any) -> str:
     repository, tag = split_image(config.image)
     try:

@@ -30,15 +30,15 @@ def run_id(run_dir: str | Path) -> str:
     usable in a tag and a label whatever the name holds."""
     path = Path(run_dir).resolve()
     digest = hashlib.sha256(str(path).encode("utf-8", "surrogatepass")).hexdigest()[:10]
-    return f"{_slug(path.name, MAX_READABLE) or 'run'}-{digest}"
+    return f"{tag_safe(path.name, MAX_READABLE) or 'run'}-{digest}"
 
 
 def image_tag(run: str, item: str) -> str:
     """An item's image tag under the run's id (from ``run_id``), so a run's tags are its own."""
-    return f"{run}-{_slug(item, MAX_TAG) or 'item'}"[:MAX_TAG]
+    return f"{run}-{tag_safe(item, MAX_TAG) or 'item'}"[:MAX_TAG]
 
 
-def _slug(text: str, limit: int) -> str:
+def tag_safe(text: str, limit: int) -> str:
     """``text`` in the characters a tag allows; accented letters keep their base letter."""
     plain = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode()
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", plain)[:limit].strip("._-")

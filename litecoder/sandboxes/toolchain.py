@@ -20,7 +20,8 @@ from typing import Any, Iterable
 
 from ..errors import SandboxError
 from ..paths import litecoder_home
-from .names import MAX_TAG
+from .base import shell_quote
+from .names import tag_safe
 
 log = logging.getLogger(__name__)
 
@@ -67,8 +68,7 @@ def recipe_hash(base_image_id: str, toolchain: Any) -> str:
 
 
 def image_name(domain: str, base_image_id: str, toolchain: Any) -> str:
-    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", domain).strip("._-")[:60] or "domain"
-    return f"{IMAGE_REPOSITORY}:{slug}-{recipe_hash(base_image_id, toolchain)}"[: len(IMAGE_REPOSITORY) + 1 + MAX_TAG]
+    return f"{IMAGE_REPOSITORY}:{tag_safe(domain, 60) or 'domain'}-{recipe_hash(base_image_id, toolchain)}"
 
 
 def dockerfile(base: str, toolchain: Any) -> str:
@@ -82,14 +82,10 @@ def dockerfile(base: str, toolchain: Any) -> str:
         lines.append("RUN apt-get update && apt-get install -y --no-install-recommends "
                      + " ".join(lists["debian"]) + " && rm -rf /var/lib/apt/lists/*")
     if lists["python"]:
-        lines.append("RUN python3 -m pip install --break-system-packages " + " ".join(_quoted(p) for p in lists["python"]))
+        lines.append("RUN python3 -m pip install --break-system-packages " + " ".join(shell_quote(p) for p in lists["python"]))
     if lists["npm"]:
-        lines.append("RUN npm install -g " + " ".join(_quoted(p) for p in lists["npm"]) + " && npm cache clean --force")
+        lines.append("RUN npm install -g " + " ".join(shell_quote(p) for p in lists["npm"]) + " && npm cache clean --force")
     return "\n".join(lines) + "\n"
-
-
-def _quoted(word: str) -> str:
-    return "'" + word.replace("'", "'\\''") + "'"
 
 
 def build_context(base: str, toolchain: Any) -> bytes:

@@ -13,6 +13,7 @@ from typing import Any
 
 from .. import hookimpl
 from ..sandboxes.docker import docker_client
+from ..sandboxes.images import ensure_base_image
 from ..sandboxes.toolchain import ensure_toolchain_image, is_empty, manifest_path
 
 
@@ -23,7 +24,7 @@ class ImageStage:
         sandbox, domain = run.cfg.sandbox, run.cfg.domain
         client = docker_client(sandbox.api_timeout)
         try:
-            base_id = _base_image(client, sandbox, run.plugins.registry("image_builder"))
+            base_id = ensure_base_image(sandbox, client, run.plugins.registry("image_builder"))
             started = time.monotonic()
             if is_empty(domain.toolchain):
                 image, reused = sandbox.image, True
@@ -38,16 +39,6 @@ class ImageStage:
             summary.update({f"{kind}_packages": len(installed[kind]) for kind in ("debian", "python", "npm")})
             summary["manifest"] = str(manifest_path(image))
         return summary
-
-
-def _base_image(client: Any, sandbox: Any, builders: Any) -> str:
-    """The base image's id, built by ``sandbox.builder`` when it is missing."""
-    import docker
-
-    try:
-        return client.images.get(sandbox.image).id
-    except docker.errors.ImageNotFound:
-        return builders.get(sandbox.builder)(sandbox, client)
 
 
 @hookimpl
