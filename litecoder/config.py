@@ -168,6 +168,10 @@ class EnvironmentConfig:
     #: ``auto``: JSON-schema constrained decoding where the backend has it; ``off``
     structured_output: str = "auto"
     max_reply_chars: int = 40_000
+    #: what the agent's container reaches: ``registries`` (Debian's and PyPI's, through an
+    #: allowlist proxy; what it installs is recorded), ``none`` or ``full``. The check of the
+    #: prepared state has no network.
+    network: str = "registries"
     backend: Optional[Any] = None
 
 
@@ -196,14 +200,21 @@ class TrajectoryConfig:
     rollouts: int = 1
     #: seconds for the task's verifier after the agent stopped
     verifier_timeout: float = 300.0
+    #: what the teacher's container reaches (``none``, ``registries``, ``full``); the verifier
+    #: always runs with the container's networks taken away
+    network: str = "none"
     filters: TrajectoryFilters = field(default_factory=TrajectoryFilters)
     backend: Optional[Any] = None
 
 
 @dataclass
 class HarborExportConfig:
-    #: FROM image of each task's environment/Dockerfile; null: the run's sandbox image
+    #: FROM image of each task's environment/Dockerfile; null: ``debian:<sandbox.suite>``, the
+    #: public release the base image is made from (the packages are installed on it, pinned)
     base_image: Optional[str] = None
+    #: copy this machine's added CAs (/usr/local/share/ca-certificates/*.crt) into tasks that
+    #: install Python or npm packages, so they build behind a TLS-intercepting proxy too
+    local_ca_certs: bool = True
     #: build each exported task, run solution/solve.sh and tests/test.sh in it, and record
     #: whether the reward is 1 (``harbor/index.jsonl``)
     check_solution: bool = True

@@ -61,8 +61,13 @@ class Run:
         if self._sandbox is None:
             factory = self.plugins.registry("sandbox").get(self.cfg.sandbox.type)
             self._sandbox = self.executor().sandbox(factory, self.cfg.sandbox, run_id(self.dir),
-                                                    self.plugins.registry("image_builder"))
+                                                    self.plugins.registry("image_builder"), self.toolchain())
         return self._sandbox
+
+    def toolchain(self) -> dict:
+        """The domain's toolchain, which the sandbox puts on its base image for the run."""
+        domain = self.cfg.domain
+        return {"name": str(domain.name), **OmegaConf.to_container(domain.toolchain, resolve=True)}
 
     def path(self, name: str) -> Path:
         return self.dir / name

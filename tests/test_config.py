@@ -37,7 +37,7 @@ def test_every_domain_composes_with_every_prompt_variant(compose_cfg, domain, pr
         (["backend=vllm"], lambda c: c.backend.type == "vllm"),
         (["backend=openai", "backend.model=gpt-4.1-mini"], lambda c: c.backend.type == "openai"),
         (["judge=default"], lambda c: len(c.judge.criteria) >= 5),
-        (["sandbox=docker"], lambda c: c.sandbox.network is False),
+        (["sandbox=docker"], lambda c: c.sandbox.toolchain is True and c.trajectory.network == "none" and c.environment.network == "registries"),
         (["agent=terminus"], lambda c: c.agent.max_turns > 0),
     ],
 )

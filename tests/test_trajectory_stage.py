@@ -139,7 +139,7 @@ def test_a_scripted_teacher_solves_the_merge_conflict_and_every_format_is_writte
         assert toml["environment"]["network_mode"] == "no-network" and toml["verifier"]["timeout_sec"] > 0
         assert isinstance(toml["environment"]["cpus"], int) and "allow_internet" not in toml["environment"]
         dockerfile = (harbor / "environment" / "Dockerfile").read_text()
-        assert "FROM litecoder-base:bookworm" in dockerfile and "RUN rm -rf -- '/etc/issue.net'" in dockerfile
+        assert "FROM debian:bookworm" in dockerfile and "RUN rm -rf -- '/etc/issue.net'" in dockerfile
         (index,) = [json.loads(line) for line in (tmp_path / "harbor" / "index.jsonl").read_text().splitlines()]
         assert index["status"] == "exported" and index["solution_check"] == "passed", index
         assert check_harbor_task(harbor, "bash /solution/solve.sh") == "1"

@@ -24,8 +24,9 @@ class Executor(Protocol):
     def client(self, backend: Any) -> Any:
         """An async LLM client (``complete``/``chat``/``aclose``) for a started backend."""
 
-    def sandbox(self, factory: Any, config: Any, run_id: str, builders: Any) -> Any:
-        """A sandbox (``open``/``has_image``/``remove_image``/``cleanup``/``close``) with its base image ready;
-        ``run_id`` (``sandboxes.names.run_id``) labels what it makes, unique per run directory."""
+    def sandbox(self, factory: Any, config: Any, run_id: str, builders: Any, toolchain: dict | None = None) -> Any:
+        """A sandbox (``open``/``has_image``/``remove_image``/``cleanup``/``close``) with its image ready
+        (the base image, with ``toolchain`` on it); ``run_id`` (``sandboxes.names.run_id``)
+        labels what it makes, unique per run directory."""
 
     def close(self) -> None: ...

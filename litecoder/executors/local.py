@@ -21,10 +21,10 @@ class LocalExecutor:
     def client(self, backend: Any) -> Any:
         return backend.client()
 
-    def sandbox(self, factory: Any, config: Any, run_id: str, builders: Any) -> Any:
+    def sandbox(self, factory: Any, config: Any, run_id: str, builders: Any, toolchain: dict | None = None) -> Any:
         sandbox = factory(config, run_id)
         try:
-            sandbox.ensure_image(builders)
+            sandbox.ensure_image(builders, toolchain)
         except BaseException:
             sandbox.close()
             raise

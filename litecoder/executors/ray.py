@@ -104,11 +104,11 @@ class DockerNode:
         self.sessions: dict[str, Any] = {}
         self.transfers: dict[str, Any] = {}
 
-    def ensure_image(self) -> str:
-        return self.sandbox.ensure_image(self.builders)
+    def ensure_image(self, toolchain: dict | None) -> str:
+        return self.sandbox.ensure_image(self.builders, toolchain)
 
-    def open(self, item: str, image: str | None) -> str:
-        session = self.sandbox.open(item, image)
+    def open(self, item: str, image: str | None, network: str) -> str:
+        session = self.sandbox.open(item, image, network)
         self.sessions[session.id] = session
         return session.id
 
@@ -210,6 +210,9 @@ class RaySession:
     def changes(self) -> list[dict]:
         return self._call("changes")
 
+    def go_offline(self) -> None:
+        self._call("go_offline")
+
     def remove(self) -> None:
         try:
             self._call("remove")
@@ -226,6 +229,8 @@ class RaySandbox:
         self.config = config
         self.busy = [0] * len(nodes)
         self.copy_images = bool(copy_images)
+        #: the image containers start from unless told otherwise (the nodes' ``ensure_image``)
+        self.image = str(config.image)
         self._lock = threading.Lock()
         self._copying: dict[tuple[str, int], threading.Lock] = {}
 
@@ -242,7 +247,7 @@ class RaySandbox:
     def _holding(self, image: str) -> list[int]:
         return [i for i, node in enumerate(self.nodes) if self._get(node.call.remote("has_image", (image,)))]
 
-    def open(self, item: str, image: str | None = None) -> RaySession:
+    def open(self, item: str, image: str | None = None, network: str = "none") -> RaySession:
         holders = self._holding(image) if image else None
         if holders == []:
             raise SandboxError(f"no Docker node of the Ray cluster has the image {image}")
@@ -259,7 +264,7 @@ class RaySandbox:
         try:
             if copy_from is not None:
                 node = self._copy(image, copy_from, node)
-            session_id = self._get(self.nodes[node].open.remote(item, image))
+            session_id = self._get(self.nodes[node].open.remote(item, image, network))
         except BaseException:
             self.release(node)
             raise
@@ -292,14 +297,15 @@ class RaySandbox:
     def has_image(self, image: str) -> bool:
         return bool(self._holding(image))
 
-    def build_image(self, context: Any, *, tag: str, labels: dict[str, str], timeout: float) -> str:
+    def build_image(self, context: Any, *, tag: str, labels: dict[str, str], timeout: float,
+                    network: str = "registries") -> str:
         """Built on the least busy node: the directory travels as a tar, so the driver needs
         no Docker engine."""
         if not isinstance(context, (bytes, bytearray)):
             context = directory_tar(Path(context))
         node = min(range(len(self.nodes)), key=lambda i: self.busy[i])
         return self._get(self.nodes[node].call.remote("build_image", (context,), {"tag": tag, "labels": labels,
-                                                                                    "timeout": timeout}))
+                                                                                    "timeout": timeout, "network": network}))
 
     def remove_image(self, image: str) -> None:
         for node in self._holding(image):
@@ -372,7 +378,7 @@ class RayExecutor:
             ray.get([w.pid.remote() for w in self._pools[key]])  # up before the first request
         return RayLLMClient(self._pools[key])
 
-    def sandbox(self, factory: Any, config: Any, run_id: str, builders: Any) -> RaySandbox:
+    def sandbox(self, factory: Any, config: Any, run_id: str, builders: Any, toolchain: dict | None = None) -> RaySandbox:
         ray = self._connect()
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -393,8 +399,8 @@ class RayExecutor:
         ]
         sandbox = RaySandbox(nodes, node_ids, config, copy_images=bool(self.config.copy_images))
         try:
-            for node in nodes:
-                sandbox._get(node.ensure_image.remote())
+            for node in nodes:  # each node builds (or reuses) the image on its own engine
+                sandbox.image = sandbox._get(node.ensure_image.remote(toolchain))
         except BaseException:
             sandbox.close()
             raise

@@ -1,8 +1,9 @@
 """Harbor task directories: every solved task becomes an evaluation or RL environment.
 
 ``harbor/<task-id>/`` holds ``instruction.md``, ``task.toml``, ``environment/Dockerfile``
-(the base image plus ``state.tar``, the files the environment agent created, and the
-removal of what it deleted), ``tests/test.sh`` (runs the task's verifier and writes the
+(a public Debian image, the packages the task's image had at their versions, see
+``rebuild``, then ``state.tar``, the files the environment agent created, and the removal
+of what it deleted), ``tests/test.sh`` (runs the task's verifier and writes the
 reward to ``/logs/verifier/reward.txt``) and ``solution/solve.sh`` (the keystrokes of the
 shortest kept successful rollout, replayed as a script). With
 ``export.harbor.check_solution`` each directory is built and its solution run against its
@@ -25,6 +26,7 @@ from ..sandboxes.names import LABEL_RUN, run_id
 from ..sandboxes.tmux import is_key
 from ..store import DONE
 from .base import TaskResult, export_tasks
+from .rebuild import dockerfile_lines, pins, public_base
 
 log = logging.getLogger(__name__)
 
@@ -140,9 +142,11 @@ class HarborExporter:
         (building / "solution").mkdir()
         state = building / "environment" / STATE_TAR
         deleted = self._archive_state(run, env, state)
-        base = cfg.export.harbor.base_image or cfg.sandbox.image
-        dockerfile = [f"# Starting state of task {task_id}: the base image, then what the environment agent",
-                      f"# changed (made by litecoder {__version__}).", f"FROM {base}"]
+        packages = pins(cfg, env)
+        dockerfile = [f"# Starting state of task {task_id}: Debian with the packages the task's image had, pinned,",
+                      f"# then what the environment agent changed (made by litecoder {__version__})."]
+        dockerfile += dockerfile_lines(public_base(cfg), packages, building / "environment",
+                                       bool(cfg.export.harbor.local_ca_certs))
         if deleted:
             dockerfile.append("RUN rm -rf -- " + " ".join(shell_quote(p) for p in deleted))
         if state.exists():  # a task that needs no starting state has no archive
@@ -162,14 +166,17 @@ class HarborExporter:
             "metadata": {"author_name": "litecoder", "difficulty": "unknown", "category": domain,
                          "tags": [t for t in (domain, judged.get("subtopic"), "synthetic") if t],
                          "source_run": run.name, "teacher_model": rollout.record.get("model"),
-                         "teacher_turns": rollout.record.get("turns")},
+                         "teacher_turns": rollout.record.get("turns"), "toolchain_image": env.get("base_image"),
+                         "debian_packages": packages.debian, "python_packages": packages.python,
+                         "npm_packages": packages.npm},
             "verifier": {"timeout_sec": float(cfg.trajectory.verifier_timeout)},
             "agent": {"timeout_sec": float(cfg.agent.get("max_wall_time", 1800.0))},
             "environment": {"build_timeout_sec": float(cfg.export.harbor.check_timeout),
                             "cpus": max(1, math.ceil(float(sandbox.cpus))),  # the schema's cpus are whole
                             "memory_mb": memory_mb(sandbox.memory),
                             "storage_mb": int(sandbox.get("max_disk_bytes", 4 << 30)) >> 20,
-                            "network_mode": "public" if sandbox.network else "no-network"},
+                            # the agent's network in the run; "registries" is not expressible
+                            "network_mode": "no-network" if cfg.trajectory.network == "none" else "public"},
         }))
         final = root / task_id
         shutil.rmtree(final, ignore_errors=True)
@@ -210,7 +217,7 @@ class HarborExporter:
         timeout = float(run.cfg.export.harbor.check_timeout)
         tag = f"litecoder-harbor-check:{directory.name}"
         image = sandbox.build_image(directory / "environment", tag=tag, labels={LABEL_RUN: run_id(run.dir)},
-                                    timeout=timeout)
+                                    timeout=timeout, network="registries")
         session = None
         try:
             session = sandbox.open(f"{directory.name}-check", image=image)

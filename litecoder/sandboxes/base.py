@@ -11,7 +11,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from ..errors import SandboxError
+from ..errors import ConfigError, SandboxError
+
+#: what a stage's containers may reach: nothing, the package registries (through an
+#: allowlist proxy), or whatever the host reaches
+NETWORKS = ("none", "registries", "full")
+
+
+def check_network(value: str, key: str) -> None:
+    """A stage's network choice, checked before any container starts."""
+    if value not in NETWORKS:
+        raise ConfigError(f"{key}={value!r} is not a network choice; choose one of {', '.join(NETWORKS)}")
 
 
 def item_failure(exc: BaseException) -> str | None:

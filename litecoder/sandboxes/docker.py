@@ -1,7 +1,9 @@
 """The Docker sandbox: containers on a real engine through the ``docker`` SDK.
 
-Safe by default: no network unless ``sandbox.network`` is true, CPU, memory, process and
-file-size limits, no privileges, no new privileges, no host mounts, no Docker socket.
+Safe by default: no network unless a stage asks for one (``none``, ``registries``: the
+package registries through an allowlist proxy, ``full``), CPU, memory, process and file-size
+limits, no privileges, no new privileges, no host mounts, no Docker socket. Containers start
+from the run's image: the domain's toolchain image (``toolchain``) or the bare base image.
 Everything litecoder creates carries the ``litecoder.run`` label with the run's id (unique per
 run directory, see ``names``), so whatever a killed run left behind is removed when the same
 run starts again (and at its end, and on Ctrl-C), and nothing of another run is.
@@ -21,9 +23,11 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, Optional
 
 from .. import hookimpl
-from .base import ExecResult, HeadTail, SandboxError
+from .base import NETWORKS, ExecResult, HeadTail, SandboxError
 from .images import ensure_base_image
 from .names import LABEL_ITEM, LABEL_RUN
+from .proxy import RegistryProxy, default_allow_hosts, remove_run_networks
+from .toolchain import ensure_manifest, ensure_toolchain_image, is_empty
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +75,12 @@ class DockerSandboxConfig:
     mirror: Optional[str] = None
     #: Dockerfile directory for ``builder=dockerfile``
     dockerfile_dir: Optional[str] = None
-    #: containers get no network unless this is true
-    network: bool = False
+    #: start containers from the domain's toolchain image (``stage=image``) rather than the
+    #: bare base image
+    toolchain: bool = True
+    #: hosts the ``registries`` network reaches through the proxy; null: the hosts of this
+    #: machine's apt sources and pip configuration, PyPI and the npm registry
+    registries: Optional[list[str]] = None
     cpus: float = 1.0
     memory: str = "2g"
     pids_limit: int = 256
@@ -103,12 +111,14 @@ def docker_client(timeout: float = 120.0):
 class DockerSession:
     """One container for one item."""
 
-    def __init__(self, sandbox: "DockerSandbox", container: Any, item: str) -> None:
+    def __init__(self, sandbox: "DockerSandbox", container: Any, item: str, env: dict[str, str] | None = None) -> None:
         self.sandbox = sandbox
         self.container = container
         self.id = container.id
         self.item = item
         self.host: str | None = None
+        #: per-command environment (the proxy's address), so a committed image keeps none of it
+        self.env = dict(env or {})
         self._removed = False
 
     def exec(self, command: str, *, timeout: float, max_output_bytes: int | None = None) -> ExecResult:
@@ -117,7 +127,7 @@ class DockerSession:
         api = self.sandbox.client.api
         seconds = max(1, int(round(timeout)))
         exec_id = api.exec_create(self.id, ["bash", "-c", RUNNER, "litecoder", command, str(seconds)],
-                                  stdout=True, stderr=True, workdir="/root")["Id"]
+                                  stdout=True, stderr=True, workdir="/root", environment=self.env or None)["Id"]
         keeper = HeadTail(max_output_bytes or config.max_output_bytes)
         pids_hit_before = self._pids_limit_hits()
         started = time.monotonic()
@@ -223,6 +233,14 @@ class DockerSession:
         """``docker diff``: ``{"Path", "Kind"}`` with Kind 0 modified, 1 added, 2 deleted."""
         return self.container.diff() or []
 
+    def go_offline(self) -> None:
+        """Take every network away from the container (before a verifier runs, say)."""
+        self.container.reload()
+        for network in (self.container.attrs.get("NetworkSettings", {}).get("Networks") or {}):
+            if network != "none":
+                self.sandbox.client.api.disconnect_container_from_network(self.id, network, force=True)
+        self.env = {}
+
     def remove(self) -> None:
         if self._removed:
             return
@@ -243,22 +261,54 @@ class DockerSandbox:
         self.run_id = run_id
         self.client = docker_client(config.api_timeout)
         self._slots = threading.BoundedSemaphore(max(1, int(config.max_containers)))
+        #: the image containers start from unless told otherwise (``ensure_image`` sets it)
+        self.image = str(config.image)
+        self.image_reused: bool | None = None
+        self._proxy: RegistryProxy | None = None
+        self._proxy_lock = threading.Lock()
         left = self.cleanup()
         if left:
             log.warning("removed %d containers a previous attempt of run %s left behind", left, run_id)
 
-    def ensure_image(self, builders: Any) -> str:
-        return ensure_base_image(self.config, self.client, builders)
+    def ensure_image(self, builders: Any, toolchain: dict | None = None) -> str:
+        """Make the run's image ready and return its name: the base image, with the domain's
+        toolchain (``{"name", "debian", "python", "npm"}``) on it when that lists packages.
+        Its installed package versions are recorded (``toolchain.manifest_path``)."""
+        base_id = ensure_base_image(self.config, self.client, builders)
+        if self.config.get("toolchain", True) and toolchain and not is_empty(toolchain):
+            self.image, self.image_reused = ensure_toolchain_image(self.client, toolchain["name"], self.config.image,
+                                                                   base_id, toolchain)
+        else:
+            self.image, self.image_reused = str(self.config.image), True
+            ensure_manifest(self.client, self.image, {"base": base_id})
+        return self.image
 
-    def open(self, item: str, image: str | None = None) -> DockerSession:
+    def network_for(self, network: str) -> tuple[str, dict[str, str]]:
+        """Docker's network mode for a stage's ``network`` choice, and the commands' environment."""
+        if network not in NETWORKS:
+            raise SandboxError(f"unknown network {network!r}; choose one of {', '.join(NETWORKS)}")
+        if network == "none":
+            return "none", {}
+        if network == "full":
+            return "bridge", {}
+        with self._proxy_lock:
+            if self._proxy is None:
+                hosts = list(self.config.registries) if self.config.get("registries") else default_allow_hosts()
+                proxy = RegistryProxy(self.client, self.run_id, str(self.config.image), hosts)
+                proxy.start()
+                self._proxy = proxy
+        return self._proxy.network, self._proxy.env()
+
+    def open(self, item: str, image: str | None = None, network: str = "none") -> DockerSession:
+        mode, env = self.network_for(network)
         self._slots.acquire()
         try:
             container = self.client.containers.run(
-                image or self.config.image,
+                image or self.image,
                 KEEPALIVE,
                 detach=True,
                 init=True,
-                network_mode="bridge" if self.config.network else "none",
+                network_mode=mode,
                 nano_cpus=int(float(self.config.cpus) * 1e9),
                 mem_limit=self.config.memory,
                 memswap_limit=self.config.memory,
@@ -272,8 +322,8 @@ class DockerSandbox:
             )
         except Exception as exc:
             self._slots.release()
-            raise SandboxError(f"cannot start a container from {image or self.config.image}: {exc}") from exc
-        return DockerSession(self, container, item)
+            raise SandboxError(f"cannot start a container from {image or self.image}: {exc}") from exc
+        return DockerSession(self, container, item, env)
 
     def has_image(self, image: str) -> bool:
         import docker
@@ -284,15 +334,17 @@ class DockerSandbox:
             return False
         return True
 
-    def build_image(self, context: Any, *, tag: str, labels: dict[str, str], timeout: float) -> str:
+    def build_image(self, context: Any, *, tag: str, labels: dict[str, str], timeout: float,
+                    network: str = "registries") -> str:
+        """Build a Dockerfile; its RUN steps get ``network`` (the proxy's address comes in as
+        the build arguments Docker predefines for proxies)."""
         if isinstance(context, (bytes, bytearray)):
             source = {"fileobj": io.BytesIO(context), "custom_context": True}
         else:
             source = {"path": str(context)}
-        # RUN steps get the network the sandbox's containers get (none by default)
-        network = {} if self.config.network else {"network_mode": "none"}
+        mode, env = self.network_for(network)
         image, _ = self.client.images.build(**source, tag=tag, rm=True, forcerm=True, labels=labels,
-                                            timeout=int(timeout), **network)
+                                            timeout=int(timeout), network_mode=mode, buildargs=env or None)
         return image.id
 
     def save_image(self, image: str) -> Iterator[bytes]:
@@ -313,6 +365,7 @@ class DockerSandbox:
             pass
 
     def cleanup(self) -> int:
+        """Remove the run's containers (the proxy's among them) and its networks."""
         removed = 0
         for container in self.client.containers.list(all=True, filters={"label": f"{LABEL_RUN}={self.run_id}"}):
             try:
@@ -320,9 +373,13 @@ class DockerSandbox:
                 removed += 1
             except Exception as exc:  # noqa: BLE001
                 log.warning("could not remove container %s: %s", container.short_id, exc)
+        remove_run_networks(self.client, self.run_id)
         return removed
 
     def close(self) -> None:
+        if self._proxy is not None:
+            self._proxy.stop()
+            self._proxy = None
         self.cleanup()
         self.client.close()
 

@@ -68,11 +68,26 @@ def ensure_base_image(config: Any, client: Any, builders: Any) -> str:
     import docker
 
     try:
-        return client.images.get(config.image).id
+        image_id = client.images.get(config.image).id
     except docker.errors.ImageNotFound:
-        pass
-    log.info("image %s is missing; building it with the %s builder", config.image, config.builder)
-    return builders.get(config.builder)(config, client)
+        log.info("image %s is missing; building it with the %s builder", config.image, config.builder)
+        image_id = builders.get(config.builder)(config, client)
+    if config.builder == "debootstrap":
+        stand_in_for_release(client, image_id, str(config.suite))
+    return image_id
+
+
+def stand_in_for_release(client: Any, image_id: str, suite: str) -> None:
+    """Tag the debootstrap image ``debian:<suite>`` where the engine has no such image, so
+    exported Dockerfiles (``FROM debian:<suite>``) build on engines that reach no container
+    registry. It is the same release; the Dockerfiles install their packages on it either way."""
+    import docker
+
+    try:
+        client.images.get(f"debian:{suite}")
+    except docker.errors.ImageNotFound:
+        client.images.get(image_id).tag("debian", suite)
+        log.info("tagged the base image debian:%s for exported Dockerfiles (no such image was here)", suite)
 
 
 def build_with_pull(config: Any, client: Any) -> str:

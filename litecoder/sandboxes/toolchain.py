@@ -118,18 +118,38 @@ def manifest_path(image: str) -> Path:
 def ensure_toolchain_image(client: Any, domain: str, base: str, base_image_id: str, toolchain: Any,
                            timeout: float = 1800) -> tuple[str, bool]:
     """The domain's toolchain image on ``base`` (whose id is part of the recipe), built unless
-    it exists with its manifest: (name, reused)."""
+    it exists: (name, reused). Its manifest is written when missing or stale."""
     import docker
 
     image = image_name(domain, base_image_id, toolchain)
     try:
         client.images.get(image)
-        if manifest_path(image).is_file():
-            return image, True
+        reused = True
     except docker.errors.ImageNotFound:
         build_toolchain_image(client, image, base, toolchain, timeout)
-    write_manifest(client, image, {"domain": domain, "base": base_image_id, "recipe": packages(toolchain)})
-    return image, False
+        reused = False
+    ensure_manifest(client, image, {"domain": domain, "base": base_image_id, "recipe": packages(toolchain)})
+    return image, reused
+
+
+def ensure_manifest(client: Any, image: str, about: dict) -> Path:
+    """The image's manifest, written again when the image under that name changed."""
+    image_id = client.images.get(image).id
+    path = manifest_path(image)
+    try:
+        if json.loads(path.read_text()).get("image_id") == image_id:
+            return path
+    except (OSError, ValueError):
+        pass
+    return write_manifest(client, image, {"image_id": image_id, **about})
+
+
+def read_manifest(image: str) -> dict | None:
+    """The recorded manifest of ``image``, if there is one."""
+    try:
+        return json.loads(manifest_path(image).read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def build_toolchain_image(client: Any, image: str, base: str, toolchain: Any, timeout: float,

@@ -27,7 +27,8 @@ from ..dispatch import Dispatcher
 from ..progress import Progress
 from ..errors import BackendError, ConfigError
 from ..replies import ReplyError, parse_reply
-from ..sandboxes.base import clip, item_failure
+from ..sandboxes import packages
+from ..sandboxes.base import check_network, clip, item_failure
 from ..sandboxes.names import LABEL_RUN_DIR, image_tag, run_id
 from ..store import DONE, FAILED
 from ..tables import records_frame, write_parquet_atomic
@@ -60,6 +61,11 @@ SCHEMA = {
     "reason": pl.String,
     "image": pl.String,
     "image_id": pl.String,
+    "base_image": pl.String,
+    "network": pl.String,
+    "installed_debian": pl.List(pl.String),
+    "installed_python": pl.List(pl.String),
+    "apt_history": pl.String,
     "host": pl.String,
     "changed_paths": pl.List(pl.String),
     "added_paths": pl.List(pl.String),
@@ -100,13 +106,15 @@ class EnvironmentStage:
         env = OmegaConf.to_container(cfg.environment, resolve=True)
         env.pop("backend", None)
         sandbox = OmegaConf.to_container(cfg.sandbox, resolve=True)
-        return {"environment": env, "sandbox": {k: sandbox.get(k) for k in ("type", "image", "network")},
-                "backend": backend_identity(backend_config)}
+        toolchain = OmegaConf.to_container(cfg.domain.toolchain, resolve=True) if sandbox.get("toolchain", True) else None
+        return {"environment": env, "sandbox": {k: sandbox.get(k) for k in ("type", "image", "registries")},
+                "toolchain": toolchain, "backend": backend_identity(backend_config)}
 
     def run(self, run: Any) -> dict:
         cfg, store = run.cfg, run.store
         if not store.stage_started("judge"):
             raise ConfigError(f"no judged tasks in {run.dir}; run stage=[sample,judge] first")
+        check_network(cfg.environment.network, "environment.network")
         accepted = [i.record for i in store.items("judge", DONE) if i.outcome == "accepted"]
         finished, stale = store.open_stage(self.name, self.identity(cfg, run.backend_config(self.name)),
                                            {t["task_id"] for t in accepted}, retry_failed=cfg.run.retry_failed)
@@ -120,7 +128,10 @@ class EnvironmentStage:
         finally:
             self.export(run)
         counts = store.counts(self.name)
-        return {"inputs": len(accepted), **{k: v for k, v in counts.items() if k != DONE}}
+        summary = {"inputs": len(accepted), **{k: v for k, v in counts.items() if k != DONE}}
+        if todo:
+            summary["image"] = run.sandbox().image
+        return summary
 
     async def _prepare_all(self, run: Any, sandbox: Any, tasks: list[dict]) -> None:
         cfg = run.cfg
@@ -149,7 +160,8 @@ class EnvironmentStage:
     async def _prepare(self, run: Any, sandbox: Any, backend: Any, client: Any, task: dict, request_errors: list) -> dict:
         env = run.cfg.environment
         render = jinja2.Environment(undefined=jinja2.StrictUndefined)
-        system = render.from_string(env.system_prompt).render(max_steps=env.max_steps, command_timeout=env.command_timeout)
+        system = render.from_string(env.system_prompt).render(max_steps=env.max_steps, command_timeout=env.command_timeout,
+                                                              network=env.network)
         messages = [{"role": "system", "content": system},
                     {"role": "user", "content": render.from_string(env.instruction).render(task=task["text"])}]
         params: dict[str, Any] = {"temperature": env.temperature, "max_tokens": env.max_tokens}
@@ -163,13 +175,16 @@ class EnvironmentStage:
         started = time.monotonic()
         session = None
         try:
-            session = await asyncio.to_thread(sandbox.open, task["task_id"])
+            record["base_image"], record["network"] = getattr(sandbox, "image", None), str(env.network)
+            session = await asyncio.to_thread(sandbox.open, task["task_id"], network=str(env.network))
             record["host"] = getattr(session, "host", None)  # plugins' sandboxes may not say
+            before = await asyncio.to_thread(packages.snapshot, session)
             verifier = await self._converse(run, backend, client, session, messages, params, record, started, request_errors)
             record["verifier"] = verifier
+            owned = await asyncio.to_thread(self._record_installs, session, before, record)
             record["image"], record["image_id"] = await self._commit(run, sandbox, session, task["task_id"])
             changes = await asyncio.to_thread(session.changes)
-            changes = [c for c in changes or [] if not c["Path"].startswith(NOISE)]
+            changes = packages.without_package_files([c for c in changes or [] if not c["Path"].startswith(NOISE)], owned)
             record["changed_paths"] = sorted(c["Path"] for c in changes)
             # Kinds of ``docker diff``: 0 modified, 1 added, 2 deleted; the Harbor export
             # rebuilds the state from them.
@@ -201,6 +216,15 @@ class EnvironmentStage:
         record["wall_s"] = round(time.monotonic() - started, 2)
         record["prepared_at"] = datetime.now(timezone.utc).isoformat()
         return record
+
+    @staticmethod
+    def _record_installs(session: Any, before: dict, record: dict) -> set[str]:
+        """Record the packages installed while preparing; returns the paths they own, which
+        an export installs again rather than copying."""
+        added = packages.installed(before, packages.snapshot(session))
+        record["installed_debian"], record["installed_python"] = added["debian"], added["python"]
+        record["apt_history"] = packages.apt_history(session, before["apt_log_bytes"]) if added["debian"] else ""
+        return packages.owned_paths(session, added)
 
     async def _commit(self, run: Any, sandbox: Any, session: Any, task_id: str) -> tuple[str, str]:
         """Commit the container as the task's image: (name, id). An image under that name is
@@ -258,7 +282,7 @@ class EnvironmentStage:
 
     @staticmethod
     def _verify_prepared(sandbox: Any, image_id: str, task_id: str, verifier: str, env: Any) -> tuple[int | None, str]:
-        session = sandbox.open(f"{task_id}-verify", image=image_id)
+        session = sandbox.open(f"{task_id}-verify", image=image_id, network="none")
         try:
             return run_verifier(session, verifier, float(env.verifier_timeout))
         finally:

@@ -27,7 +27,7 @@ from ..budget import request_cost
 from ..dispatch import Dispatcher
 from ..progress import Progress
 from ..errors import BackendError, ConfigError
-from ..sandboxes.base import item_failure
+from ..sandboxes.base import check_network, item_failure
 from ..sandboxes.tmux import TmuxTerminal
 from ..store import DONE, FAILED
 from ..tables import records_frame, write_parquet_atomic, write_text_atomic
@@ -123,7 +123,7 @@ class TrajectoryStage:
         trajectory.pop("rollouts", None)  # more rollouts add items; fewer retire the extra ones
         sandbox = OmegaConf.to_container(cfg.sandbox, resolve=True)
         return {"agent": OmegaConf.to_container(cfg.agent, resolve=True), "trajectory": trajectory,
-                "sandbox": {k: sandbox.get(k) for k in ("type", "network", "cpus", "memory")},
+                "sandbox": {k: sandbox.get(k) for k in ("type", "cpus", "memory")},
                 "backend": backend_identity(backend_config)}
 
     def run(self, run: Any) -> dict:
@@ -131,6 +131,7 @@ class TrajectoryStage:
         if int(cfg.trajectory.rollouts) < 1:
             raise ConfigError(f"trajectory.rollouts must be at least 1, got {cfg.trajectory.rollouts}")
         run.plugins.registry("agent").get(cfg.agent.type)  # a wrong agent name fails before any work
+        check_network(cfg.trajectory.network, "trajectory.network")
         if not store.stage_started("environment"):
             raise ConfigError(f"no prepared environments in {run.dir}; run stage=environment first")
         ready = [i.record for i in store.items("environment", DONE) if i.outcome == READY]
@@ -224,7 +225,8 @@ class TrajectoryStage:
         episode = Episode(prompt="")
         session = None
         try:
-            session = await asyncio.to_thread(sandbox.open, rollout_id, image=env.get("image_id") or env["image"])
+            session = await asyncio.to_thread(sandbox.open, rollout_id, image=env.get("image_id") or env["image"],
+                                              network=str(cfg.trajectory.network))
             record["host"] = getattr(session, "host", None)  # plugins' sandboxes may not say
             terminal = TmuxTerminal(session, width=int(cfg.agent.get("terminal_width", 160)),
                                     height=int(cfg.agent.get("terminal_height", 40)),
@@ -233,6 +235,8 @@ class TrajectoryStage:
             if episode.stop_reason == REQUEST_ERROR:
                 record["reason"] = f"request failed: {episode.detail}"
             else:
+                if cfg.trajectory.network != "none":
+                    await asyncio.to_thread(session.go_offline)
                 code, output = await asyncio.to_thread(run_verifier, session, env["verifier"], float(cfg.trajectory.verifier_timeout))
                 record["verifier_exit_code"], record["verifier_output"] = code, output
                 record["reward"] = 1 if code == 0 else 0

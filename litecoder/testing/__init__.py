@@ -31,6 +31,7 @@ __all__ = ["StubServer", "completion_body", "run_cli"]
 
 MARKERS = (
     "docker: uses the real Docker engine",
+    "harbor: runs Harbor itself from a cached Debian trixie root (litecoder.testing.harbor)",
     "vllm: starts or uses a real vLLM server (slow)",
 )
 

@@ -147,14 +147,14 @@ class TerminalBenchExporter:
         building = root / f".{task_id}.partial"
         shutil.rmtree(building, ignore_errors=True)
         (building / "tests").mkdir(parents=True)
-        for source in (harbor / "environment").iterdir():  # Dockerfile and state.tar, if any
-            shutil.copy2(source, building / source.name)
+        for source in (harbor / "environment").iterdir():  # Dockerfile, state.tar and CAs, if any
+            (shutil.copytree if source.is_dir() else shutil.copy2)(source, building / source.name)
         shutil.copy2(harbor / "solution" / "solve.sh", building / "solution.sh")
         shutil.copy2(harbor / "tests" / "verifier.sh", building / "tests" / "verifier.sh")
         (building / "tests" / "test_outputs.py").write_text(TEST_OUTPUTS)
         (building / "run-tests.sh").write_text(RUN_TESTS)
         (building / "run-tests.sh").chmod(0o755)
-        (building / "docker-compose.yaml").write_text(COMPOSE + ("" if cfg.sandbox.network else OFFLINE))
+        (building / "docker-compose.yaml").write_text(COMPOSE + (OFFLINE if cfg.trajectory.network == "none" else ""))
         domain = judged.get("domain") or cfg.domain.name
         header = (f"# Made by litecoder from run {run.name}, rollout {rollout.record['rollout_id']} "
                   f"({rollout.record.get('model')}, {rollout.record.get('turns')} turns).\n")
@@ -181,7 +181,7 @@ class TerminalBenchExporter:
         sandbox = run.sandbox()
         timeout = float(run.cfg.export.harbor.check_timeout)
         image = sandbox.build_image(directory, tag=f"litecoder-tbench-check:{directory.name}",
-                                    labels={LABEL_RUN: run_id(run.dir)}, timeout=timeout)
+                                    labels={LABEL_RUN: run_id(run.dir)}, timeout=timeout, network="registries")
         session = None
         try:
             session = sandbox.open(f"{directory.name}-tbench-check", image=image)
