@@ -222,6 +222,9 @@ class HarborExportConfig:
     max_state_bytes: int = 512 << 20
     #: seconds for building the image and for each script of the check
     check_timeout: float = 600.0
+    #: what the check's image build reaches for its package installs (``registries``,
+    #: ``none``: only packages the base image has, ``full``)
+    check_network: str = "registries"
 
 
 @dataclass

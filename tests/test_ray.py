@@ -154,7 +154,10 @@ def ray_node_ids(address: str) -> list[str]:
 
 
 def ray_args(address: str) -> list[str]:
-    return ["executor=ray", f"executor.address={address}", "executor.llm_workers=2"]
+    # The second engine has no network (like a node behind a firewall): its containers start
+    # from the base image, and nothing it builds or runs reaches the registries.
+    return ["executor=ray", f"executor.address={address}", "executor.llm_workers=2", "sandbox.toolchain=false",
+            "environment.network=none", "export.harbor.check_network=none"]
 
 
 def worker_pids(kind: str) -> list[int]:

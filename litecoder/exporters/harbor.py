@@ -217,7 +217,7 @@ class HarborExporter:
         timeout = float(run.cfg.export.harbor.check_timeout)
         tag = f"litecoder-harbor-check:{directory.name}"
         image = sandbox.build_image(directory / "environment", tag=tag, labels={LABEL_RUN: run_id(run.dir)},
-                                    timeout=timeout, network="registries")
+                                    timeout=timeout, network=str(run.cfg.export.harbor.check_network))
         session = None
         try:
             session = sandbox.open(f"{directory.name}-check", image=image)

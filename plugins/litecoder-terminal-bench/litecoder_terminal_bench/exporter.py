@@ -181,7 +181,8 @@ class TerminalBenchExporter:
         sandbox = run.sandbox()
         timeout = float(run.cfg.export.harbor.check_timeout)
         image = sandbox.build_image(directory, tag=f"litecoder-tbench-check:{directory.name}",
-                                    labels={LABEL_RUN: run_id(run.dir)}, timeout=timeout, network="registries")
+                                    labels={LABEL_RUN: run_id(run.dir)}, timeout=timeout,
+                                    network=str(run.cfg.export.harbor.check_network))
         session = None
         try:
             session = sandbox.open(f"{directory.name}-tbench-check", image=image)
