@@ -102,6 +102,10 @@ def run_verifier(session: Any, verifier: str, timeout: float) -> tuple[int | Non
 class EnvironmentStage:
     name = "environment"
 
+    def __init__(self) -> None:
+        #: installed packages of a pristine container, per image
+        self._baselines: dict[str | None, dict] = {}
+
     def identity(self, cfg: Any, backend_config: Any) -> dict:
         env = OmegaConf.to_container(cfg.environment, resolve=True)
         env.pop("backend", None)
@@ -178,7 +182,9 @@ class EnvironmentStage:
             record["base_image"], record["network"] = getattr(sandbox, "image", None), str(env.network)
             session = await asyncio.to_thread(sandbox.open, task["task_id"], network=str(env.network))
             record["host"] = getattr(session, "host", None)  # plugins' sandboxes may not say
-            before = await asyncio.to_thread(packages.snapshot, session)
+            before = self._baselines.get(record["base_image"])
+            if before is None:  # every container of the run starts from the same image
+                before = self._baselines[record["base_image"]] = await asyncio.to_thread(packages.snapshot, session)
             verifier = await self._converse(run, backend, client, session, messages, params, record, started, request_errors)
             record["verifier"] = verifier
             owned = await asyncio.to_thread(self._record_installs, session, before, record)
