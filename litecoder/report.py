@@ -37,7 +37,7 @@ LLM_STAGES = ("sample", "judge", "environment", "trajectory")
 #: the trajectories it shows. The task stages (sample, judge) can hold 100k items, so the page
 #: reads them as aggregates computed inside SQLite.
 RECORD_FIELDS = {
-    "environment": ("model", "usage"),
+    "environment": ("model", "usage", "base_image", "network"),
     "trajectory": ("task_id", "rollout", "rollout_id", "model", "reward", "status", "turns", "stop_reason", "reason",
                    "usage", "trajectory", "verifier_exit_code"),
 }
@@ -211,6 +211,10 @@ def _overview(run: Any, data: RunData) -> str:
                      f"temperature={setting('sample', 'sample.temperature')}, rounds={getattr(run, 'rounds', 1)}"],
         ["judge", f"{setting('judge', 'judge.name')} (threshold {setting('judge', 'judge.threshold')}, "
                   f"{setting('judge', 'judge.aggregation')} of {len(setting('judge', 'judge.criteria') or [])} criteria)"],
+        ["image", ", ".join(sorted({i.record["base_image"] for i in data.items["environment"]
+                                    if i.record.get("base_image")})) or "no environment prepared"],
+        ["networks", f"environment: {setting('environment', 'environment.network')}, "
+                     f"teacher: {setting('trajectory', 'trajectory.network')}"],
         ["agent", setting("trajectory", "agent.type")],
         ["rollouts per task", len(rollouts) if rollouts else _config(run, "trajectory.rollouts")],
     ]

@@ -141,6 +141,8 @@ def test_the_report_of_a_run_with_trajectories_renders_in_chromium(compose_cfg, 
         assert SOLVE[1].strip() in turns[0]  # keystrokes
         assert "UU app.py" in turns[0]  # the real terminal's output
         assert "merge feature" in turns[1]
+        assert "litecoder-toolchain:networking-" in dom  # the run's image
+        assert "environment: registries, teacher: none" in dom
 
         ARTIFACTS.mkdir(exist_ok=True)
         screenshot = ARTIFACTS / "report.png"
