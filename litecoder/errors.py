@@ -35,6 +35,16 @@ class TerminalClosed(SandboxError):
     like any sandbox error."""
 
 
+class RequestError(Exception):
+    """One model request failed for good (after retries, or not retryable): it fails its item,
+    not the run; the stages' circuit breaker decides when many of them stop the run."""
+
+    def __init__(self, message: str, *, status: int | None = None, body: str = "") -> None:
+        super().__init__(message)
+        self.status = status
+        self.body = body
+
+
 class StageNotBuilt(LitecoderError):
     """The stage exists by name but has no implementation yet."""
 

@@ -8,7 +8,8 @@ import threading
 import pytest
 from omegaconf import OmegaConf
 
-from litecoder.backends.openai_compat import OpenAIBackendConfig, OpenAICompatibleBackend, RequestError
+from litecoder.backends.openai_compat import OpenAIBackendConfig, OpenAICompatibleBackend
+from litecoder.errors import RequestError
 from litecoder.backends.vllm import VLLMBackend, VLLMBackendConfig
 from litecoder.config import register_configs
 from litecoder.errors import BackendError

@@ -88,7 +88,7 @@ def test_empty_truncated_and_failed_completions_are_kept_with_their_reason(compo
 
 def test_a_dead_server_mid_run_fails_the_run_clearly_but_keeps_the_rows(compose_cfg, tmp_path, model_dir):
     with StubServer(lambda p, b: (503, {"error": "down"}, 0)) as server:
-        with pytest.raises(BackendError, match=r"sampling requests keep failing.*HTTP 503"):
+        with pytest.raises(BackendError, match=r"sample requests keep failing.*HTTP 503"):
             sample(compose_cfg, tmp_path, server, "sample.num_tasks=6", "sample.n=2", "backend.max_retries=1")
     tasks = pl.read_parquet(tmp_path / "run" / "tasks.parquet")
     assert len(tasks) == 6 and (tasks["status"] == "failed").all()

@@ -15,7 +15,7 @@ from litecoder import atif
 from litecoder.agents import base
 from litecoder.agents.terminus import TerminusAgent
 from litecoder.backends.base import Choice, Completion
-from litecoder.backends.openai_compat import RequestError
+from litecoder.errors import RequestError
 from litecoder.config import TrajectoryFilters
 from litecoder.errors import TerminalClosed
 from litecoder.exporters.harbor import solve_script, task_toml, top_level

@@ -171,7 +171,7 @@ def check_harbor_task(directory, solve_command):
 
 
 class RewardList:
-    """A third-party exporter, as in the README."""
+    """A third-party exporter, as in docs/plugins.md."""
 
     def export(self, run):
         from litecoder.exporters.base import kept_rollouts

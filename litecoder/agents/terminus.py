@@ -20,8 +20,7 @@ import jinja2
 from omegaconf import MISSING
 
 from .. import hookimpl
-from ..backends.openai_compat import RequestError
-from ..errors import TerminalClosed
+from ..errors import RequestError, TerminalClosed
 from ..replies import ReplyError, parse_reply
 from ..sandboxes.base import clip
 from .base import (COMPLETED, CONTEXT, LOOPING, MALFORMED, MAX_TURNS, REQUEST_ERROR, TERMINAL_CLOSED, WALL_TIME, Chat,

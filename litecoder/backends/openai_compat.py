@@ -19,7 +19,7 @@ from aiolimiter import AsyncLimiter
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from .. import hookimpl
-from ..errors import BackendError
+from ..errors import BackendError, RequestError
 from .base import BackendConfig, Choice, Completion
 
 RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
@@ -39,15 +39,6 @@ class OpenAIBackendConfig(BackendConfig):
     preflight: bool = True
     #: the endpoint honours ``response_format`` with a JSON schema (OpenAI, vLLM, SGLang do)
     structured_output: bool = True
-
-
-class RequestError(Exception):
-    """One request failed for good (after retries, or not retryable)."""
-
-    def __init__(self, message: str, *, status: int | None = None, body: str = "") -> None:
-        super().__init__(message)
-        self.status = status
-        self.body = body
 
 
 def _retryable(exc: BaseException) -> bool:

@@ -39,8 +39,7 @@ from typing import Any, Optional
 from omegaconf import OmegaConf
 
 from .. import hookimpl
-from ..backends.openai_compat import RequestError
-from ..errors import ConfigError
+from ..errors import ConfigError, RequestError
 from ..sandboxes.base import SandboxError
 from .base import ExecutorConfig
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Iterable, Iterator, Protocol
 
 from ..errors import ConfigError, SandboxError
 
@@ -25,13 +25,21 @@ def check_network(value: str, key: str) -> None:
 
 
 def item_failure(exc: BaseException) -> str | None:
-    """The reason one item fails for a sandbox or Docker API error, which ends that item and
-    not the run; None for anything else, which the caller re-raises."""
+    """The reason one item fails for a sandbox error (sandboxes turn their engine's errors
+    into ``SandboxError``), which ends that item and not the run; None for anything else,
+    which the caller re-raises."""
     if isinstance(exc, SandboxError):
         return f"sandbox: {exc}"
-    if type(exc).__module__.startswith("docker"):
-        return f"docker: {exc}"
     return None
+
+
+@dataclass(frozen=True)
+class Change:
+    """A path that differs from the session's image (``docker diff``)."""
+
+    path: str
+    #: ``modified``, ``added`` or ``deleted``
+    kind: str
 
 
 @dataclass
@@ -108,19 +116,36 @@ class Session(Protocol):
 
     def snapshot(self, repository: str, tag: str, labels: dict[str, str] | None = None) -> str: ...
 
-    def changes(self) -> list[dict]:
-        """Paths changed since the session started: ``{"Path", "Kind"}`` (0 modified, 1 added, 2 deleted)."""
+    def changes(self) -> list[Change]:
+        """Paths changed since the session started."""
+
+    def go_offline(self) -> None:
+        """Take every network away (before a verifier runs)."""
 
     def remove(self) -> None: ...
 
 
 class Sandbox(Protocol):
-    def open(self, item: str, image: str | None = None) -> Session:
-        """A fresh session from ``image`` (default: the configured base image)."""
+    """Opens sessions for a run. Engine errors come out as ``SandboxError``."""
+
+    #: the image sessions start from unless told otherwise; set by ``ensure_image``
+    image: str
+
+    def ensure_image(self, builders: Any, toolchain: dict | None = None) -> str:
+        """Make the run's image ready (the base image, with the domain's toolchain on it)."""
+
+    def open(self, item: str, image: str | None = None, network: str = "none") -> Session:
+        """A fresh session from ``image`` (default: the run's image) on ``network`` (``NETWORKS``)."""
 
     def has_image(self, image: str) -> bool: ...
 
-    def build_image(self, context: Path | bytes, *, tag: str, labels: dict[str, str], timeout: float) -> str:
+    def save_image(self, image: str) -> Iterator[bytes]:
+        """The image as a ``docker save`` tar, in chunks (for copying it to another engine)."""
+
+    def load_image(self, chunks: Iterable[bytes]) -> None: ...
+
+    def build_image(self, context: Path | bytes, *, tag: str, labels: dict[str, str], timeout: float,
+                    network: str = "registries") -> str:
         """Build an image from a directory with a Dockerfile (or a tar of one) where the
         sandbox's containers run; returns its id. Exports check their tasks this way, so the
         driver needs no engine of its own."""

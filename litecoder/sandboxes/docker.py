@@ -11,6 +11,7 @@ run starts again (and at its end, and on Ctrl-C), and nothing of another run is.
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 import os
@@ -23,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, Optional
 
 from .. import hookimpl
-from .base import NETWORKS, ExecResult, HeadTail, SandboxError
+from .base import NETWORKS, Change, ExecResult, HeadTail, SandboxError
 from .images import ensure_base_image
 from .names import LABEL_ITEM, LABEL_RUN
 from .proxy import RegistryProxy, default_allow_hosts, remove_run_networks
@@ -96,6 +97,31 @@ class DockerSandboxConfig:
     api_timeout: float = 120.0
 
 
+#: ``docker diff``'s kinds
+CHANGE_KINDS = {0: "modified", 1: "added", 2: "deleted"}
+
+
+def engine_errors(method):
+    """The engine's errors (docker-py's, and the HTTP connection's under it) as
+    ``SandboxError``, which fails the item at hand and not the run."""
+
+    @functools.wraps(method)
+    def wrapper(*args, **kwargs):
+        try:
+            return method(*args, **kwargs)
+        except SandboxError:
+            raise
+        except Exception as exc:
+            import docker
+            import requests
+
+            if isinstance(exc, (docker.errors.DockerException, requests.exceptions.RequestException)):
+                raise SandboxError(f"docker: {exc}") from exc
+            raise
+
+    return wrapper
+
+
 def docker_client(timeout: float = 120.0):
     """A client for the local engine, or one clear line saying how to start one."""
     import docker
@@ -121,6 +147,7 @@ class DockerSession:
         self.env = dict(env or {})
         self._removed = False
 
+    @engine_errors
     def exec(self, command: str, *, timeout: float, max_output_bytes: int | None = None) -> ExecResult:
         """Run ``command`` with bash; background processes it leaves are killed with it."""
         config = self.sandbox.config
@@ -205,6 +232,7 @@ class DockerSession:
             except (ProcessLookupError, PermissionError, ValueError):
                 pass
 
+    @engine_errors
     def write_files(self, files: dict[str, bytes | str], *, mode: int = 0o644) -> None:
         buffer = io.BytesIO()
         with tarfile.open(fileobj=buffer, mode="w") as archive:
@@ -215,6 +243,7 @@ class DockerSession:
                 archive.addfile(info, io.BytesIO(data))
         self.container.put_archive("/", buffer.getvalue())
 
+    @engine_errors
     def read_file(self, path: str, *, max_bytes: int = 1_000_000) -> bytes:
         stream, _ = self.container.get_archive(path)
         data = b"".join(stream)
@@ -224,15 +253,17 @@ class DockerSession:
                 raise FileNotFoundError(path)
             return archive.extractfile(member).read(max_bytes)
 
+    @engine_errors
     def snapshot(self, repository: str, tag: str, labels: dict[str, str] | None = None) -> str:
         changes = [f"LABEL {k}={_quoted(v)}" for k, v in {LABEL_RUN: self.sandbox.run_id, **(labels or {})}.items()]
         image = self.container.commit(repository=repository, tag=tag, changes=changes)
         return image.id
 
-    def changes(self) -> list[dict]:
-        """``docker diff``: ``{"Path", "Kind"}`` with Kind 0 modified, 1 added, 2 deleted."""
-        return self.container.diff() or []
+    @engine_errors
+    def changes(self) -> list[Change]:
+        return [Change(c["Path"], CHANGE_KINDS.get(c["Kind"], "modified")) for c in self.container.diff() or []]
 
+    @engine_errors
     def go_offline(self) -> None:
         """Take every network away from the container (before a verifier runs, say)."""
         self.container.reload()
@@ -270,6 +301,7 @@ class DockerSandbox:
         if left:
             log.warning("removed %d containers a previous attempt of run %s left behind", left, run_id)
 
+    @engine_errors
     def ensure_image(self, builders: Any, toolchain: dict | None = None) -> str:
         """Make the run's image ready and return its name: the base image, with the domain's
         toolchain (``{"name", "debian", "python", "npm"}``) on it when that lists packages.
@@ -283,6 +315,7 @@ class DockerSandbox:
             ensure_manifest(self.client, self.image, {"base": base_id})
         return self.image
 
+    @engine_errors
     def network_for(self, network: str) -> tuple[str, dict[str, str]]:
         """Docker's network mode for a stage's ``network`` choice, and the commands' environment."""
         if network not in NETWORKS:
@@ -325,6 +358,7 @@ class DockerSandbox:
             raise SandboxError(f"cannot start a container from {image or self.image}: {exc}") from exc
         return DockerSession(self, container, item, env)
 
+    @engine_errors
     def has_image(self, image: str) -> bool:
         import docker
 
@@ -334,6 +368,7 @@ class DockerSandbox:
             return False
         return True
 
+    @engine_errors
     def build_image(self, context: Any, *, tag: str, labels: dict[str, str], timeout: float,
                     network: str = "registries") -> str:
         """Build a Dockerfile; its RUN steps get ``network`` (the proxy's address comes in as
@@ -351,10 +386,12 @@ class DockerSandbox:
         """The image as a ``docker save`` tar, in chunks (for copying it to another engine)."""
         return self.client.api.get_image(image, chunk_size=IMAGE_CHUNK_BYTES)
 
+    @engine_errors
     def load_image(self, chunks: Iterable[bytes]) -> None:
         """Load a ``docker save`` tar streamed in chunks (the body is sent chunked)."""
         self.client.api.load_image(chunks)
 
+    @engine_errors
     def remove_image(self, image: str) -> None:
         """Remove an image; one that is already gone (engines shared by two nodes) is fine."""
         import docker

@@ -88,13 +88,13 @@ def owned_paths(session: Any, packages: dict[str, list[str]], timeout: float = 6
     return owned - edited
 
 
-def without_package_files(changes: list[dict], owned: set[str]) -> list[dict]:
-    """``docker diff`` entries less the package managers' books, the packages' own files, and
+def without_package_files(changes: list[Any], owned: set[str]) -> list[Any]:
+    """Changes (``sandboxes.base.Change``) less the package managers' books, the packages' own files, and
     new system directories that only hold such files."""
     parents = {p.rsplit("/", i)[0] for p in owned for i in range(1, p.count("/"))}
     kept = []
     for change in changes:
-        path = change["Path"]
+        path = change.path
         if path.startswith(PACKAGE_STATE) or path in owned:
             continue
         if path in parents and path.startswith(SYSTEM_DIRS):

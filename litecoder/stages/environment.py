@@ -21,12 +21,9 @@ import polars as pl
 from omegaconf import OmegaConf
 
 from .. import hookimpl
-from ..backends.openai_compat import RequestError
-from ..budget import request_cost
-from ..dispatch import Dispatcher
-from ..progress import Progress
-from ..errors import BackendError, ConfigError
+from ..errors import ConfigError, RequestError
 from ..replies import ReplyError, parse_reply
+from ..runner import Done, open_items, run_items
 from ..sandboxes import packages
 from ..sandboxes.base import check_network, clip, item_failure
 from ..sandboxes.names import LABEL_RUN_DIR, image_tag, run_id
@@ -120,10 +117,7 @@ class EnvironmentStage:
             raise ConfigError(f"no judged tasks in {run.dir}; run stage=[sample,judge] first")
         check_network(cfg.environment.network, "environment.network")
         accepted = [i.record for i in store.items("judge", DONE) if i.outcome == "accepted"]
-        finished, stale = store.open_stage(self.name, self.identity(cfg, run.backend_config(self.name)),
-                                           {t["task_id"] for t in accepted}, retry_failed=cfg.run.retry_failed)
-        if stale:
-            log.warning("environment: %d earlier results are stale and will be redone", stale)
+        finished = open_items(run, self, {t["task_id"] for t in accepted})
         todo = [t for t in accepted if t["task_id"] not in finished]
         try:
             if todo:
@@ -138,31 +132,20 @@ class EnvironmentStage:
         return summary
 
     async def _prepare_all(self, run: Any, sandbox: Any, tasks: list[dict]) -> None:
-        cfg = run.cfg
         backend = run.backend(self.name)
-        client = run.client(self.name)
-        bar = Progress(run, "environment", len(tasks), "task")
-        request_errors: list[str] = []
 
-        async def one(task: dict) -> bool:
-            record = await self._prepare(run, sandbox, backend, client, task, request_errors)
+        async def one(task: dict, client: Any) -> Done:
+            record = await self._prepare(run, sandbox, backend, client, task)
             state = DONE if record["status"] in (READY, REJECTED) else FAILED
-            run.store.put(self.name, [(task["task_id"], state, record["status"], record["reason"], record)])
-            bar.update(1, **{record["status"]: 1})
-            return record.get("request_failed") is not True
+            return Done([(task["task_id"], state, record["status"], record["reason"], record)], record["usage"],
+                        record.pop("request_error", None))
 
-        dispatcher = Dispatcher(int(cfg.sandbox.max_containers), stop=run.budget.exhausted)
-        try:
-            stopped = await dispatcher.run(tasks, one)
-        finally:
-            bar.close()
-            await client.aclose()
-        if stopped == "breaker":
-            cause = getattr(backend, "diagnose", lambda: None)() or f"first error: {request_errors[0]}"
-            raise BackendError(f"environment agent requests keep failing, stopping; {cause}")
+        await run_items(run, self.name, tasks, one, total=len(tasks), label="environment", unit="task",
+                        limit=int(run.cfg.sandbox.max_containers), table=run.path(ENVIRONMENTS_FILE))
 
-    async def _prepare(self, run: Any, sandbox: Any, backend: Any, client: Any, task: dict, request_errors: list) -> dict:
-        env = run.cfg.environment
+    @staticmethod
+    def _conversation(env: Any, backend: Any, task: dict) -> tuple[list[dict], dict]:
+        """The agent's first messages and the request parameters."""
         render = jinja2.Environment(undefined=jinja2.StrictUndefined)
         system = render.from_string(env.system_prompt).render(max_steps=env.max_steps, command_timeout=env.command_timeout,
                                                               network=env.network)
@@ -171,10 +154,18 @@ class EnvironmentStage:
         params: dict[str, Any] = {"temperature": env.temperature, "max_tokens": env.max_tokens}
         if env.structured_output == "auto" and getattr(backend, "supports_structured_output", False):
             params["response_format"] = {"type": "json_schema", "json_schema": {"name": "environment_step", "schema": REPLY_SCHEMA}}
+        return messages, params
+
+    async def _prepare(self, run: Any, sandbox: Any, backend: Any, client: Any, task: dict) -> dict:
+        """Prepare one task's environment: the agent's turns in a container, the commit, the
+        check of the prepared state; returns its record (``request_error`` when a model
+        request failed)."""
+        env = run.cfg.environment
+        messages, params = self._conversation(env, backend, task)
         record: dict[str, Any] = {
             "task_id": task["task_id"], "text": task["text"], "status": FAILED, "reason": None, "commands": [],
             "changed_paths": [], "steps": 0, "model": backend.describe().get("model") or "",
-            "usage": {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0},
+            "usage": {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0},
         }
         started = time.monotonic()
         session = None
@@ -185,17 +176,16 @@ class EnvironmentStage:
             before = self._baselines.get(record["base_image"])
             if before is None:  # every container of the run starts from the same image
                 before = self._baselines[record["base_image"]] = await asyncio.to_thread(packages.snapshot, session)
-            verifier = await self._converse(run, backend, client, session, messages, params, record, started, request_errors)
+            verifier = await self._converse(run, client, session, messages, params, record, started)
             record["verifier"] = verifier
             owned = await asyncio.to_thread(self._record_installs, session, before, record)
             record["image"], record["image_id"] = await self._commit(run, sandbox, session, task["task_id"])
             changes = await asyncio.to_thread(session.changes)
-            changes = packages.without_package_files([c for c in changes or [] if not c["Path"].startswith(NOISE)], owned)
-            record["changed_paths"] = sorted(c["Path"] for c in changes)
-            # Kinds of ``docker diff``: 0 modified, 1 added, 2 deleted; the Harbor export
-            # rebuilds the state from them.
-            record["added_paths"] = sorted(c["Path"] for c in changes if c["Kind"] == 1)
-            record["deleted_paths"] = sorted(c["Path"] for c in changes if c["Kind"] == 2)
+            changes = packages.without_package_files([c for c in changes or [] if not c.path.startswith(NOISE)], owned)
+            record["changed_paths"] = sorted(c.path for c in changes)
+            # the Harbor export rebuilds the state from these
+            record["added_paths"] = sorted(c.path for c in changes if c.kind == "added")
+            record["deleted_paths"] = sorted(c.path for c in changes if c.kind == "deleted")
             await asyncio.to_thread(session.remove)
             session = None
             exit_code, output = await asyncio.to_thread(self._verify_prepared, sandbox, record["image_id"], task["task_id"], verifier, env)
@@ -216,8 +206,6 @@ class EnvironmentStage:
             if session is not None:
                 await asyncio.to_thread(session.remove)
         usage = record["usage"]
-        usage["cost_usd"] = request_cost(run.backend_config(self.name), usage["prompt_tokens"], usage["completion_tokens"])
-        run.budget.add(usage)
         record["prompt_tokens"], record["completion_tokens"] = usage["prompt_tokens"], usage["completion_tokens"]
         record["wall_s"] = round(time.monotonic() - started, 2)
         record["prepared_at"] = datetime.now(timezone.utc).isoformat()
@@ -245,7 +233,7 @@ class EnvironmentStage:
         labels = {"litecoder.task": task_id, LABEL_RUN_DIR: str(Path(run.dir).resolve())}
         return image, await asyncio.to_thread(session.snapshot, IMAGE_REPOSITORY, tag, labels)
 
-    async def _converse(self, run, backend, client, session, messages, params, record, started, request_errors) -> str:
+    async def _converse(self, run, client, session, messages, params, record, started) -> str:
         """Turns until the agent is ready; returns the verifier or raises ``ItemFailed``."""
         env = run.cfg.environment
         for step in range(1, int(env.max_steps) + 1):
@@ -255,8 +243,7 @@ class EnvironmentStage:
             try:
                 result = await client.chat(messages, n=1, **params)
             except RequestError as exc:
-                request_errors.append(str(exc))
-                record["request_failed"] = True
+                record["request_error"] = str(exc)
                 raise ItemFailed(f"request failed: {exc}") from exc
             usage = record["usage"]
             usage["requests"] += 1

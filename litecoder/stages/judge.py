@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import Counter
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Iterator
 
@@ -20,13 +21,10 @@ import polars as pl
 from omegaconf import OmegaConf
 
 from .. import hookimpl
-from ..backends.openai_compat import RequestError
-from ..budget import request_cost
 from ..dedup import find_duplicates
-from ..dispatch import Dispatcher
-from ..progress import Progress
-from ..errors import BackendError, ConfigError
+from ..errors import ConfigError, RequestError
 from ..replies import ReplyError, parse_reply
+from ..runner import Done, open_items, run_items
 from ..store import DONE, FAILED, RunStore
 from ..tables import write_records_parquet
 from .sample import SCHEMA as TASK_SCHEMA
@@ -141,6 +139,28 @@ def reconcile(store: RunStore) -> str:
     )
 
 
+@dataclass
+class JudgeRequest:
+    """What every judge request of a run shares."""
+
+    config: Any
+    system: str
+    schema: dict
+    params: dict
+    model: str
+
+    @classmethod
+    def for_run(cls, run: Any, stage: str) -> "JudgeRequest":
+        judge, backend = run.cfg.judge, run.backend(stage)
+        schema = judgment_schema(judge)
+        system = jinja2.Environment(undefined=jinja2.StrictUndefined).from_string(judge.system_prompt).render(
+            criteria=judge.criteria, judge=judge)
+        params: dict[str, Any] = {"temperature": judge.temperature, "max_tokens": judge.max_tokens}
+        if judge.structured_output == "auto" and getattr(backend, "supports_structured_output", False):
+            params["response_format"] = {"type": "json_schema", "json_schema": {"name": "judgment", "schema": schema}}
+        return cls(judge, system, schema, params, backend.describe().get("model") or "")
+
+
 class JudgeStage:
     name = "judge"
 
@@ -162,10 +182,7 @@ class JudgeStage:
         ids = [task["id"] for task in sampled()]
         if not ids and not store.counts("sample"):
             raise ConfigError(f"no sampled tasks in {run.dir}; run stage=sample first (or stage=[sample,judge])")
-        finished, stale = store.open_stage(self.name, self.identity(cfg, run.backend_config(self.name)),
-                                           set(ids), retry_failed=cfg.run.retry_failed)
-        if stale:
-            log.warning("judge: %d earlier results are stale (config or tasks changed) and will be redone", stale)
+        finished = open_items(run, self, set(ids))
         duplicates = find_duplicates(((t["id"], t["text"]) for t in sampled()), cfg.dedup)
         prefiltered: list[tuple] = []
         to_judge: set[str] = set()
@@ -201,88 +218,58 @@ class JudgeStage:
 
     async def _judge(self, run: Any, tasks: Iterator[dict], count: int) -> str | None:
         cfg, store = run.cfg, run.store
-        judge = cfg.judge
-        backend = run.backend(self.name)
-        backend_config = run.backend_config(self.name)
-        client = run.client(self.name)
-        schema = judgment_schema(judge)
-        system = jinja2.Environment(undefined=jinja2.StrictUndefined).from_string(judge.system_prompt).render(
-            criteria=judge.criteria, judge=judge
-        )
-        params: dict[str, Any] = {"temperature": judge.temperature, "max_tokens": judge.max_tokens}
-        structured = judge.structured_output == "auto" and getattr(backend, "supports_structured_output", False)
-        if structured:
-            params["response_format"] = {"type": "json_schema", "json_schema": {"name": "judgment", "schema": schema}}
-        model = backend.describe().get("model") or ""
+        judge = JudgeRequest.for_run(run, self.name)
         target = cfg.sample.target_accepted
         accepted = store.counts(self.name).get(ACCEPTED, 0)
-        request_errors: list[str] = []
-        bar = Progress(run, f"judge {cfg.domain.name}", count, "task")
 
-        async def one(task: dict) -> bool:
+        async def one(task: dict, client: Any) -> Done:
             nonlocal accepted
-            messages = [{"role": "system", "content": system}, {"role": "user", "content": task["text"]}]
-            usage = {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0, "cost_usd": 0.0}
-            raws: list[str] = []
-            errors: list[str] = []
-            judgment = None
-            for _ in range(int(judge.max_attempts)):
-                try:
-                    result = await client.chat(messages, n=1, **params)
-                except RequestError as exc:
-                    request_errors.append(str(exc))
-                    errors.append(str(exc))
-                    record = self._record(task, FAILED, f"request failed: {exc}", model=model, error=str(exc),
-                                          raw=raws[-1] if raws else None, attempts=len(raws) + 1, usage=usage)
-                    store.put(self.name, [(task["id"], FAILED, "error", record["reason"], record)])
-                    bar.update(1, failed=1)
-                    return False
-                usage["requests"] += 1
-                usage["prompt_tokens"] += result.prompt_tokens or 0
-                usage["completion_tokens"] += result.completion_tokens or 0
-                text = result.choices[0].text if result.choices else ""
-                raws.append(text)
-                try:
-                    judgment = parse_reply(text, schema, max_chars=int(judge.max_reply_chars))
-                    break
-                except ReplyError as exc:
-                    errors.append(str(exc))
-            usage["cost_usd"] = request_cost(backend_config, usage["prompt_tokens"], usage["completion_tokens"])
-            run.budget.add(usage)
-            if judgment is None:
-                reason = f"no valid judgment after {len(raws)} attempts: {errors[-1]}"
-                record = self._record(task, FAILED, reason, model=model, error="; ".join(errors), raw=raws[-1],
-                                      attempts=len(raws), usage=usage)
-                store.put(self.name, [(task["id"], FAILED, "unparsed", reason, record)])
-                bar.update(1, failed=1)
-            else:
-                scores, aggregate, verdict, reason = decide(judgment, judge)
-                record = self._record(task, verdict, reason, model=model, raw=raws[-1], attempts=len(raws), usage=usage,
-                                      scores=scores, aggregate=aggregate)
-                store.put(self.name, [(task["id"], DONE, verdict, reason, record)])
-                accepted += verdict == ACCEPTED
-                bar.update(1, accepted=verdict == ACCEPTED, rejected=verdict == REJECTED)
-            return True
+            done = await self.judge_one(judge, task, client)
+            accepted += done.entries[0][2] == ACCEPTED
+            return done
 
         def stop() -> str | None:
-            if target is not None and accepted >= target:
-                return "target"
-            return run.budget.exhausted()
+            return "target" if target is not None and accepted >= target else None
 
         def blocked(in_flight: int) -> bool:
             # Never have more judgments in flight than acceptances still needed.
             return target is not None and accepted + in_flight >= target
 
-        dispatcher = Dispatcher(int(backend_config.max_in_flight), stop=stop, blocked=blocked)
-        try:
-            stopped = await dispatcher.run(tasks, one)
-        finally:
-            bar.close()
-            await client.aclose()
-        if stopped == "breaker" or (request_errors and len(request_errors) == count):
-            cause = getattr(backend, "diagnose", lambda: None)() or f"first error: {request_errors[0]}"
-            raise BackendError(f"judge requests keep failing, stopping (recorded in {run.path(JUDGMENTS_FILE)}); {cause}")
-        return stopped
+        return await run_items(run, self.name, tasks, one, total=count, label=f"judge {cfg.domain.name}", unit="task",
+                               limit=int(run.backend_config(self.name).max_in_flight), table=run.path(JUDGMENTS_FILE),
+                               stop=stop, blocked=blocked)
+
+    async def judge_one(self, judge: "JudgeRequest", task: dict, client: Any) -> Done:
+        """Judge one task: up to ``judge.max_attempts`` requests until a reply fits the schema."""
+        messages = [{"role": "system", "content": judge.system}, {"role": "user", "content": task["text"]}]
+        usage = {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0}
+        raws: list[str] = []
+        errors: list[str] = []
+        for _ in range(int(judge.config.max_attempts)):
+            try:
+                result = await client.chat(messages, n=1, **judge.params)
+            except RequestError as exc:
+                record = self._record(task, FAILED, f"request failed: {exc}", model=judge.model, error=str(exc),
+                                      raw=raws[-1] if raws else None, attempts=len(raws) + 1, usage=usage)
+                return Done([(task["id"], FAILED, "error", record["reason"], record)], usage, str(exc), tally={"failed": 1})
+            usage["requests"] += 1
+            usage["prompt_tokens"] += result.prompt_tokens or 0
+            usage["completion_tokens"] += result.completion_tokens or 0
+            raws.append(result.choices[0].text if result.choices else "")
+            try:
+                judgment = parse_reply(raws[-1], judge.schema, max_chars=int(judge.config.max_reply_chars))
+            except ReplyError as exc:
+                errors.append(str(exc))
+                continue
+            scores, aggregate, verdict, reason = decide(judgment, judge.config)
+            record = self._record(task, verdict, reason, model=judge.model, raw=raws[-1], attempts=len(raws), usage=usage,
+                                  scores=scores, aggregate=aggregate)
+            return Done([(task["id"], DONE, verdict, reason, record)], usage,
+                        tally={"accepted": verdict == ACCEPTED, "rejected": verdict == REJECTED})
+        reason = f"no valid judgment after {len(raws)} attempts: {errors[-1]}"
+        record = self._record(task, FAILED, reason, model=judge.model, error="; ".join(errors), raw=raws[-1],
+                              attempts=len(raws), usage=usage)
+        return Done([(task["id"], FAILED, "unparsed", reason, record)], usage, tally={"failed": 1})
 
     @staticmethod
     def _record(task: dict, verdict: str, reason: str | None, **fields: Any) -> dict:

@@ -23,12 +23,9 @@ import polars as pl
 from omegaconf import OmegaConf
 
 from .. import hookimpl
-from ..backends.openai_compat import RequestError
 from ..chat_template import ChatTemplate, PreQueryBuilder, explicit_prequery, load_chat_template
-from ..budget import request_cost
-from ..dispatch import Dispatcher
-from ..progress import Progress
-from ..errors import BackendError, ConfigError
+from ..errors import ConfigError, RequestError
+from ..runner import Done, open_items, run_items
 from ..store import DONE, FAILED
 from ..tables import write_records_parquet
 
@@ -137,10 +134,7 @@ class SampleStage:
         settings = cfg.sample
         if settings.n < 1 or settings.num_tasks < 0:
             raise ConfigError("sample.n must be >= 1 and sample.num_tasks >= 0")
-        finished, stale = run.store.open_stage(self.name, self.identity(cfg, run.backend_config(self.name)), None,
-                                               retry_failed=cfg.run.retry_failed)
-        if stale:
-            log.warning("sample config changed since the last run: %d earlier samples are stale and kept aside", stale)
+        finished = open_items(run, self, None, what="samples")
         backend = run.backend(self.name)
         if settings.seed is not None and not getattr(backend, "supports_seed", True):
             raise ConfigError(
@@ -157,12 +151,6 @@ class SampleStage:
             table = self.export(run)  # the parquet view reflects the store even after an error or Ctrl-C
         wall = time.perf_counter() - started
         counts = run.store.counts(self.name)
-        attempted = {r.index for r in todo}
-        new_failures = [i for i in run.store.items(self.name, FAILED) if i.outcome == "failed" and i.record["request_index"] in attempted]
-        if todo and (stopped == "breaker" or {i.record["request_index"] for i in new_failures} == attempted):
-            first = new_failures[0].reason if new_failures else "unknown"
-            cause = getattr(backend, "diagnose", lambda: None)() or f"first error: {first}"
-            raise BackendError(f"sampling requests keep failing, stopping (recorded in {run.path(TASKS_FILE)}); {cause}")
         tokens = int(pl.scan_parquet(table, glob=False).select(pl.col("completion_tokens").fill_null(0).sum()).collect().item() or 0)
         summary = {"planned": sum(r.n for r in requests), **counts, "completion_tokens": tokens, "wall_s": round(wall, 1)}
         if stopped and stopped != "breaker":
@@ -249,48 +237,39 @@ class SampleStage:
 
     async def _sample(self, run: Any, backend: Any, requests: list[Request], method: str) -> str | None:
         cfg = run.cfg
-        settings = cfg.sample
-        client = run.client(self.name)
-        bar = Progress(run, f"sample {cfg.domain.name}/{cfg.prompts.name}", sum(r.n for r in requests), "task")
-        diagnose = getattr(backend, "diagnose", None)
-        backend_config = run.backend_config(self.name)
+        return await run_items(run, self.name, requests, lambda request, client: self.sample_one(run, backend, client, request, method),
+                               total=sum(r.n for r in requests), label=f"sample {cfg.domain.name}/{cfg.prompts.name}",
+                               unit="task", limit=int(run.backend_config(self.name).max_in_flight), table=run.path(TASKS_FILE))
 
-        async def one(request: Request) -> bool:
-            dead = diagnose() if diagnose is not None else None
-            if dead:  # fail fast instead of retrying against a server that is gone
-                rows, ok = self._failed_rows(run, backend, request, method, dead, 0), False
-            else:
-                params = {"temperature": settings.temperature, "top_p": settings.top_p, "max_tokens": settings.max_tokens, "seed": request.seed}
-                try:
-                    if method == RAW:
-                        result = await client.complete(request.prompt, n=request.n, stop=list(request.stop), **params)
-                    else:
-                        messages = [{"role": role, "content": content} for role, content in request.messages]
-                        result = await client.chat(messages, n=request.n, **params)
-                except RequestError as exc:
-                    rows, ok = self._failed_rows(run, backend, request, method, str(exc), getattr(exc, "attempts", None)), False
+    async def sample_one(self, run: Any, backend: Any, client: Any, request: Request, method: str) -> Done:
+        """One sampling request: a record per choice, failed ones included."""
+        settings = run.cfg.sample
+        dead = backend.diagnose() if hasattr(backend, "diagnose") else None
+        error = None
+        if dead:  # fail fast instead of retrying against a server that is gone
+            rows, error = self._failed_rows(run, backend, request, method, dead, 0), dead
+        else:
+            params = {"temperature": settings.temperature, "top_p": settings.top_p, "max_tokens": settings.max_tokens, "seed": request.seed}
+            try:
+                if method == RAW:
+                    result = await client.complete(request.prompt, n=request.n, stop=list(request.stop), **params)
                 else:
-                    rows, ok = self._rows(run, backend, request, method, result), True
-            usage = {"requests": 1, "prompt_tokens": rows[0]["prompt_tokens"] or 0,
-                     "completion_tokens": sum(r["completion_tokens"] or 0 for r in rows)}
-            usage["cost_usd"] = request_cost(backend_config, usage["prompt_tokens"], usage["completion_tokens"])
-            run.budget.add(usage)
-            items = []
-            for i, row in enumerate(rows):
-                row["usage"] = usage if i == 0 else {}
-                state = FAILED if row["status"] in ("failed", "empty") else DONE
-                reason = row["error"] or ("empty completion" if row["status"] == "empty" else None)
-                items.append((sample_key(request.index, row["choice_index"]), state, row["status"], reason, row))
-            run.store.put(self.name, items)
-            bar.update(request.n, failed=sum(state == FAILED for _, state, *_ in items))
-            return ok
-
-        dispatcher = Dispatcher(int(backend_config.max_in_flight), stop=run.budget.exhausted)
-        try:
-            return await dispatcher.run(requests, one)
-        finally:
-            bar.close()
-            await client.aclose()
+                    messages = [{"role": role, "content": content} for role, content in request.messages]
+                    result = await client.chat(messages, n=request.n, **params)
+            except RequestError as exc:
+                rows, error = self._failed_rows(run, backend, request, method, str(exc), getattr(exc, "attempts", None)), str(exc)
+            else:
+                rows = self._rows(run, backend, request, method, result)
+        usage = {"requests": 1, "prompt_tokens": rows[0]["prompt_tokens"] or 0,
+                 "completion_tokens": sum(r["completion_tokens"] or 0 for r in rows)}
+        entries = []
+        for i, row in enumerate(rows):
+            row["usage"] = usage if i == 0 else {}
+            state = FAILED if row["status"] in ("failed", "empty") else DONE
+            reason = row["error"] or ("empty completion" if row["status"] == "empty" else None)
+            entries.append((sample_key(request.index, row["choice_index"]), state, row["status"], reason, row))
+        failed = sum(state == FAILED for _, state, *_ in entries)
+        return Done(entries, usage, error, progress=request.n, tally={"failed": failed})
 
     def _row(self, run: Any, request: Request, method: str, model: str, choice_index: int, *, status: str,
              text: str = "", finish_reason: str | None = None, error: str | None = None, result: Any = None,

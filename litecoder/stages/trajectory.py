@@ -24,9 +24,8 @@ from omegaconf import OmegaConf
 from .. import atif, hookimpl
 from ..agents.base import LOOPING, REQUEST_ERROR, Episode, repeats
 from ..budget import request_cost
-from ..dispatch import Dispatcher
-from ..progress import Progress
-from ..errors import BackendError, ConfigError
+from ..runner import Done, open_items, run_items
+from ..errors import ConfigError
 from ..sandboxes.base import check_network, item_failure
 from ..sandboxes.tmux import TmuxTerminal
 from ..store import DONE, FAILED
@@ -136,11 +135,7 @@ class TrajectoryStage:
             raise ConfigError(f"no prepared environments in {run.dir}; run stage=environment first")
         ready = [i.record for i in store.items("environment", DONE) if i.outcome == READY]
         jobs = [(env, r) for env in ready for r in range(int(cfg.trajectory.rollouts))]
-        finished, stale = store.open_stage(self.name, self.identity(cfg, run.backend_config(self.name)),
-                                           {rollout_key(env["task_id"], r) for env, r in jobs},
-                                           retry_failed=cfg.run.retry_failed)
-        if stale:
-            log.warning("trajectory: %d earlier rollouts are stale and will be redone", stale)
+        finished = open_items(run, self, {rollout_key(env["task_id"], r) for env, r in jobs}, what="rollouts")
         self._refilter(run)
         todo = [(env, r) for env, r in jobs if rollout_key(env["task_id"], r) not in finished]
         stopped = None
@@ -176,7 +171,6 @@ class TrajectoryStage:
         """Run the rollouts; returns why dispatching stopped early (a budget), if it did."""
         cfg = run.cfg
         backend = run.backend(self.name)
-        client = run.client(self.name)
         agent = run.plugins.registry("agent").get(cfg.agent.type)(cfg.agent)
         params: dict[str, Any] = {"temperature": cfg.agent.get("temperature")}
         schema = getattr(agent, "reply_schema", None)
@@ -184,33 +178,18 @@ class TrajectoryStage:
             params["response_format"] = {"type": "json_schema", "json_schema": {"name": "terminal_turn", "schema": schema}}
         context_limit = getattr(backend.config, "max_model_len", None)
 
-        async def chat(messages: list[dict], max_tokens: int | None = None) -> Any:
-            return await client.chat(messages, n=1, max_tokens=max_tokens or cfg.agent.get("max_tokens"), **params)
+        async def one(job: tuple[dict, int], client: Any) -> Done:
+            async def chat(messages: list[dict], max_tokens: int | None = None) -> Any:
+                return await client.chat(messages, n=1, max_tokens=max_tokens or cfg.agent.get("max_tokens"), **params)
 
-        bar = Progress(run, "trajectory", len(jobs), "rollout")
-        request_errors: list[str] = []
-
-        async def one(job: tuple[dict, int]) -> bool:
-            env, index = job
-            record = await self._rollout(run, sandbox, agent, chat, context_limit, env, index)
+            record = await self._rollout(run, sandbox, agent, chat, context_limit, *job)
             state = FAILED if record["status"] == FAILED else DONE
-            run.store.put(self.name, [(record["rollout_id"], state, record["status"], record["reason"], record)])
-            bar.update(1, **{record["status"]: 1}, solved=record["reward"] == 1)
-            if record["stop_reason"] == REQUEST_ERROR:
-                request_errors.append(record["stop_detail"] or "")
-                return False
-            return True
+            failed = (record["stop_detail"] or "request failed") if record["stop_reason"] == REQUEST_ERROR else None
+            return Done([(record["rollout_id"], state, record["status"], record["reason"], record)], record["usage"],
+                        failed, tally={record["status"]: 1, "solved": record["reward"] == 1})
 
-        dispatcher = Dispatcher(int(cfg.sandbox.max_containers), stop=run.budget.exhausted)
-        try:
-            stopped = await dispatcher.run(jobs, one)
-        finally:
-            bar.close()
-            await client.aclose()
-        if stopped == "breaker":
-            cause = getattr(backend, "diagnose", lambda: None)() or f"first error: {request_errors[0]}"
-            raise BackendError(f"trajectory agent requests keep failing, stopping; {cause}")
-        return stopped
+        return await run_items(run, self.name, jobs, one, total=len(jobs), label="trajectory", unit="rollout",
+                               limit=int(cfg.sandbox.max_containers), table=run.path(TRAJECTORIES_FILE))
 
     async def _rollout(self, run: Any, sandbox: Any, agent: Any, chat: Any, context_limit: int | None,
                        env: dict, index: int) -> dict:
@@ -254,7 +233,6 @@ class TrajectoryStage:
         self._summarize(record, episode, model)
         record["wall_s"] = round(time.monotonic() - started, 2)
         record["finished_at"] = datetime.now(timezone.utc).isoformat()
-        run.budget.add(record["usage"])
         if episode.prompt:
             trajectory = atif.from_episode(
                 episode, session_id=f"{run.name}/{rollout_id}", agent_name=f"litecoder-{cfg.agent.type}", model=model,
