@@ -29,6 +29,10 @@ def test_the_plugin_guide_documents_every_hook():
     hooks = [name for name, fn in inspect.getmembers(hookspecs, inspect.isfunction) if hasattr(fn, "litecoder_spec")]
     missing = [name for name in hooks if f"| `{name}` |" not in guide]
     assert missing == [], f"docs/plugins.md has no row for {missing}"
+    rows = {line.split("`")[1]: line for line in guide.splitlines() if line.startswith("| `litecoder_")}
+    for name in hooks:  # every argument, in order, as the row's signature
+        arguments = "(" + ", ".join(inspect.signature(getattr(hookspecs, name)).parameters) + ")"
+        assert f"`{arguments}" in rows[name], f"docs/plugins.md's row for {name} does not show {arguments}"
 
 
 def test_info_plugins_lists_what_each_plugin_registers_and_reports_a_broken_one(tmp_path):
