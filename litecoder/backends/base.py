@@ -7,8 +7,10 @@ gives an async client bound to the running event loop, so each stage can run its
 
 from __future__ import annotations
 
+import json
+
 from dataclasses import dataclass, field
-from typing import Any, Optional, Protocol
+from typing import Any, Callable, Optional, Protocol
 
 from omegaconf import MISSING
 
@@ -71,6 +73,18 @@ class LLMClient(Protocol):
     async def aclose(self) -> None: ...
 
 
+@dataclass(frozen=True)
+class ClientRecipe:
+    """How to make a backend's client in another process (an ``executor=ray`` worker):
+    ``make(**kwargs)``, both picklable. Equal recipes share workers."""
+
+    make: Callable[..., "LLMClient"]
+    kwargs: dict
+
+    def key(self) -> str:
+        return f"{self.make.__module__}.{self.make.__qualname__}:{json.dumps(self.kwargs, sort_keys=True, default=str)}"
+
+
 class Backend:
     """What a backend plugin subclasses: ``client`` is required; the optional features are
     declared here with their defaults, so stages read them instead of probing."""
@@ -95,6 +109,10 @@ class Backend:
     def describe(self) -> dict[str, Any]:
         """What to record about this backend in outputs (never secrets)."""
         return {}
+
+    def client_recipe(self) -> ClientRecipe:
+        """How another process makes this backend's client; needed for ``executor=ray``."""
+        raise NotImplementedError(f"{type(self).__name__} cannot make its client in another process (executor=ray)")
 
     def diagnose(self) -> str | None:
         """Why requests fail, when the backend knows better than the HTTP error (a managed

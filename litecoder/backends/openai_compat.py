@@ -20,7 +20,7 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait
 
 from .. import hookimpl
 from ..errors import BackendError, RequestError
-from .base import Backend, BackendConfig, Choice, Completion
+from .base import Backend, BackendConfig, Choice, ClientRecipe, Completion
 
 RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
 
@@ -97,6 +97,20 @@ def parse_completion(data: Any, *, n: int, latency: float, attempts: int) -> Com
         attempts=attempts,
         cached_tokens=(usage.get("prompt_tokens_details") or {}).get("cached_tokens"),
     )
+
+
+def make_client(config: dict, base_urls: list[str], model: str, headers: dict[str, str]) -> "OpenAIClient":
+    """An ``OpenAIClient`` from plain values (what a ``ClientRecipe`` carries to a worker)."""
+    from omegaconf import OmegaConf
+
+    return OpenAIClient(OmegaConf.create(config), base_urls, model, headers)
+
+
+def client_recipe(client: "OpenAIClient") -> ClientRecipe:
+    from omegaconf import OmegaConf
+
+    return ClientRecipe(make_client, {"config": OmegaConf.to_container(client.config, resolve=True),
+                                      "base_urls": client.base_urls, "model": client.model, "headers": client.headers})
 
 
 class OpenAIClient:
@@ -241,6 +255,9 @@ class OpenAICompatibleBackend(Backend):
 
     def client(self) -> OpenAIClient:
         return OpenAIClient(self.config, self.endpoints(), self.config.model, self._headers())
+
+    def client_recipe(self) -> ClientRecipe:
+        return client_recipe(self.client())
 
     def describe(self) -> dict[str, Any]:
         return {"backend": self.config.type, "model": self.config.model, "base_url": self.config.base_url}

@@ -32,8 +32,8 @@ from omegaconf import OmegaConf
 from .. import hookimpl
 from ..errors import BackendError
 from ..paths import litecoder_home
-from .base import Backend, BackendConfig
-from .openai_compat import OpenAIClient, check_endpoint
+from .base import Backend, BackendConfig, ClientRecipe
+from .openai_compat import OpenAIClient, check_endpoint, client_recipe
 
 log = logging.getLogger(__name__)
 
@@ -305,6 +305,9 @@ class VLLMBackend(Backend):
 
     def client(self) -> OpenAIClient:
         return OpenAIClient(self.config, self.endpoints(), self.model_name, {})
+
+    def client_recipe(self) -> ClientRecipe:
+        return client_recipe(self.client())
 
     def describe(self) -> dict[str, Any]:
         return {"backend": self.config.type, "model": self.model_name, "model_path": self.config.model_path, "base_url": self.base_url}

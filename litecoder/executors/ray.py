@@ -73,14 +73,12 @@ def _ray():
 
 
 class LLMWorker:
-    """Holds one HTTP client for a backend and sends the driver's requests through it."""
+    """Holds one client for a backend, made from its ``ClientRecipe``, and sends the driver's
+    requests through it."""
 
-    def __init__(self, spec: dict) -> None:
-        from ..backends.openai_compat import OpenAIClient
-
-        self.spec = spec
+    def __init__(self, recipe: Any) -> None:
         self.client: Any = None
-        self._make = lambda: OpenAIClient(OmegaConf.create(spec["config"]), spec["base_urls"], spec["model"], spec["headers"])
+        self._make = lambda: recipe.make(**recipe.kwargs)
 
     async def call(self, method: str, args: tuple, kwargs: dict) -> Any:
         if self.client is None:
@@ -364,16 +362,14 @@ class RayExecutor:
 
     def client(self, backend: Any) -> RayLLMClient:
         ray = self._connect()
-        local = backend.client()
-        spec = {"config": OmegaConf.to_container(local.config, resolve=True), "base_urls": local.base_urls,
-                "model": local.model, "headers": local.headers}
-        key = repr(sorted(spec.items(), key=lambda kv: kv[0]))
+        recipe = backend.client_recipe()
+        key = recipe.key()
         if key not in self._pools:
             actor = ray.remote(LLMWorker).options(
-                num_cpus=0, max_concurrency=max(1, int(spec["config"].get("max_in_flight", 64))),
+                num_cpus=0, max_concurrency=max(1, int(OmegaConf.select(backend.config, "max_in_flight", default=64))),
                 max_restarts=int(self.config.max_restarts), max_task_retries=int(self.config.max_restarts),
             )
-            self._pools[key] = [actor.remote(spec) for _ in range(max(1, int(self.config.llm_workers)))]
+            self._pools[key] = [actor.remote(recipe) for _ in range(max(1, int(self.config.llm_workers)))]
             ray.get([w.pid.remote() for w in self._pools[key]])  # up before the first request
         return RayLLMClient(self._pools[key])
 
