@@ -159,7 +159,7 @@ class Plugins:
     @property
     def registries(self) -> dict[str, Registry]:
         if self._registries is None:
-            registries = {kind: Registry(kind) for kind in KINDS}
+            registries = {kind: Registry(kind, takes_config=group is not None) for kind, (_, group) in KINDS.items()}
             for kind, (hook_name, _) in KINDS.items():
                 for impl in self._impls(hook_name):
                     impl.function(register=registries[kind].callback(impl.plugin_name))

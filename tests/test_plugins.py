@@ -140,6 +140,16 @@ def test_an_accidental_duplicate_stage_is_an_error_naming_both(plugins):
         plugins.register(Duplicate(), "dup-plugin")
 
 
+def test_a_config_that_a_kind_does_not_take_is_an_error_not_ignored(plugins):
+    class StageWithConfig:
+        @hookimpl
+        def litecoder_register_stages(self, register):
+            register("counting", CountingStage, config=EchoBackendConfig)
+
+    with pytest.raises(PluginError, match="stage 'counting' with config=, which a stage does not take"):
+        plugins.register(StageWithConfig(), "stage-config-plugin")
+
+
 def test_a_duplicate_domain_file_is_an_error(plugins, tmp_path):
     (tmp_path / "domain").mkdir()
     (tmp_path / "domain" / "networking.yaml").write_text("name: networking\ndescription: d\nsystem_message: s\n")
