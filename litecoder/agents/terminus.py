@@ -112,24 +112,19 @@ class TerminusAgent:
     async def run(self, task: str, terminal: Terminal, chat: Chat, *, context_limit: int | None = None) -> Episode:
         c = self.config
         started = time.monotonic()
-        screen = await terminal.start()
-        episode = Episode(prompt=self.first_prompt(task, screen))
+        episode = Episode(prompt=self.first_prompt(task, await terminal.start()))
         messages: list[dict] = [{"role": "user", "content": episode.prompt}]
         limit = min(int(c.max_context_tokens), context_limit or int(c.max_context_tokens))
         used_tokens: int | None = None  # prompt + reply tokens of the last request, as counted by the server
-        unusable_in_row = 0
-        awaiting_confirmation = False
+        unusable_in_row, awaiting_confirmation = 0, False
         try:
             for index in range(1, int(c.max_turns) + 1):
                 if time.monotonic() - started > c.max_wall_time:
                     episode.stop_reason, episode.detail = WALL_TIME, f"agent.max_wall_time={c.max_wall_time:.0f}s reached"
                     break
-                estimate = _estimate_tokens(messages, used_tokens)
-                room = min(int(c.max_tokens), limit - estimate)
-                if room < int(c.min_reply_tokens):
-                    episode.stop_reason = CONTEXT
-                    episode.detail = (f"about {estimate} prompt tokens leave {limit - estimate} of the context limit {limit}, "
-                                      f"less than agent.min_reply_tokens={c.min_reply_tokens}")
+                room, short = self._room(messages, used_tokens, limit)
+                if short:
+                    episode.stop_reason, episode.detail = CONTEXT, short
                     break
                 turn = Turn(index=index, reply="", started_at=datetime.now(timezone.utc).isoformat())
                 try:
@@ -137,15 +132,9 @@ class TerminusAgent:
                 except RequestError as exc:
                     text = str(exc)
                     context_error = "context length" in text.lower() or "maximum context" in text.lower()
-                    episode.stop_reason = CONTEXT if context_error else REQUEST_ERROR
-                    episode.detail = text[:500]
+                    episode.stop_reason, episode.detail = (CONTEXT if context_error else REQUEST_ERROR), text[:500]
                     break
-                turn.reply = result.choices[0].text if result.choices else ""
-                turn.prompt_tokens, turn.completion_tokens = result.prompt_tokens, result.completion_tokens
-                turn.cached_tokens = getattr(result, "cached_tokens", None)
-                turn.latency_s = round(result.latency_s, 3)
-                if result.prompt_tokens is not None and result.completion_tokens is not None:
-                    used_tokens = result.prompt_tokens + result.completion_tokens
+                used_tokens = _take_result(turn, result) or used_tokens
                 episode.turns.append(turn)
                 messages.append({"role": "assistant", "content": turn.reply})
                 try:
@@ -161,29 +150,17 @@ class TerminusAgent:
                     messages.append({"role": "user", "content": turn.observation})
                     continue
                 unusable_in_row = 0
-                turn.analysis, turn.plan = reply["analysis"], reply["plan"]
-                turn.task_complete = bool(reply.get("task_complete", False))
-                for raw in reply["commands"][: int(c.max_commands_per_turn)]:
-                    duration = float(raw.get("duration", c.default_duration))
-                    command = Command(raw["keystrokes"], min(max(duration, 0.0), float(c.max_command_duration)))
-                    turn.commands.append(command)
-                    await terminal.send(command.keystrokes)
-                    remaining = c.max_wall_time - (time.monotonic() - started)
-                    await asyncio.sleep(max(0.0, min(command.duration, remaining)))
-                output, _ = clip(await terminal.read_new(), int(c.output_bytes))
+                output = await self._act(terminal, turn, reply, started)
                 if turn.task_complete and awaiting_confirmation:
                     episode.stop_reason = COMPLETED
                     break
                 awaiting_confirmation = turn.task_complete
                 turn.observation = self.render("confirm" if turn.task_complete else "observation", output=output)
                 messages.append({"role": "user", "content": turn.observation})
-                if c.loop_limit is not None:
-                    same_commands, same_output = repeats(episode.turns)
-                    if max(same_commands, same_output) > int(c.loop_limit):
-                        what = "commands" if same_commands >= same_output else "output"
-                        episode.stop_reason = LOOPING
-                        episode.detail = f"the same {what} {max(same_commands, same_output)} times in a row (agent.loop_limit={c.loop_limit})"
-                        break
+                looping = self._looping(episode)
+                if looping:
+                    episode.stop_reason, episode.detail = LOOPING, looping
+                    break
             else:
                 episode.stop_reason, episode.detail = MAX_TURNS, f"agent.max_turns={c.max_turns} reached"
         except TerminalClosed as exc:  # the agent's own keystrokes ended its terminal, and so its episode
@@ -191,6 +168,54 @@ class TerminusAgent:
         finally:
             episode.wall_s = round(time.monotonic() - started, 2)
         return episode
+
+
+    def _room(self, messages: list[dict], used_tokens: int | None, limit: int) -> tuple[int, str | None]:
+        """Tokens the next reply may take, and why that is too few, if it is."""
+        c = self.config
+        estimate = _estimate_tokens(messages, used_tokens)
+        room = min(int(c.max_tokens), limit - estimate)
+        if room >= int(c.min_reply_tokens):
+            return room, None
+        return room, (f"about {estimate} prompt tokens leave {limit - estimate} of the context limit {limit}, "
+                      f"less than agent.min_reply_tokens={c.min_reply_tokens}")
+
+    async def _act(self, terminal: Terminal, turn: Turn, reply: dict, started: float) -> str:
+        """Type the reply's commands, each followed by its wait; the new output, clipped."""
+        c = self.config
+        turn.analysis, turn.plan = reply["analysis"], reply["plan"]
+        turn.task_complete = bool(reply.get("task_complete", False))
+        for raw in reply["commands"][: int(c.max_commands_per_turn)]:
+            duration = float(raw.get("duration", c.default_duration))
+            command = Command(raw["keystrokes"], min(max(duration, 0.0), float(c.max_command_duration)))
+            turn.commands.append(command)
+            await terminal.send(command.keystrokes)
+            remaining = c.max_wall_time - (time.monotonic() - started)
+            await asyncio.sleep(max(0.0, min(command.duration, remaining)))
+        output, _ = clip(await terminal.read_new(), int(c.output_bytes))
+        return output
+
+    def _looping(self, episode: Episode) -> str | None:
+        """Why the episode is stuck in a loop (``agent.loop_limit``), if it is."""
+        limit = self.config.loop_limit
+        if limit is None:
+            return None
+        same_commands, same_output = repeats(episode.turns)
+        if max(same_commands, same_output) <= int(limit):
+            return None
+        what = "commands" if same_commands >= same_output else "output"
+        return f"the same {what} {max(same_commands, same_output)} times in a row (agent.loop_limit={limit})"
+
+
+def _take_result(turn: Turn, result: Any) -> int | None:
+    """Put a reply and its token counts on the turn; the tokens the conversation now holds."""
+    turn.reply = result.choices[0].text if result.choices else ""
+    turn.prompt_tokens, turn.completion_tokens = result.prompt_tokens, result.completion_tokens
+    turn.cached_tokens = getattr(result, "cached_tokens", None)
+    turn.latency_s = round(result.latency_s, 3)
+    if result.prompt_tokens is not None and result.completion_tokens is not None:
+        return result.prompt_tokens + result.completion_tokens
+    return None
 
 
 def _estimate_tokens(messages: list[dict], used_tokens: int | None) -> int:
