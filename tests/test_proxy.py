@@ -110,12 +110,13 @@ def test_this_machines_defaults_hold_the_registries_it_uses():
 
 
 def test_the_filter_allows_exactly_the_hosts_and_the_config_denies_the_rest():
-    assert filter_rules(["pypi.org", "deb.debian.org", "pypi.org"]) == "^deb\\.debian\\.org$\n^pypi\\.org$\n"
+    assert filter_rules(["pypi.org", "deb.debian.org", "pypi.org"]) == (
+        "^http://deb\\.debian\\.org(:80)?/\n^deb\\.debian\\.org:443$\n^http://pypi\\.org(:80)?/\n^pypi\\.org:443$\n")
     for bad in ["evil.example$|.*", "pypi.org/simple", "", "a b", "-x.org"]:
         with pytest.raises(SandboxError):
             filter_rules([bad])
     config = tinyproxy_config()
-    for line in ["Port 8888", "FilterDefaultDeny Yes", "FilterURLs Off", "FilterType ere", "ConnectPort 443"]:
+    for line in ["Port 8888", "FilterDefaultDeny Yes", "FilterURLs On", "FilterType ere", "ConnectPort 443"]:
         assert line in config.splitlines()
     assert image_name("sha256:" + "0" * 64, "b:1") != image_name("sha256:" + "1" * 64, "b:1")
     assert image_name("sha256:" + "0" * 64, "b:1").startswith("litecoder-proxy:")
@@ -298,9 +299,13 @@ def test_a_host_not_on_the_list_gets_tinyproxys_403_and_is_never_resolved(client
     assert output.strip() == "403", output
     code, output = sh(client, box, f"curl -s -o /dev/null -w '%{{http_connect}}' -x {proxy.url} https://pypi.org:8443/")
     assert output.strip() == "403", output
+    # plain HTTP to a registry on another port than 80 is refused by the filter, not forwarded
+    code, output = sh(client, box, f"curl -s -o /dev/null -w '%{{http_code}}' -x {proxy.url} http://pypi.org:22/")
+    assert output.strip() == "403", output
     logs = proxy.logs()
     mentions = [line for line in logs.splitlines() if CHECK_HOST in line]
-    assert any(f'refused on filtered domain "{CHECK_HOST}"' in line for line in mentions), logs[-2000:]
+    assert any("refused on filtered url" in line for line in mentions), logs[-2000:]
+    assert 'refused on filtered url "http://pypi.org:22/"' in logs, logs[-2000:]
     # tinyproxy never looked the host up nor opened a connection to it
     assert not [line for line in mentions if "opensock" in line or "getaddrinfo" in line
                 or "Established" in line], mentions

@@ -84,7 +84,8 @@ def image_name(base_image_id: str, base: str) -> str:
 
 
 def tinyproxy_config() -> str:
-    """Port 8888, hosts by name from the filter file (deny the rest), CONNECT to 443 only."""
+    """Port 8888, request URLs matched against the filter file (deny the rest), CONNECT to
+    443 only."""
     return "\n".join([
         "# litecoder: the package registries in the filter file, nothing else",
         f"Port {PORT}",
@@ -95,7 +96,7 @@ def tinyproxy_config() -> str:
         'DefaultErrorFile "/usr/share/tinyproxy/default.html"',
         f'Filter "{CONFIG_DIR}/filter"',
         "FilterType ere",
-        "FilterURLs Off",
+        "FilterURLs On",
         "FilterCaseSensitive Off",
         "FilterDefaultDeny Yes",
         "ConnectPort 443",
@@ -103,12 +104,15 @@ def tinyproxy_config() -> str:
 
 
 def filter_rules(hosts: Iterable[str]) -> str:
-    """One anchored regex per host: exactly that name, none of its subdomains."""
+    """Two anchored regexes per host, for the URLs tinyproxy filters: plain HTTP on port 80
+    (``http://host/...``) and HTTPS through ``CONNECT host:443``; exactly that name, none of
+    its subdomains, no other port."""
     rules = []
     for host in sorted(set(hosts)):
         if not HOST_NAME.match(host):
             raise SandboxError(f"proxy: {host!r} is not a host name; list names such as pypi.org")
-        rules.append("^" + host.replace(".", r"\.") + "$")
+        name = host.replace(".", r"\.")
+        rules += [f"^http://{name}(:80)?/", f"^{name}:443$"]
     return "\n".join(rules) + "\n"
 
 
@@ -248,7 +252,7 @@ def ensure_proxy_image(client: Any, base: str, timeout: float = 600) -> tuple[st
     log.info("building %s (tinyproxy on %s)", image, base)
     ca = HOST_CA_BUNDLE.read_bytes() if HOST_CA_BUNDLE.is_file() else b""
     context = _tar({"Dockerfile": dockerfile(base).encode(), "ca-certificates.crt": ca})
-    lines: list[str] = []
+    chunks: list[str] = []
     failure: str | None = None
     try:
         stream = client.api.build(fileobj=io.BytesIO(context), custom_context=True, tag=image, rm=True, forcerm=True,
@@ -256,7 +260,7 @@ def ensure_proxy_image(client: Any, base: str, timeout: float = 600) -> tuple[st
                                   labels={LABEL_PROXY: "image"})
         for chunk in stream:
             text = ANSI.sub("", chunk.get("stream") or "")
-            lines += text.splitlines()
+            chunks.append(chunk.get("stream") or "")
             for line in text.splitlines():
                 if line.startswith(("Step ", "Setting up ")):
                     log.info("%s: %s", image, line.strip()[:200])
@@ -266,6 +270,8 @@ def ensure_proxy_image(client: Any, base: str, timeout: float = 600) -> tuple[st
     except Exception as exc:  # noqa: BLE001 - engine errors and read timeouts alike
         failure = f"{type(exc).__name__}: {exc}"
     if failure is not None:
+        # a line can arrive in pieces (apt's "E" and ": Unable to ..."): join before splitting
+        lines = ANSI.sub("", "".join(chunks)).splitlines()
         context_lines = [line.strip() for line in lines if line.strip().startswith(("E:", "Err:"))][-2:]
         last = failure.strip().splitlines()[-1] if failure.strip() else "no output"
         last = re.sub(r"^The command '.*' returned a non-zero code: (\d+)$", r"the install step exited \1", last)

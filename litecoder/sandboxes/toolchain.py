@@ -171,13 +171,13 @@ def _follow(stream: Iterable[dict], image: str) -> str | None:
     """Log the build's steps and installs as they come; the whole output if the build failed."""
     lines: list[str] = []
     for chunk in stream:
-        text = ANSI.sub("", chunk.get("stream") or "")
-        lines.append(text)
+        lines.append(chunk.get("stream") or "")
+        text = ANSI.sub("", lines[-1])
         for line in text.splitlines():
             if line.startswith("Step ") or line.startswith(("Setting up ", "Successfully installed")):
                 log.info("%s: %s", image, line.strip()[:200])
         if "error" in chunk or "errorDetail" in chunk:
-            return "".join(lines) + "\n" + str(chunk.get("error") or chunk.get("errorDetail"))
+            return ANSI.sub("", "".join(lines)) + "\n" + str(chunk.get("error") or chunk.get("errorDetail"))
     return None
 
 
