@@ -10,7 +10,7 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from .budget import Budget, apply_prices
+from .budget import Budget, apply_prices, served_model
 from .errors import ConfigError, LitecoderError, StageNotBuilt
 from .plugins import Plugins, get_plugins
 from .spend import spend, spend_lines
@@ -275,3 +275,27 @@ def report_counts(run: Run, names: list[str]) -> None:
         _say(line)
     for line in spend_lines(spend(run.store, PIPELINE)):
         _say(line)
+    for line in next_steps(run):
+        _say(line)
+
+
+#: where to read about choosing a stronger model
+MODELS_DOC = "docs/configuration.md#models-and-backends"
+
+
+def next_steps(run: Run) -> list[str]:
+    """What the run showed, in a line or two, and what to change for real data."""
+    judge, trajectory = run.store.counts("judge"), run.store.counts("trajectory")
+    judged = judge.get("accepted", 0) + judge.get("rejected", 0)
+    lines = []
+    if judged and not judge.get("accepted"):
+        model = served_model(run.backend_config("judge")) or "the model"
+        lines.append(f"the judge kept none of {judged} tasks: {model} writes tasks too vague to keep. For real data, "
+                     f"sample and judge with a stronger model: backend.model_path=<model directory> (a GPU server), "
+                     f"or backend=openai backend.model=<name> ({MODELS_DOC})")
+    elif trajectory and not trajectory.get("kept"):
+        lines.append(f"no rollout was kept: give the teacher a stronger model, e.g. backend@trajectory.backend=openai "
+                     f"trajectory.backend.model=<name> ({MODELS_DOC})")
+    elif trajectory.get("kept"):
+        lines.append(f"{trajectory['kept']} kept rollouts: SFT data in {run.path('sft')}, tasks in {run.path('harbor')}")
+    return lines

@@ -5,7 +5,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 bash "$ROOT/scripts/setup.sh"
 if [ "$#" -eq 0 ]; then
-  set -- stage=all domain=networking run.name=demo
+  set -- +experiment=demo
 fi
 cd "$ROOT"
 exec "$ROOT/.venv/bin/python" -m litecoder "$@"

@@ -90,6 +90,13 @@ def test_verdicts_scores_and_feasible_tasks(compose_cfg, tmp_path, model_dir):
     assert summaries["judge"]["accepted"] == 6
 
 
+def test_a_run_whose_judge_keeps_nothing_ends_by_saying_what_to_change(compose_cfg, tmp_path, model_dir, capfd):
+    with StubServer(Model(["BAD task: make coffee"] * 4, by_keyword)) as server:
+        run_pipeline(compose_cfg, tmp_path, server, "sample.num_tasks=4", "sample.n=2", "dedup.exact=false", "dedup.near=false")
+    err = capfd.readouterr().err
+    assert "the judge kept none of 4 tasks" in err and "backend=openai" in err and "models-and-backends" in err
+
+
 @pytest.mark.parametrize(
     "reply, fragment",
     [

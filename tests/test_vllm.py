@@ -41,7 +41,7 @@ def test_the_default_command_on_a_managed_server_then_ctrl_c_mid_judge(tmp_path,
     then stops the server, and the run keeps its counts, its spending and its report.
     (One server start for both paths: on a slow CPU each start takes minutes.)"""
     process = subprocess.Popen(
-        [sys.executable, "-m", "litecoder", "stage=[sample,judge]", "domain=networking", "run.name=demo",
+        [sys.executable, "-m", "litecoder", "+experiment=demo", "stage=[sample,judge]",
          f"run.root={tmp_path}", "sample.num_tasks=8", "sample.n=4",
          "backend.max_in_flight=1", EAGER, *JUDGE_FAST],
         cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
