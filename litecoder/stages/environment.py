@@ -23,13 +23,13 @@ from omegaconf import OmegaConf
 from .. import hookimpl
 from ..errors import ConfigError, RequestError
 from ..replies import ReplyError, parse_reply
+from ..records import Environment, backend_identity, polars_schema
 from ..runner import Done, open_items, run_items
 from ..sandboxes import packages
 from ..sandboxes.base import check_network, clip, item_failure
 from ..sandboxes.names import LABEL_RUN_DIR, image_tag, run_id
 from ..store import DONE, FAILED
 from ..tables import records_frame, write_parquet_atomic
-from .sample import backend_identity
 
 log = logging.getLogger(__name__)
 
@@ -38,18 +38,7 @@ READY, REJECTED = "ready", "rejected"
 IMAGE_REPOSITORY = "litecoder-env"
 VERIFIER_PATH = "/tmp/.litecoder-verifier.sh"
 
-REPLY_SCHEMA = {
-    "type": "object",
-    "properties": {
-        "analysis": {"type": "string", "maxLength": 2000},
-        "commands": {"type": "array", "items": {"type": "string", "maxLength": 8000}, "maxItems": 20},
-        "verifier": {"type": "string", "maxLength": 12000},
-        "ready": {"type": "boolean"},
-        "give_up": {"type": "boolean"},
-    },
-    "required": ["analysis", "commands", "verifier", "ready", "give_up"],
-    "additionalProperties": False,
-}
+REPLY_SCHEMA = polars_schema(Environment)
 
 SCHEMA = {
     "task_id": pl.String,

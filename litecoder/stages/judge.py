@@ -17,18 +17,16 @@ from datetime import datetime, timezone
 from typing import Any, Iterator
 
 import jinja2
-import polars as pl
 from omegaconf import OmegaConf
 
 from .. import hookimpl
 from ..dedup import find_duplicates
 from ..errors import ConfigError, RequestError
 from ..replies import ReplyError, parse_reply
+from ..records import TASK_ORDER, Judgment, SampledTask, backend_identity, polars_schema
 from ..runner import Done, open_items, run_items
 from ..store import DONE, FAILED, RunStore
 from ..tables import write_records_parquet
-from .sample import SCHEMA as TASK_SCHEMA
-from .sample import TASK_ORDER, backend_identity
 
 log = logging.getLogger(__name__)
 
@@ -40,30 +38,9 @@ PUT_BATCH = 500
 #: what judging needs of a sampled task
 TASK_FIELDS = ("id", "text", "status", "domain", "subtopic", "prompt_variant", "request_index", "choice_index")
 
-SCORE = pl.Struct({"criterion": pl.String, "score": pl.Int64, "rationale": pl.String})
-JUDGMENT_SCHEMA = {
-    "task_id": pl.String,
-    "domain": pl.String,
-    "subtopic": pl.String,
-    "prompt_variant": pl.String,
-    "text": pl.String,
-    "verdict": pl.String,
-    "reason": pl.String,
-    "aggregate": pl.Float64,
-    "scores": pl.List(SCORE),
-    "duplicate_of": pl.String,
-    "duplicate_kind": pl.String,
-    "similarity": pl.Float64,
-    "model": pl.String,
-    "prompt_tokens": pl.Int64,
-    "completion_tokens": pl.Int64,
-    "attempts": pl.Int64,
-    "raw": pl.String,
-    "error": pl.String,
-    "judged_at": pl.Datetime("us", "UTC"),
-}
+JUDGMENT_SCHEMA = polars_schema(Judgment)
 #: ``feasible.parquet``: the accepted tasks as sampled, with their scores
-FEASIBLE_SCHEMA = {**TASK_SCHEMA, "aggregate": JUDGMENT_SCHEMA["aggregate"], "scores": JUDGMENT_SCHEMA["scores"]}
+FEASIBLE_SCHEMA = {**polars_schema(SampledTask), "aggregate": JUDGMENT_SCHEMA["aggregate"], "scores": JUDGMENT_SCHEMA["scores"]}
 
 
 #: every score the judge gave, as (criterion, score, how many tasks got it)

@@ -25,6 +25,7 @@ from omegaconf import OmegaConf
 from .. import hookimpl
 from ..chat_template import ChatTemplate, PreQueryBuilder, explicit_prequery, load_chat_template
 from ..errors import ConfigError, RequestError
+from ..records import TASK_ORDER, SampledTask, backend_identity, polars_schema
 from ..runner import Done, open_items, run_items
 from ..store import DONE, FAILED
 from ..tables import write_records_parquet
@@ -34,31 +35,7 @@ log = logging.getLogger(__name__)
 TASKS_FILE = "tasks.parquet"
 RAW, CHAT = "magpie_raw", "chat_fallback"
 
-SCHEMA = {
-    "id": pl.String,
-    "domain": pl.String,
-    "subtopic": pl.String,
-    "prompt_variant": pl.String,
-    "method": pl.String,
-    "text": pl.String,
-    "status": pl.String,
-    "finish_reason": pl.String,
-    "error": pl.String,
-    "model": pl.String,
-    "temperature": pl.Float64,
-    "top_p": pl.Float64,
-    "max_tokens": pl.Int64,
-    "n": pl.Int64,
-    "seed": pl.Int64,
-    "request_index": pl.Int64,
-    "choice_index": pl.Int64,
-    "prompt_tokens": pl.Int64,
-    "completion_tokens": pl.Int64,
-    "latency_s": pl.Float64,
-    "attempts": pl.Int64,
-    "prompt": pl.String,
-    "created_at": pl.Datetime("us", "UTC"),
-}
+SCHEMA = polars_schema(SampledTask)
 
 
 @dataclass(frozen=True)
@@ -102,16 +79,8 @@ def render(template: str, **context: Any) -> str:
 
 
 #: the order of sampled tasks in every table and pass: by request, then by choice
-TASK_ORDER = ("request_index", "choice_index")
-
-
 def sample_key(request_index: int, choice_index: int) -> str:
     return f"{request_index}:{choice_index}"
-
-
-def backend_identity(config: Any) -> dict:
-    """The parts of a backend config that change what it answers (not ports or limits)."""
-    return {k: OmegaConf.select(config, k) for k in ("type", "model", "model_path", "base_url")}
 
 
 class SampleStage:

@@ -24,6 +24,7 @@ from omegaconf import OmegaConf
 from .. import atif, hookimpl
 from ..agents.base import LOOPING, REQUEST_ERROR, Episode, repeats
 from ..budget import request_cost
+from ..records import Rollout, TaskPassRate, backend_identity, polars_schema
 from ..runner import Done, open_items, run_items
 from ..errors import ConfigError
 from ..sandboxes.base import check_network, item_failure
@@ -31,7 +32,6 @@ from ..sandboxes.tmux import TmuxTerminal
 from ..store import DONE, FAILED
 from ..tables import records_frame, write_parquet_atomic, write_text_atomic
 from .environment import READY, run_verifier
-from .sample import backend_identity
 
 log = logging.getLogger(__name__)
 
@@ -40,36 +40,8 @@ TASKS_FILE = "trajectory_tasks.parquet"
 TRAJECTORY_DIR = "trajectories"
 KEPT, DROPPED = "kept", "dropped"
 
-SCHEMA = {
-    "rollout_id": pl.String,
-    "task_id": pl.String,
-    "rollout": pl.Int64,
-    "status": pl.String,
-    "reason": pl.String,
-    "filters": pl.List(pl.String),
-    "reward": pl.Int64,
-    "verifier_exit_code": pl.Int64,
-    "verifier_output": pl.String,
-    "stop_reason": pl.String,
-    "stop_detail": pl.String,
-    "turns": pl.Int64,
-    "host": pl.String,
-    "commands": pl.Int64,
-    "malformed_turns": pl.Int64,
-    "repeated_commands": pl.Int64,
-    "repeated_output": pl.Int64,
-    "prompt_tokens": pl.Int64,
-    "completion_tokens": pl.Int64,
-    "cached_tokens": pl.Int64,
-    "conversation_tokens": pl.Int64,
-    "cost_usd": pl.Float64,
-    "wall_s": pl.Float64,
-    "model": pl.String,
-    "trajectory": pl.String,
-    "finished_at": pl.Datetime("us", "UTC"),
-}
-TASK_SCHEMA = {"task_id": pl.String, "rollouts": pl.Int64, "solved": pl.Int64, "kept": pl.Int64,
-               "pass_at_1": pl.Float64, "pass_at_k": pl.Float64}
+SCHEMA = polars_schema(Rollout)
+TASK_SCHEMA = polars_schema(TaskPassRate)
 
 
 def rollout_key(task_id: str, rollout: int) -> str:

@@ -1,0 +1,195 @@
+"""The records the stages keep, one dataclass per table, and the polars schemas derived from them.
+
+A record's fields are written once, here: the stages build records with these fields, the
+run store keeps them as JSON, and each table (``tasks.parquet``, ``judgments.parquet``, ...)
+takes its columns, in order and typed, from ``polars_schema``. Timestamps are ISO text in the
+store and UTC datetimes in the tables. Stages, the report and the sweep table import these
+names from here rather than from each other.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Optional
+
+import polars as pl
+
+#: the order sampled tasks are read in: the order they were requested
+TASK_ORDER = ("request_index", "choice_index")
+
+_SCALARS = {str: pl.String, int: pl.Int64, float: pl.Float64, bool: pl.Boolean,
+            datetime: pl.Datetime("us", "UTC")}
+
+
+def polars_schema(record: type) -> dict[str, Any]:
+    """Column name -> polars type for each field of the dataclass ``record``, in order."""
+    hints = typing.get_type_hints(record)
+    return {f.name: _polars_type(hints[f.name]) for f in dataclasses.fields(record)}
+
+
+def _polars_type(hint: Any) -> Any:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):  # Optional[X]: a column allows nulls anyway
+        (hint,) = [a for a in args if a is not type(None)]
+        return _polars_type(hint)
+    if origin is list:
+        return pl.List(_polars_type(args[0]))
+    if dataclasses.is_dataclass(hint):
+        return pl.Struct(polars_schema(hint))
+    return _SCALARS[hint]
+
+
+def backend_identity(config: Any) -> dict:
+    """The parts of a backend config that change what it answers (not ports or limits); part
+    of every model stage's identity."""
+    from omegaconf import OmegaConf
+
+    return {k: OmegaConf.select(config, k) for k in ("type", "model", "model_path", "base_url")}
+
+
+@dataclass
+class SampledTask:
+    """``tasks.parquet``: one per choice of a sampling request, whatever happened to it."""
+
+    id: str
+    domain: str
+    subtopic: str
+    prompt_variant: str
+    method: str
+    text: str
+    status: str
+    finish_reason: Optional[str]
+    error: Optional[str]
+    model: str
+    temperature: float
+    top_p: float
+    max_tokens: int
+    n: int
+    seed: Optional[int]
+    request_index: int
+    choice_index: int
+    prompt_tokens: Optional[int]
+    completion_tokens: Optional[int]
+    latency_s: Optional[float]
+    attempts: Optional[int]
+    prompt: str
+    created_at: datetime
+
+
+@dataclass
+class Score:
+    criterion: str
+    score: int
+    rationale: str
+
+
+@dataclass
+class Judgment:
+    """``judgments.parquet``: one per sampled task that reached the judge stage."""
+
+    task_id: str
+    domain: str
+    subtopic: str
+    prompt_variant: str
+    text: str
+    verdict: str
+    reason: Optional[str]
+    aggregate: Optional[float]
+    scores: list[Score]
+    duplicate_of: Optional[str]
+    duplicate_kind: Optional[str]
+    similarity: Optional[float]
+    model: Optional[str]
+    prompt_tokens: Optional[int]
+    completion_tokens: Optional[int]
+    attempts: Optional[int]
+    raw: Optional[str]
+    error: Optional[str]
+    judged_at: datetime
+
+
+@dataclass
+class CommandRun:
+    command: str
+    exit_code: Optional[int]
+    timed_out: bool
+    duration_s: float
+
+
+@dataclass
+class Environment:
+    """``environments.parquet``: one per accepted task."""
+
+    task_id: str
+    text: str
+    status: str
+    reason: Optional[str]
+    image: Optional[str]
+    image_id: Optional[str]
+    base_image: Optional[str]
+    network: Optional[str]
+    installed_debian: list[str]
+    installed_python: list[str]
+    apt_history: Optional[str]
+    host: Optional[str]
+    changed_paths: list[str]
+    added_paths: list[str]
+    deleted_paths: list[str]
+    commands: list[CommandRun]
+    verifier: Optional[str]
+    verifier_exit_code: Optional[int]
+    verifier_output: Optional[str]
+    steps: int
+    model: str
+    prompt_tokens: int
+    completion_tokens: int
+    wall_s: float
+    prepared_at: datetime
+
+
+@dataclass
+class Rollout:
+    """``trajectories.parquet``: one per rollout of a ready environment."""
+
+    rollout_id: str
+    task_id: str
+    rollout: int
+    status: str
+    reason: Optional[str]
+    filters: list[str]
+    reward: Optional[int]
+    verifier_exit_code: Optional[int]
+    verifier_output: Optional[str]
+    stop_reason: Optional[str]
+    stop_detail: Optional[str]
+    turns: int
+    host: Optional[str]
+    commands: int
+    malformed_turns: int
+    repeated_commands: int
+    repeated_output: int
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    conversation_tokens: int
+    cost_usd: float
+    wall_s: float
+    model: str
+    trajectory: Optional[str]
+    finished_at: datetime
+
+
+@dataclass
+class TaskPassRate:
+    """``trajectory_tasks.parquet``: pass@1 and pass@k per task."""
+
+    task_id: str
+    rollouts: int
+    solved: int
+    kept: int
+    pass_at_1: float
+    pass_at_k: float
