@@ -15,7 +15,7 @@ import yaml
 
 from .store import DONE, FAILED, RunStore
 from .spend import spend
-from .stages.judge import judge_scores
+from .tallies import judge_scores
 from .tables import write_text_atomic
 
 STORE_FILE = "store.sqlite"

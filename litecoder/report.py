@@ -22,7 +22,7 @@ from plotly.offline import get_plotlyjs
 from plotly.subplots import make_subplots
 
 from .spend import spend
-from .stages.judge import judge_scores
+from .tallies import judge_scores
 from .store import DONE, FAILED, json_field
 from .tables import write_text_atomic
 

@@ -268,7 +268,7 @@ def _write_report(run: Run) -> None:
 
 def report_counts(run: Run, names: list[str]) -> None:
     """Print where every item of the run stands; the counts reconcile across stages."""
-    from .stages.judge import reconcile
+    from .tallies import reconcile
 
     line = reconcile(run.store) if "judge" in names or run.store.counts("judge") else None
     if line:

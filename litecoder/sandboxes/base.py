@@ -42,6 +42,18 @@ class Change:
     kind: str
 
 
+#: where a verifier is copied to run; the ``.litecoder`` prefix keeps it out of recorded changes
+VERIFIER_PATH = "/tmp/.litecoder-verifier.sh"
+
+
+def run_verifier(session: "Session", verifier: str, timeout: float) -> tuple[int | None, str]:
+    """Copy the verifier into the session and run it: (exit code, 124 on timeout; output tail).
+    Exit 0 means the task is solved."""
+    session.write_files({VERIFIER_PATH: verifier}, mode=0o755)
+    result = session.exec(f"bash {VERIFIER_PATH}", timeout=timeout)
+    return (124 if result.timed_out else result.exit_code), result.output[-2000:]
+
+
 @dataclass
 class ExecResult:
     exit_code: int | None

@@ -23,10 +23,10 @@ from omegaconf import OmegaConf
 from .. import hookimpl
 from ..errors import ConfigError, RequestError
 from ..replies import ReplyError, parse_reply
-from ..records import Environment, backend_identity, polars_schema
+from ..records import READY, REJECTED, Environment, backend_identity, polars_schema
 from ..runner import Done, open_items, run_items
 from ..sandboxes import packages
-from ..sandboxes.base import check_network, clip, item_failure
+from ..sandboxes.base import check_network, clip, item_failure, run_verifier
 from ..sandboxes.names import LABEL_RUN_DIR, image_tag, run_id
 from ..store import DONE, FAILED
 from ..tables import records_frame, write_parquet_atomic
@@ -34,9 +34,7 @@ from ..tables import records_frame, write_parquet_atomic
 log = logging.getLogger(__name__)
 
 ENVIRONMENTS_FILE = "environments.parquet"
-READY, REJECTED = "ready", "rejected"
 IMAGE_REPOSITORY = "litecoder-env"
-VERIFIER_PATH = "/tmp/.litecoder-verifier.sh"
 
 REPLY_SCHEMA = polars_schema(Environment)
 
@@ -75,14 +73,6 @@ NOISE = ("/root/.bash_history", "/tmp/.litecoder", "/usr/sbin/docker-init", "/sb
 
 class ItemFailed(Exception):
     """The item ends failed with this reason (not a run failure)."""
-
-
-def run_verifier(session: Any, verifier: str, timeout: float) -> tuple[int | None, str]:
-    """Copy the verifier into the session and run it: (exit code, 124 on timeout; output tail).
-    Exit 0 means the task is solved."""
-    session.write_files({VERIFIER_PATH: verifier}, mode=0o755)
-    result = session.exec(f"bash {VERIFIER_PATH}", timeout=timeout)
-    return (124 if result.timed_out else result.exit_code), result.output[-2000:]
 
 
 class EnvironmentStage:

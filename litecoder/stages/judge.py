@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import Counter
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Iterator
@@ -25,14 +24,14 @@ from ..errors import ConfigError, RequestError
 from ..replies import ReplyError, parse_reply
 from ..records import TASK_ORDER, Judgment, SampledTask, backend_identity, polars_schema
 from ..runner import Done, open_items, run_items
-from ..store import DONE, FAILED, RunStore
+from ..tallies import ACCEPTED, DUPLICATE, REJECTED
+from ..store import DONE, FAILED
 from ..tables import write_records_parquet
 
 log = logging.getLogger(__name__)
 
 JUDGMENTS_FILE = "judgments.parquet"
 FEASIBLE_FILE = "feasible.parquet"
-ACCEPTED, REJECTED, DUPLICATE = "accepted", "rejected", "duplicate"
 #: prefiltered results are written in batches of this many
 PUT_BATCH = 500
 #: what judging needs of a sampled task
@@ -41,26 +40,6 @@ TASK_FIELDS = ("id", "text", "status", "domain", "subtopic", "prompt_variant", "
 JUDGMENT_SCHEMA = polars_schema(Judgment)
 #: ``feasible.parquet``: the accepted tasks as sampled, with their scores
 FEASIBLE_SCHEMA = {**polars_schema(SampledTask), "aggregate": JUDGMENT_SCHEMA["aggregate"], "scores": JUDGMENT_SCHEMA["scores"]}
-
-
-#: every score the judge gave, as (criterion, score, how many tasks got it)
-SCORE_COUNTS_SQL = """
-SELECT json_extract(score.value, '$.criterion'), json_extract(score.value, '$.score'), COUNT(*)
-FROM items, json_each(items.record, '$.scores') AS score
-WHERE items.stage = 'judge' AND items.state = 'done' GROUP BY 1, 2
-"""
-
-
-def judge_scores(store: RunStore) -> tuple[dict[str, Counter], list[float | None]]:
-    """The judge's scores as counts per criterion (criteria in name order), and the aggregate
-    of each task it scored. Counted inside SQLite, so the views of a 100k-task run (the
-    report, the sweep comparison) hold only these."""
-    counts: dict[str, Counter] = {}
-    for criterion, score, n in store.query(SCORE_COUNTS_SQL):
-        counts.setdefault(criterion, Counter())[score] += n
-    rows = store.query("SELECT json_extract(record, '$.aggregate') FROM items WHERE stage = 'judge' "
-                       "AND state = 'done' AND json_array_length(record, '$.scores') > 0")
-    return counts, [aggregate for (aggregate,) in rows]
 
 
 def judgment_schema(judge: Any) -> dict:
@@ -101,19 +80,6 @@ def decide(judgment: dict, judge: Any) -> tuple[list[dict], float, str, str | No
     if aggregate < float(judge.threshold):
         return scores, aggregate, REJECTED, f"aggregate {aggregate:.2f} below the threshold {judge.threshold}"
     return scores, aggregate, ACCEPTED, None
-
-
-def reconcile(store: RunStore) -> str:
-    """One line that accounts for every sampled task."""
-    sample, judge = store.counts("sample"), store.counts("judge")
-    sampled = sample.get(DONE, 0) + sample.get(FAILED, 0)
-    judged = judge.get(DONE, 0) + judge.get(FAILED, 0)
-    not_started = sample.get(DONE, 0) - judged
-    return (
-        f"{sampled} sampled = {judge.get(ACCEPTED, 0)} accepted + {judge.get(REJECTED, 0)} rejected + "
-        f"{judge.get(DUPLICATE, 0)} duplicate + {sample.get(FAILED, 0) + judge.get(FAILED, 0)} failed "
-        f"({sample.get(FAILED, 0)} sampling, {judge.get(FAILED, 0)} judging) + {not_started} not judged yet"
-    )
 
 
 @dataclass

@@ -24,14 +24,13 @@ from omegaconf import OmegaConf
 from .. import atif, hookimpl
 from ..agents.base import LOOPING, REQUEST_ERROR, Episode, repeats
 from ..budget import request_cost
-from ..records import Rollout, TaskPassRate, backend_identity, polars_schema
+from ..records import READY, Rollout, TaskPassRate, backend_identity, polars_schema
 from ..runner import Done, open_items, run_items
 from ..errors import ConfigError
-from ..sandboxes.base import check_network, item_failure
+from ..sandboxes.base import check_network, item_failure, run_verifier
 from ..sandboxes.tmux import TmuxTerminal
 from ..store import DONE, FAILED
 from ..tables import records_frame, write_parquet_atomic, write_text_atomic
-from .environment import READY, run_verifier
 
 log = logging.getLogger(__name__)
 
