@@ -7,15 +7,27 @@ on purpose. All hooks are called for every plugin (none is ``firstresult``).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import pluggy
+
+if TYPE_CHECKING:
+    from .run import Run
 
 hookspec = pluggy.HookspecMarker("litecoder")
 
 
+class Register(Protocol):
+    """The callback every registration hook receives."""
+
+    def __call__(self, name: str, value: Any, config: Any = None, *, replace: bool = False) -> None:
+        """Register ``value`` (a factory, a ``DomainConfig``, a build function) as ``name``;
+        ``config`` is the schema dataclass of kinds that are config groups (backend, sandbox,
+        agent, executor), and an error for the others; ``replace=True`` replaces on purpose."""
+
+
 @hookspec
-def litecoder_register_stages(register: Any) -> None:
+def litecoder_register_stages(register: Register) -> None:
     """Register pipeline stages.
 
     ``register(name, factory, *, replace=False)``; ``factory()`` returns an object with
@@ -25,7 +37,7 @@ def litecoder_register_stages(register: Any) -> None:
 
 
 @hookspec
-def litecoder_register_backends(register: Any) -> None:
+def litecoder_register_backends(register: Register) -> None:
     """Register LLM backends.
 
     ``register(name, factory, config=SchemaDataclass, *, replace=False)``. The config
@@ -35,7 +47,7 @@ def litecoder_register_backends(register: Any) -> None:
 
 
 @hookspec
-def litecoder_register_domains(register: Any) -> None:
+def litecoder_register_domains(register: Register) -> None:
     """Register task domains.
 
     ``register(name, DomainConfig | path_to_yaml)``. A ``DomainConfig`` instance becomes
@@ -46,7 +58,7 @@ def litecoder_register_domains(register: Any) -> None:
 
 
 @hookspec
-def litecoder_register_sandboxes(register: Any) -> None:
+def litecoder_register_sandboxes(register: Register) -> None:
     """Register sandboxes (where model-written commands run).
 
     ``register(name, factory, config=SchemaDataclass, *, replace=False)``; the config becomes
@@ -55,7 +67,7 @@ def litecoder_register_sandboxes(register: Any) -> None:
 
 
 @hookspec
-def litecoder_register_image_builders(register: Any) -> None:
+def litecoder_register_image_builders(register: Register) -> None:
     """Register ways to make a sandbox base image that is missing.
 
     ``register(name, build)``; ``build(sandbox_config, docker_client) -> image id``. The
@@ -64,7 +76,7 @@ def litecoder_register_image_builders(register: Any) -> None:
 
 
 @hookspec
-def litecoder_register_agents(register: Any) -> None:
+def litecoder_register_agents(register: Register) -> None:
     """Register terminal agents (the loop that turns model replies into commands).
 
     ``register(name, factory, config=SchemaDataclass, *, replace=False)``; the config becomes
@@ -73,7 +85,7 @@ def litecoder_register_agents(register: Any) -> None:
 
 
 @hookspec
-def litecoder_register_executors(register: Any) -> None:
+def litecoder_register_executors(register: Register) -> None:
     """Register executors (where per-item model requests and container work run).
 
     ``register(name, factory, config=SchemaDataclass, *, replace=False)``; the config becomes
@@ -82,7 +94,7 @@ def litecoder_register_executors(register: Any) -> None:
 
 
 @hookspec
-def litecoder_register_exporters(register: Any) -> None:
+def litecoder_register_exporters(register: Register) -> None:
     """Register dataset exporters for the ``export`` stage.
 
     ``register(name, factory, *, replace=False)``; ``factory()`` returns an object with
@@ -102,10 +114,10 @@ def litecoder_config_search_paths() -> list[str]:
 
 
 @hookspec
-def litecoder_before_stage(stage: str, run: Any) -> None:
+def litecoder_before_stage(stage: str, run: Run) -> None:
     """Called before a stage starts, with its name and the ``litecoder.run.Run``."""
 
 
 @hookspec
-def litecoder_after_stage(stage: str, run: Any, summary: dict) -> None:
+def litecoder_after_stage(stage: str, run: Run, summary: dict) -> None:
     """Called after a stage finished, with the summary it returned (counts by state)."""
