@@ -36,35 +36,20 @@ log = logging.getLogger(__name__)
 ENVIRONMENTS_FILE = "environments.parquet"
 IMAGE_REPOSITORY = "litecoder-env"
 
-REPLY_SCHEMA = polars_schema(Environment)
-
-SCHEMA = {
-    "task_id": pl.String,
-    "text": pl.String,
-    "status": pl.String,
-    "reason": pl.String,
-    "image": pl.String,
-    "image_id": pl.String,
-    "base_image": pl.String,
-    "network": pl.String,
-    "installed_debian": pl.List(pl.String),
-    "installed_python": pl.List(pl.String),
-    "apt_history": pl.String,
-    "host": pl.String,
-    "changed_paths": pl.List(pl.String),
-    "added_paths": pl.List(pl.String),
-    "deleted_paths": pl.List(pl.String),
-    "commands": pl.List(pl.Struct({"command": pl.String, "exit_code": pl.Int64, "timed_out": pl.Boolean, "duration_s": pl.Float64})),
-    "verifier": pl.String,
-    "verifier_exit_code": pl.Int64,
-    "verifier_output": pl.String,
-    "steps": pl.Int64,
-    "model": pl.String,
-    "prompt_tokens": pl.Int64,
-    "completion_tokens": pl.Int64,
-    "wall_s": pl.Float64,
-    "prepared_at": pl.Datetime("us", "UTC"),
+REPLY_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "analysis": {"type": "string", "maxLength": 2000},
+        "commands": {"type": "array", "items": {"type": "string", "maxLength": 8000}, "maxItems": 20},
+        "verifier": {"type": "string", "maxLength": 12000},
+        "ready": {"type": "boolean"},
+        "give_up": {"type": "boolean"},
+    },
+    "required": ["analysis", "commands", "verifier", "ready", "give_up"],
+    "additionalProperties": False,
 }
+
+SCHEMA = polars_schema(Environment)
 
 #: paths every container changes by itself (the shell's history, litecoder's own files, the
 #: init binary the engine puts in with ``init=True``); not part of "what the agent created"
