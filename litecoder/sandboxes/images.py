@@ -7,32 +7,93 @@ cannot reach. ``pull`` and ``dockerfile`` serve users who have a registry or the
 
 from __future__ import annotations
 
+import io
 import logging
 import re
 import shutil
 import subprocess
+import tarfile
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from .. import hookimpl
 from .base import SandboxError
 
 log = logging.getLogger(__name__)
 
-APT_SOURCES = [Path("/etc/apt/sources.list"), *sorted(Path("/etc/apt/sources.list.d").glob("*"))]
+APT_SOURCES_FILE = Path("/etc/apt/sources.list")
+APT_SOURCES_DIR = Path("/etc/apt/sources.list.d")
+#: escape sequences some build steps colour their output with
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+#: build output lines worth a log line while an image builds
+PROGRESS_LINES = ("Step ", "Setting up ", "Successfully installed")
+
+
+def apt_source_files(sources_list: Path = APT_SOURCES_FILE, sources_dir: Path = APT_SOURCES_DIR) -> list[Path]:
+    """``sources.list`` and the ``.list``/``.sources`` files beside it; ``*.disabled*`` ones are not read."""
+    files = [sources_list]
+    if sources_dir.is_dir():
+        files += sorted(p for p in sources_dir.iterdir() if ".disabled" not in p.name
+                        and p.suffix in (".list", ".sources"))
+    return files
+
+
+def apt_uris(files: Iterable[Path]) -> list[str]:
+    """The URIs of the ``deb``/``deb-src`` lines and deb822 ``URIs:`` fields (stanzas with
+    ``Enabled: no`` skipped) of apt's source files, in order."""
+    uris: list[str] = []
+    for path in files:
+        try:
+            text = Path(path).read_text(errors="replace")
+        except OSError:
+            continue
+        lines = [line for line in text.splitlines() if not line.lstrip().startswith("#")]
+        for line in lines:
+            match = re.match(r"\s*deb(?:-src)?\s+(?:\[[^\]]*\]\s+)?(\S+)", line)
+            if match:
+                uris.append(match.group(1))
+        for stanza in re.split(r"\n\s*\n", "\n".join(lines)):
+            if re.search(r"^\s*Enabled:\s*no\b", stanza, re.M | re.I):
+                continue
+            for match in re.finditer(r"^\s*URIs:[ \t]*(.*)$", stanza, re.M | re.I):
+                uris += match.group(1).split()
+    return uris
 
 
 def host_debian_mirror() -> str | None:
     """The first Debian mirror in the host's apt sources (one-line or deb822 format)."""
-    for path in APT_SOURCES:
-        try:
-            text = path.read_text()
-        except OSError:
-            continue
-        match = re.search(r"^\s*URIs:\s*(\S+)", text, re.M) or re.search(r"^\s*deb\s+(?:\[[^\]]*\]\s+)?(\S+)", text, re.M)
-        if match:
-            return match.group(1)
+    return next(iter(apt_uris(apt_source_files())), None)
+
+
+def tar_files(files: dict[str, bytes]) -> bytes:
+    """An uncompressed tar of in-memory files (a build context)."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def build_from_files(client: Any, image: str, files: dict[str, bytes], *, labels: dict[str, str], timeout: float,
+                     nocache: bool = False) -> str | None:
+    """Build ``image`` from an in-memory context on the default bridge network (the package
+    registries), logging its steps and package set-ups as they come. Returns None, or the
+    build's whole output (colour codes removed) ending with the engine's error."""
+    stream = client.api.build(fileobj=io.BytesIO(tar_files(files)), custom_context=True, tag=image, rm=True,
+                              forcerm=True, decode=True, network_mode="bridge", timeout=int(timeout), nocache=nocache,
+                              labels=labels)
+    chunks: list[str] = []
+    for chunk in stream:
+        chunks.append(chunk.get("stream") or "")
+        for line in ANSI.sub("", chunks[-1]).splitlines():
+            if line.startswith(PROGRESS_LINES):
+                log.info("%s: %s", image, line.strip()[:200])
+        if "error" in chunk or "errorDetail" in chunk:
+            # a line can arrive in pieces (apt's "E" and ": Unable to ..."): join before reading
+            return ANSI.sub("", "".join(chunks)) + "\n" + str(chunk.get("error") or chunk.get("errorDetail"))
     return None
 
 

@@ -25,11 +25,9 @@ from __future__ import annotations
 
 import configparser
 import hashlib
-import io
 import logging
 import os
 import re
-import tarfile
 import time
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -37,7 +35,8 @@ from urllib.parse import urlsplit
 
 from ..errors import SandboxError
 from .names import LABEL_RUN
-from .toolchain import ANSI, HOST_CA_BUNDLE
+from .images import apt_source_files, apt_uris, build_from_files, tar_files
+from .toolchain import HOST_CA_BUNDLE
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +55,6 @@ CONFIG_DIR = "/etc/litecoder-proxy"
 CHECK_HOST = "litecoder-check.invalid"
 NPM_REGISTRY = "registry.npmjs.org"
 PYPI_HOSTS = ("pypi.org", "files.pythonhosted.org")
-APT_SOURCES_FILE = Path("/etc/apt/sources.list")
-APT_SOURCES_DIR = Path("/etc/apt/sources.list.d")
 #: pip's configuration files, lowest precedence first (``PIP_CONFIG_FILE`` comes last)
 PIP_CONFIG_FILES = (Path("/etc/xdg/pip/pip.conf"), Path("/etc/pip.conf"), Path("~/.pip/pip.conf"),
                     Path("~/.config/pip/pip.conf"))
@@ -134,35 +131,9 @@ def _http_host(uri: str) -> str | None:
     return host.lower().rstrip(".")
 
 
-def apt_source_files(sources_list: Path = APT_SOURCES_FILE, sources_dir: Path = APT_SOURCES_DIR) -> list[Path]:
-    """``sources.list`` and the ``.list``/``.sources`` files beside it; ``*.disabled*`` ones are not read."""
-    files = [sources_list]
-    if sources_dir.is_dir():
-        files += sorted(p for p in sources_dir.iterdir() if ".disabled" not in p.name
-                        and p.suffix in (".list", ".sources"))
-    return files
-
-
 def apt_hosts(files: Iterable[Path]) -> set[str]:
-    """Hosts of the ``deb``/``deb-src`` lines and deb822 ``URIs:`` fields (stanzas with
-    ``Enabled: no`` skipped) of apt's source files."""
-    hosts: set[str] = set()
-    for path in files:
-        try:
-            text = Path(path).read_text(errors="replace")
-        except OSError:
-            continue
-        lines = [line for line in text.splitlines() if not line.lstrip().startswith("#")]
-        for line in lines:
-            match = re.match(r"\s*deb(?:-src)?\s+(?:\[[^\]]*\]\s+)?(\S+)", line)
-            if match and (host := _http_host(match.group(1))):
-                hosts.add(host)
-        for stanza in re.split(r"\n\s*\n", "\n".join(lines)):
-            if re.search(r"^\s*Enabled:\s*no\b", stanza, re.M | re.I):
-                continue
-            for match in re.finditer(r"^\s*URIs:[ \t]*(.*)$", stanza, re.M | re.I):
-                hosts.update(h for uri in match.group(1).split() if (h := _http_host(uri)))
-    return hosts
+    """Hosts (http and https) of the URIs in apt's source files."""
+    return {h for uri in apt_uris(files) if (h := _http_host(uri))}
 
 
 def pip_config_files(environ: Mapping[str, str]) -> list[Path]:
@@ -225,16 +196,6 @@ def default_allow_hosts(apt_sources: Iterable[Path] | None = None, pip_configs: 
 # --- the image ---------------------------------------------------------------------------
 
 
-def _tar(files: Mapping[str, bytes], mode: int = 0o644) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size, info.mode, info.mtime = len(data), mode, int(time.time())
-            tar.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
-
-
 def ensure_proxy_image(client: Any, base: str, timeout: float = 600) -> tuple[str, bool]:
     """The proxy image on ``base``, built from Debian's ``tinyproxy-bin`` unless it exists: (name, reused)."""
     import docker
@@ -251,29 +212,15 @@ def ensure_proxy_image(client: Any, base: str, timeout: float = 600) -> tuple[st
         pass
     log.info("building %s (tinyproxy on %s)", image, base)
     ca = HOST_CA_BUNDLE.read_bytes() if HOST_CA_BUNDLE.is_file() else b""
-    context = _tar({"Dockerfile": dockerfile(base).encode(), "ca-certificates.crt": ca})
-    chunks: list[str] = []
-    failure: str | None = None
     try:
-        stream = client.api.build(fileobj=io.BytesIO(context), custom_context=True, tag=image, rm=True, forcerm=True,
-                                  decode=True, network_mode="bridge", timeout=int(timeout),
-                                  labels={LABEL_PROXY: "image"})
-        for chunk in stream:
-            text = ANSI.sub("", chunk.get("stream") or "")
-            chunks.append(chunk.get("stream") or "")
-            for line in text.splitlines():
-                if line.startswith(("Step ", "Setting up ")):
-                    log.info("%s: %s", image, line.strip()[:200])
-            if "error" in chunk or "errorDetail" in chunk:
-                failure = str(chunk.get("error") or chunk.get("errorDetail"))
-                break
+        output = build_from_files(client, image, {"Dockerfile": dockerfile(base).encode(), "ca-certificates.crt": ca},
+                                  labels={LABEL_PROXY: "image"}, timeout=timeout)
     except Exception as exc:  # noqa: BLE001 - engine errors and read timeouts alike
-        failure = f"{type(exc).__name__}: {exc}"
-    if failure is not None:
-        # a line can arrive in pieces (apt's "E" and ": Unable to ..."): join before splitting
-        lines = ANSI.sub("", "".join(chunks)).splitlines()
+        output = f"{type(exc).__name__}: {exc}"
+    if output is not None:
+        lines = output.splitlines()
         context_lines = [line.strip() for line in lines if line.strip().startswith(("E:", "Err:"))][-2:]
-        last = failure.strip().splitlines()[-1] if failure.strip() else "no output"
+        last = lines[-1].strip() if output.strip() else "no output"
         last = re.sub(r"^The command '.*' returned a non-zero code: (\d+)$", r"the install step exited \1", last)
         detail = " | ".join([*context_lines, last])
         raise SandboxError(f"proxy image {image} could not be built: {detail[:400]}")
@@ -355,7 +302,7 @@ class RegistryProxy:
                 self.image, name=container_name(self.run_id), detach=True, network="bridge",
                 labels={**self.labels, LABEL_PROXY: "container"}, cap_drop=["ALL"], security_opt=["no-new-privileges"],
                 mem_limit="256m", pids_limit=256, hostname=ALIAS)
-            self._container.put_archive("/", _tar({
+            self._container.put_archive("/", tar_files({
                 f"{CONFIG_DIR.lstrip('/')}/tinyproxy.conf": tinyproxy_config().encode(),
                 f"{CONFIG_DIR.lstrip('/')}/filter": rules.encode()}))
             self._container.start()

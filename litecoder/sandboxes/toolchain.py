@@ -10,17 +10,16 @@ a changed one rebuilt. The exact versions installed go into a manifest next to t
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import re
-import tarfile
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from ..errors import SandboxError
 from ..paths import litecoder_home
 from .base import shell_quote
+from .images import build_from_files
 from .names import tag_safe
 
 log = logging.getLogger(__name__)
@@ -36,7 +35,6 @@ FAILED_PACKAGE = [
     re.compile(r"No matching distribution found for (?P<package>\S+)"),
     re.compile(r"404 Not Found - GET \S*/(?P<package>[^/\s]+)\s"),
 ]
-ANSI = re.compile(r"\x1b\[[0-9;]*m")
 #: what a container of the image reports about its packages (no network needed)
 MANIFEST_SCRIPT = r"""
 set -e
@@ -88,17 +86,10 @@ def dockerfile(base: str, toolchain: Any) -> str:
     return "\n".join(lines) + "\n"
 
 
-def build_context(base: str, toolchain: Any) -> bytes:
-    """The build context as a tar: the Dockerfile and the host's CA bundle."""
-    files = {"Dockerfile": dockerfile(base, toolchain).encode()}
-    files["ca-certificates.crt"] = HOST_CA_BUNDLE.read_bytes() if HOST_CA_BUNDLE.is_file() else b""
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as tar:
-        for name, data in files.items():
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
+def context_files(base: str, toolchain: Any) -> dict[str, bytes]:
+    """The build context: the Dockerfile and the host's CA bundle."""
+    ca = HOST_CA_BUNDLE.read_bytes() if HOST_CA_BUNDLE.is_file() else b""
+    return {"Dockerfile": dockerfile(base, toolchain).encode(), "ca-certificates.crt": ca}
 
 
 def failed_package(output: str) -> str | None:
@@ -156,29 +147,13 @@ def build_toolchain_image(client: Any, image: str, base: str, toolchain: Any, ti
                           nocache: bool = False) -> None:
     """Build ``image`` with the build's network (the registries); ``nocache`` skips the layer cache."""
     log.info("building %s (%s)", image, ", ".join(f"{k}: {len(v)}" for k, v in packages(toolchain).items()))
-    stream = client.api.build(fileobj=io.BytesIO(build_context(base, toolchain)), custom_context=True, tag=image,
-                              rm=True, forcerm=True, decode=True, network_mode="bridge", timeout=int(timeout), nocache=nocache,
-                              labels={"litecoder.toolchain": image})
-    output = _follow(stream, image)
+    output = build_from_files(client, image, context_files(base, toolchain), labels={"litecoder.toolchain": image},
+                              timeout=timeout, nocache=nocache)
     if output is not None:
         package = failed_package(output)
         reason = output.strip().splitlines()[-1][:300] if output.strip() else "no output"
         what = f"package {package} could not be installed" if package else f"the build failed: {reason}"
         raise SandboxError(f"toolchain image {image}: {what}; check the name and version in domain.toolchain")
-
-
-def _follow(stream: Iterable[dict], image: str) -> str | None:
-    """Log the build's steps and installs as they come; the whole output if the build failed."""
-    lines: list[str] = []
-    for chunk in stream:
-        lines.append(chunk.get("stream") or "")
-        text = ANSI.sub("", lines[-1])
-        for line in text.splitlines():
-            if line.startswith("Step ") or line.startswith(("Setting up ", "Successfully installed")):
-                log.info("%s: %s", image, line.strip()[:200])
-        if "error" in chunk or "errorDetail" in chunk:
-            return ANSI.sub("", "".join(lines)) + "\n" + str(chunk.get("error") or chunk.get("errorDetail"))
-    return None
 
 
 def write_manifest(client: Any, image: str, about: dict) -> Path:

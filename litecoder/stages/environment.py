@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import jinja2
-import polars as pl
 from omegaconf import OmegaConf
 
 from .. import hookimpl
