@@ -147,27 +147,11 @@ class EnvironmentConfig:
     """Environment preparation: an agent builds each accepted task's starting state."""
 
     name: str = MISSING
-    #: Jinja template of the agent's system message; sees ``max_steps`` and ``command_timeout``
-    system_prompt: str = MISSING
-    #: Jinja template of the first user message; sees ``task``
-    instruction: str = MISSING
-    #: agent turns per task
-    max_steps: int = 20
-    #: seconds per command
-    command_timeout: float = 60.0
-    #: seconds per task, all turns together
-    max_wall_time: float = 900.0
-    #: terminal output sent back per turn (head and tail kept)
-    max_observation_bytes: int = 8_000
-    #: commands per turn
-    max_commands_per_step: int = 10
+    #: the agent that prepares each task (``environment/agent=...``; default ``preparer``)
+    #: with its limits and texts; it must hand over a ``verifier``
+    agent: Any = MISSING
     #: seconds for the verifier's check of the prepared state
     verifier_timeout: float = 120.0
-    temperature: float = 0.2
-    max_tokens: int = 2048
-    #: ``auto``: JSON-schema constrained decoding where the backend has it; ``off``
-    structured_output: str = "auto"
-    max_reply_chars: int = 40_000
     #: what the agent's container reaches: ``registries`` (Debian's and PyPI's, through an
     #: allowlist proxy; what it installs is recorded), ``none`` or ``full``. The check of the
     #: prepared state has no network.

@@ -12,6 +12,7 @@ backend's diagnosis (a dead server ends a run in seconds, not after every retry)
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Iterable
@@ -63,19 +64,20 @@ async def run_items(run: Any, stage: str, items: Iterable[Any], work: Callable[[
     """Run ``work(item, client)`` over ``items`` with at most ``limit`` at once; returns why
     dispatching stopped early (a budget, a target), if it did. ``total`` sizes the progress."""
     backend, config, client = run.backend(stage), run.backend_config(stage), run.client(stage)
-    bar = Progress(run, label, total, unit)
+    bar = Progress(run, label, total, unit, concurrency=limit)
     errors: list[str] = []
     count = 0
 
     async def one(item: Any) -> bool:
         nonlocal count
         count += 1
+        started = time.monotonic()
         done = await work(item, client)
         if done.usage is not None:
             done.usage["cost_usd"] = request_cost(config, done.usage["prompt_tokens"], done.usage["completion_tokens"])
             run.budget.add(done.usage)
         run.store.put(stage, done.entries)
-        bar.update(done.progress, **(done.tally or _outcomes(done.entries)))
+        bar.update(done.progress, seconds=time.monotonic() - started, **(done.tally or _outcomes(done.entries)))
         if done.request_error is not None:
             errors.append(done.request_error)
         return done.request_error is None

@@ -143,7 +143,7 @@ def test_a_merge_conflict_is_prepared_committed_and_verified_as_unsolved(compose
     ],
 )
 def test_every_item_ends_in_a_recorded_state(compose_cfg, tmp_path, model_dir, name, script, status, reason):
-    frame, _ = run_environment(compose_cfg, tmp_path, script, "environment.max_steps=3")
+    frame, _ = run_environment(compose_cfg, tmp_path, script, "environment.agent.max_turns=3")
     row = frame.row(0, named=True)
     assert row["status"] == status
     if reason:
@@ -155,7 +155,7 @@ def test_every_item_ends_in_a_recorded_state(compose_cfg, tmp_path, model_dir, n
 def test_a_hostile_agent_is_contained(compose_cfg, tmp_path, model_dir):
     hostile = ["bomb() { bomb | bomb; }; bomb", "while true; do :; done", "dd if=/dev/zero of=/big bs=1M count=100000"]
     frame, model = run_environment(compose_cfg, tmp_path, lambda turn: step(hostile) if turn == 0 else step(give_up=True),
-                                   "environment.command_timeout=5", "sandbox.max_file_bytes=67108864", "sandbox.pids_limit=128")
+                                   "environment.agent.command_timeout=5", "sandbox.max_file_bytes=67108864", "sandbox.pids_limit=128")
     row = frame.row(0, named=True)
     assert row["status"] == "failed" and [c["timed_out"] for c in row["commands"]] == [True, True, False]
     seen = model.environment_requests[1]["messages"][-1]["content"]
@@ -228,7 +228,7 @@ def test_preparing_a_task_again_replaces_its_image(compose_cfg, tmp_path, model_
     """A changed environment config redoes the task: the new image takes the tag, the old one goes."""
     try:
         old = run_environment(compose_cfg, tmp_path, no_setup)[0].row(0, named=True)
-        new = run_environment(compose_cfg, tmp_path, no_setup, "environment.max_steps=4")[0].row(0, named=True)
+        new = run_environment(compose_cfg, tmp_path, no_setup, "environment.agent.max_turns=4")[0].row(0, named=True)
         assert new["status"] == old["status"] == "ready"
         assert new["image"] == old["image"] and new["image_id"] != old["image_id"]
         assert run_images(tmp_path) == [new["image_id"]]  # the old image is gone, not dangling

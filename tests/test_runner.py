@@ -117,3 +117,39 @@ def test_the_judges_work_for_one_task_retries_a_reply_that_does_not_fit(tmp_path
     assert done.entries[0][1:3] == (FAILED, "unparsed") and "no valid judgment after 2 attempts" in done.entries[0][3]
     done = asyncio.run(JudgeStage().judge_one(request, task, Client([RequestError("HTTP 503: down")])))
     assert done.entries[0][1:3] == (FAILED, "error") and done.request_error == "HTTP 503: down"
+
+
+def test_the_time_left_holds_steady_when_a_batch_of_concurrent_items_ends_together(tmp_path, monkeypatch):
+    """Eight items run at once and take 60 s each; the finishing rate leaps when they end
+    together, the time left does not."""
+    from litecoder import progress
+
+    clock = [0.0]
+    monkeypatch.setattr(progress.time, "monotonic", lambda: clock[0])
+    bar = progress.Progress(FakeRun(tmp_path), "test", 80, "item", concurrency=8)
+    clock[0] = 60.0
+    bar.update(1, seconds=60.0)
+    first = bar.eta_seconds()
+    for _ in range(7):
+        bar.update(1, seconds=60.0)
+    assert first == pytest.approx(79 * 60 / 8) and bar.eta_seconds() == pytest.approx(72 * 60 / 8)
+    assert "eta 9m00s" in bar.line()
+    rate_based = progress.Progress(FakeRun(tmp_path / "r"), "test", 80, "item")
+    clock[0] = 120.0
+    rate_based.update(8)
+    assert rate_based.eta_seconds() == pytest.approx(60 / 8 * 72)  # no item times: the rate over 60 s
+
+
+def test_a_resumed_stage_runs_only_what_is_not_finished(tmp_path):
+    from litecoder.runner import open_items
+
+    fake = FakeRun(tmp_path)
+    fake.cfg = OmegaConf.create({"run": {"progress": False, "progress_interval": 30.0, "retry_failed": True}})
+    stage = SimpleNamespace(name="stage", identity=lambda cfg, backend: {"v": 1})
+    fake.backend_config = lambda name: None
+    assert open_items(fake, stage, {"0", "1", "2", "3"}) == set()
+    run(fake, [0, 1, 2, 3], work(fail={2}))
+    finished = open_items(fake, stage, {"0", "1", "2", "3"})
+    assert finished == {"0", "1", "3"}  # the failure is tried again
+    stage.identity = lambda cfg, backend: {"v": 2}
+    assert open_items(fake, stage, {"0", "1", "2", "3"}) == set()  # another identity: all stale, redone

@@ -94,7 +94,7 @@ def run_case(compose_cfg, run_dir, case):
     with StubServer(model) as server:
         cfg = compose_cfg("stage=all", f"domain={case['domain']}", f"backend.url={server.url}", "sample.num_tasks=1",
                           "sample.n=1", "backend.retry_initial_wait=0.01", "export.formats=[harbor]",
-                          "export.harbor.check_solution=false", "environment.command_timeout=300")
+                          "export.harbor.check_solution=false", "environment.agent.command_timeout=300")
         summaries = execute(cfg, run_dir)
     assert leftovers(run_id(run_dir)) == []
     return summaries, model
@@ -166,7 +166,7 @@ def test_a_teacher_without_network_cannot_install_and_its_verifier_runs_offline(
         with StubServer(model) as server:
             cfg = compose_cfg("stage=[sample,judge,environment,trajectory]", "domain=build_tools",
                               f"backend.url={server.url}", "sample.num_tasks=1", "sample.n=1",
-                              f"trajectory.network={network}", "environment.command_timeout=300")
+                              f"trajectory.network={network}", "environment.agent.command_timeout=300")
             execute(cfg, run_dir)
         env = pl.read_parquet(run_dir / "environments.parquet").row(0, named=True)
         subprocess.run(["docker", "rmi", "-f", env["image"]], capture_output=True)

@@ -190,8 +190,8 @@ def test_the_whole_chain_on_the_real_server_records_every_item_and_leaves_no_con
     # Long enough samples that some are not cut off (cut-off tasks are rejected unjudged).
     result = cli("stage=all", "run.name=chain", f"backend.url={vllm_url}", "domain=version_control",
                  "sample.num_tasks=3", "sample.n=1", "sample.max_tokens=256", "judge.max_tokens=400",
-                 "judge.rationale_max_chars=60", *lenient_judge, "environment.max_steps=2",
-                 "environment.command_timeout=10", "environment.max_tokens=200", "agent.max_turns=2",
+                 "judge.rationale_max_chars=60", *lenient_judge, "environment.agent.max_turns=2",
+                 "environment.agent.command_timeout=10", "environment.agent.max_tokens=200", "agent.max_turns=2",
                  "agent.max_tokens=300", "agent.max_command_duration=5", timeout=1800)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Traceback" not in result.stderr and "litecoder: export:" in result.stderr

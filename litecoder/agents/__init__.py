@@ -1,5 +1,5 @@
-"""Terminal agents: the loops that turn model replies into keystrokes."""
+"""Agents: the teacher (``terminus``) and the environment preparer (``preparer``), on one loop."""
 
 from __future__ import annotations
 
-from .terminus import litecoder_register_agents  # noqa: F401  (the built-in plugin's hooks)
+

@@ -1,9 +1,10 @@
 """What an agent loop produces and what it acts on.
 
-An agent turns model replies into keystrokes on a ``Terminal`` and records every turn in an
+An agent turns model replies into commands on a ``Terminal`` and records every turn in an
 ``Episode``. The stage around it owns the container, the verifier and the files; the agent
 only talks to the model and the terminal, so another agent (a different reply format, tool
-calls) plugs in through ``litecoder_register_agents`` without touching the stage.
+calls) plugs in through ``litecoder_register_agents`` without touching the stage. The loop
+they share is ``agents/loop.py``.
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ MALFORMED = "malformed"
 REQUEST_ERROR = "request_error"
 #: the agent ended its own terminal (``tmux kill-server``); the verifier still runs
 TERMINAL_CLOSED = "terminal_closed"
-STOP_REASONS = (COMPLETED, MAX_TURNS, WALL_TIME, CONTEXT, LOOPING, MALFORMED, REQUEST_ERROR, TERMINAL_CLOSED)
+#: the agent said the task cannot be done here
+GAVE_UP = "gave_up"
+STOP_REASONS = (COMPLETED, MAX_TURNS, WALL_TIME, CONTEXT, LOOPING, MALFORMED, REQUEST_ERROR, TERMINAL_CLOSED, GAVE_UP)
 
 
 class Terminal(Protocol):
@@ -84,6 +87,8 @@ class Episode:
     #: free-text detail on the stop (the request error, the loop that was seen)
     detail: Optional[str] = None
     wall_s: float = 0.0
+    #: what the agent hands over besides its work (the preparer's ``verifier``)
+    result: dict = field(default_factory=dict)
 
     @property
     def malformed_turns(self) -> int:

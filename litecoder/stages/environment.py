@@ -1,8 +1,7 @@
 """Environment preparation: an agent builds each accepted task's starting state in Docker.
 
-The agent acts in turns (a JSON reply with commands, validated against a schema; the
-commands' output comes back) until it declares the state ready and hands over a verifier
-script. The container is then committed as the task's image. The verifier is kept outside
+The agent (``environment.agent``, by default the ``preparer``) acts in turns until it
+declares the state ready and hands over a verifier script. The container is then committed as the task's image. The verifier is kept outside
 that image and run once, in a fresh container from it: it must report "not solved" on the
 prepared state, or the task is trivial (or the verifier wrong) and is rejected.
 """
@@ -12,20 +11,22 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import jinja2
 from omegaconf import OmegaConf
 
 from .. import hookimpl
-from ..errors import ConfigError, RequestError
-from ..replies import ReplyError, parse_reply
+from ..agents.base import COMPLETED, GAVE_UP, MAX_TURNS, REQUEST_ERROR, WALL_TIME
+from ..agents.loop import bind_chat, chat_params
+from ..errors import ConfigError
 from ..records import READY, REJECTED, Environment, backend_identity, polars_schema
 from ..runner import Done, open_items, run_items
 from ..sandboxes import packages
 from ..sandboxes.base import check_network, clip, item_failure, run_verifier
+from ..sandboxes.terminals import open_terminal
 from ..sandboxes.names import LABEL_RUN_DIR, image_tag, run_id
 from ..store import DONE, FAILED
 from ..tables import records_frame, write_parquet_atomic
@@ -35,24 +36,23 @@ log = logging.getLogger(__name__)
 ENVIRONMENTS_FILE = "environments.parquet"
 IMAGE_REPOSITORY = "litecoder-env"
 
-REPLY_SCHEMA = {
-    "type": "object",
-    "properties": {
-        "analysis": {"type": "string", "maxLength": 2000},
-        "commands": {"type": "array", "items": {"type": "string", "maxLength": 8000}, "maxItems": 20},
-        "verifier": {"type": "string", "maxLength": 12000},
-        "ready": {"type": "boolean"},
-        "give_up": {"type": "boolean"},
-    },
-    "required": ["analysis", "commands", "verifier", "ready", "give_up"],
-    "additionalProperties": False,
-}
-
 SCHEMA = polars_schema(Environment)
 
 #: paths every container changes by itself (the shell's history, litecoder's own files, the
 #: init binary the engine puts in with ``init=True``); not part of "what the agent created"
 NOISE = ("/root/.bash_history", "/tmp/.litecoder", "/usr/sbin/docker-init", "/sbin/docker-init")
+
+
+def unprepared_reason(episode: Any, agent: Any) -> str:
+    """Why an episode left no prepared state, in the words of the environment record."""
+    steps, detail = len(episode.turns), episode.detail or ""
+    return {
+        GAVE_UP: f"the agent gave up: {detail}",
+        MAX_TURNS: f"step limit of {agent.config.max_turns} reached before the agent declared the state ready",
+        WALL_TIME: f"wall-time limit of {agent.config.max_wall_time:.0f}s reached after {steps} steps",
+        REQUEST_ERROR: f"request failed: {detail}",
+        COMPLETED: f"agent {agent.name!r} finished without a verifier",
+    }.get(episode.stop_reason, f"the agent stopped ({episode.stop_reason}): {detail}")
 
 
 class ItemFailed(Exception):
@@ -79,6 +79,7 @@ class EnvironmentStage:
         if not store.stage_started("judge"):
             raise ConfigError(f"no judged tasks in {run.dir}; run stage=[sample,judge] first")
         check_network(cfg.environment.network, "environment.network")
+        self.agent(run)  # a wrong agent name fails before any work
         accepted = [i.record for i in store.items("judge", DONE) if i.outcome == "accepted"]
         finished = open_items(run, self, {t["task_id"] for t in accepted})
         todo = [t for t in accepted if t["task_id"] not in finished]
@@ -96,9 +97,11 @@ class EnvironmentStage:
 
     async def _prepare_all(self, run: Any, sandbox: Any, tasks: list[dict]) -> None:
         backend = run.backend(self.name)
+        agent = self.agent(run)
+        params = chat_params(agent, backend)
 
         async def one(task: dict, client: Any) -> Done:
-            record = await self._prepare(run, sandbox, backend, client, task)
+            record = await self.prepare(run, sandbox, agent, bind_chat(client, agent, params), task)
             state = DONE if record["status"] in (READY, REJECTED) else FAILED
             return Done([(task["task_id"], state, record["status"], record["reason"], record)], record["usage"],
                         record.pop("request_error", None))
@@ -107,27 +110,22 @@ class EnvironmentStage:
                         limit=int(run.cfg.sandbox.max_containers), table=run.path(ENVIRONMENTS_FILE))
 
     @staticmethod
-    def _conversation(env: Any, backend: Any, task: dict) -> tuple[list[dict], dict]:
-        """The agent's first messages and the request parameters."""
-        render = jinja2.Environment(undefined=jinja2.StrictUndefined)
-        system = render.from_string(env.system_prompt).render(max_steps=env.max_steps, command_timeout=env.command_timeout,
-                                                              network=env.network)
-        messages = [{"role": "system", "content": system},
-                    {"role": "user", "content": render.from_string(env.instruction).render(task=task["text"])}]
-        params: dict[str, Any] = {"temperature": env.temperature, "max_tokens": env.max_tokens}
-        if env.structured_output == "auto" and backend.supports_structured_output:
-            params["response_format"] = {"type": "json_schema", "json_schema": {"name": "environment_step", "schema": REPLY_SCHEMA}}
-        return messages, params
+    def agent(run: Any) -> Any:
+        """The configured agent (``environment.agent``)."""
+        config = run.cfg.environment.agent
+        if not OmegaConf.is_config(config) or "type" not in config:
+            raise ConfigError(f"environment.agent must be an agent's config, got {config!r}; "
+                              "choose another agent with agent@environment.agent=NAME")
+        return run.plugins.registry("agent").get(config.type)(config)
 
-    async def _prepare(self, run: Any, sandbox: Any, backend: Any, client: Any, task: dict) -> dict:
-        """Prepare one task's environment: the agent's turns in a container, the commit, the
-        check of the prepared state; returns its record (``request_error`` when a model
+    async def prepare(self, run: Any, sandbox: Any, agent: Any, chat: Any, task: dict) -> dict:
+        """Prepare one task's environment: the agent's episode in a container, the commit,
+        the check of the prepared state; returns its record (``request_error`` when a model
         request failed)."""
         env = run.cfg.environment
-        messages, params = self._conversation(env, backend, task)
         record: dict[str, Any] = {
             "task_id": task["task_id"], "text": task["text"], "status": FAILED, "reason": None, "commands": [],
-            "changed_paths": [], "steps": 0, "model": backend.describe().get("model") or "",
+            "changed_paths": [], "steps": 0, "model": run.backend(self.name).describe().get("model") or "",
             "usage": {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0},
         }
         started = time.monotonic()
@@ -139,26 +137,11 @@ class EnvironmentStage:
             before = self._baselines.get(record["base_image"])
             if before is None:  # every container of the run starts from the same image
                 before = self._baselines[record["base_image"]] = await asyncio.to_thread(packages.snapshot, session)
-            verifier = await self._converse(run, client, session, messages, params, record, started)
-            record["verifier"] = verifier
-            owned = await asyncio.to_thread(self._record_installs, session, before, record)
-            record["image"], record["image_id"] = await self._commit(run, sandbox, session, task["task_id"])
-            changes = await asyncio.to_thread(session.changes)
-            changes = packages.without_package_files([c for c in changes or [] if not c.path.startswith(NOISE)], owned)
-            record["changed_paths"] = sorted(c.path for c in changes)
-            # the Harbor export rebuilds the state from these
-            record["added_paths"] = sorted(c.path for c in changes if c.kind == "added")
-            record["deleted_paths"] = sorted(c.path for c in changes if c.kind == "deleted")
+            verifier = await self._converse(run, agent, chat, session, task, record)
+            await self._capture(run, sandbox, session, task, record, before, verifier)
             await asyncio.to_thread(session.remove)
             session = None
-            exit_code, output = await asyncio.to_thread(self._verify_prepared, sandbox, record["image_id"], task["task_id"], verifier, env)
-            record["verifier_exit_code"], record["verifier_output"] = exit_code, output
-            self._save_verifier(run, task["task_id"], verifier)
-            if exit_code == 0:
-                record["status"], record["reason"] = REJECTED, "the verifier reports the task solved on the prepared state"
-                await asyncio.to_thread(sandbox.remove_image, record["image_id"])
-            else:
-                record["status"] = READY
+            await self._check(run, sandbox, task, record)
         except ItemFailed as exc:
             record["reason"] = str(exc)
         except Exception as exc:  # noqa: BLE001 - sandbox and Docker errors end the item, not the run
@@ -168,11 +151,53 @@ class EnvironmentStage:
         finally:
             if session is not None:
                 await asyncio.to_thread(session.remove)
-        usage = record["usage"]
-        record["prompt_tokens"], record["completion_tokens"] = usage["prompt_tokens"], usage["completion_tokens"]
+        record["prompt_tokens"], record["completion_tokens"] = record["usage"]["prompt_tokens"], record["usage"]["completion_tokens"]
         record["wall_s"] = round(time.monotonic() - started, 2)
         record["prepared_at"] = datetime.now(timezone.utc).isoformat()
         return record
+
+    async def _capture(self, run: Any, sandbox: Any, session: Any, task: dict, record: dict, before: dict,
+                       verifier: str) -> None:
+        """Commit the prepared container and record its changes and installs."""
+        record["verifier"] = verifier
+        owned = await asyncio.to_thread(self._record_installs, session, before, record)
+        record["image"], record["image_id"] = await self._commit(run, sandbox, session, task["task_id"])
+        changes = await asyncio.to_thread(session.changes)
+        changes = packages.without_package_files([c for c in changes or [] if not c.path.startswith(NOISE)], owned)
+        record["changed_paths"] = sorted(c.path for c in changes)
+        # the Harbor export rebuilds the state from these
+        record["added_paths"] = sorted(c.path for c in changes if c.kind == "added")
+        record["deleted_paths"] = sorted(c.path for c in changes if c.kind == "deleted")
+
+    async def _check(self, run: Any, sandbox: Any, task: dict, record: dict) -> None:
+        """The verifier must report the prepared state unsolved, or the task is rejected."""
+        verifier = record["verifier"]
+        exit_code, output = await asyncio.to_thread(self._verify_prepared, sandbox, record["image_id"], task["task_id"],
+                                                    verifier, run.cfg.environment)
+        record["verifier_exit_code"], record["verifier_output"] = exit_code, output
+        self._save_verifier(run, task["task_id"], verifier)
+        if exit_code == 0:
+            record["status"], record["reason"] = REJECTED, "the verifier reports the task solved on the prepared state"
+            await asyncio.to_thread(sandbox.remove_image, record["image_id"])
+        else:
+            record["status"] = READY
+
+    async def _converse(self, run: Any, agent: Any, chat: Any, session: Any, task: dict, record: dict) -> str:
+        """The agent's episode; returns its verifier or raises ``ItemFailed`` with why not."""
+        terminal = open_terminal(agent, session)
+        context_limit = getattr(run.backend(self.name).config, "max_model_len", None)
+        episode = await agent.run(task["text"], terminal, chat, context_limit=context_limit,
+                                  network=str(run.cfg.environment.network))
+        turns = episode.turns
+        record["steps"] = len(turns) + (episode.stop_reason == REQUEST_ERROR)
+        record["commands"] = [asdict(r) for r in getattr(terminal, "runs", [])]
+        record["usage"] = {"requests": len(turns), "prompt_tokens": sum(t.prompt_tokens or 0 for t in turns),
+                           "completion_tokens": sum(t.completion_tokens or 0 for t in turns)}
+        if episode.stop_reason == COMPLETED and episode.result.get("verifier", "").strip():
+            return episode.result["verifier"]
+        if episode.stop_reason == REQUEST_ERROR:
+            record["request_error"] = episode.detail
+        raise ItemFailed(unprepared_reason(episode, agent))
 
     @staticmethod
     def _record_installs(session: Any, before: dict, record: dict) -> set[str]:
@@ -195,46 +220,6 @@ class EnvironmentStage:
             log.warning("could not remove %s, which task %s replaces: %s", image, task_id, exc)
         labels = {"litecoder.task": task_id, LABEL_RUN_DIR: str(Path(run.dir).resolve())}
         return image, await asyncio.to_thread(session.snapshot, IMAGE_REPOSITORY, tag, labels)
-
-    async def _converse(self, run, client, session, messages, params, record, started) -> str:
-        """Turns until the agent is ready; returns the verifier or raises ``ItemFailed``."""
-        env = run.cfg.environment
-        for step in range(1, int(env.max_steps) + 1):
-            if time.monotonic() - started > env.max_wall_time:
-                raise ItemFailed(f"wall-time limit of {env.max_wall_time:.0f}s reached after {step - 1} steps")
-            record["steps"] = step
-            try:
-                result = await client.chat(messages, n=1, **params)
-            except RequestError as exc:
-                record["request_error"] = str(exc)
-                raise ItemFailed(f"request failed: {exc}") from exc
-            usage = record["usage"]
-            usage["requests"] += 1
-            usage["prompt_tokens"] += result.prompt_tokens or 0
-            usage["completion_tokens"] += result.completion_tokens or 0
-            text = result.choices[0].text if result.choices else ""
-            messages.append({"role": "assistant", "content": text})
-            try:
-                reply = parse_reply(text, REPLY_SCHEMA, max_chars=int(env.max_reply_chars))
-            except ReplyError as exc:
-                messages.append({"role": "user", "content": f"Your reply was not usable: {exc}. Reply with one JSON object as described."})
-                continue
-            if reply["give_up"]:
-                raise ItemFailed(f"the agent gave up: {reply['analysis'][:300]}")
-            observations = []
-            for command in reply["commands"][: int(env.max_commands_per_step)]:
-                outcome = await asyncio.to_thread(session.exec, command, timeout=float(env.command_timeout))
-                record["commands"].append({"command": command, "exit_code": outcome.exit_code,
-                                           "timed_out": outcome.timed_out, "duration_s": round(outcome.duration_s, 2)})
-                observations.append(f"$ {command}\n{outcome.output}\n[exit code {outcome.exit_code}]")
-            if reply["ready"]:
-                if not reply["verifier"].strip():
-                    messages.append({"role": "user", "content": "You are ready but gave no verifier. Reply again with the verifier script."})
-                    continue
-                return reply["verifier"]
-            observation, _ = clip("\n\n".join(observations) or "(no commands)", int(env.max_observation_bytes))
-            messages.append({"role": "user", "content": observation})
-        raise ItemFailed(f"step limit of {env.max_steps} reached before the agent declared the state ready")
 
     @staticmethod
     def _verify_prepared(sandbox: Any, image_id: str, task_id: str, verifier: str, env: Any) -> tuple[int | None, str]:

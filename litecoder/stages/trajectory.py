@@ -23,12 +23,13 @@ from omegaconf import OmegaConf
 
 from .. import atif, hookimpl
 from ..agents.base import LOOPING, REQUEST_ERROR, Episode, repeats
+from ..agents.loop import bind_chat, chat_params
 from ..budget import request_cost
 from ..records import READY, Rollout, TaskPassRate, backend_identity, polars_schema
 from ..runner import Done, open_items, run_items
 from ..errors import ConfigError
 from ..sandboxes.base import check_network, item_failure, run_verifier
-from ..sandboxes.tmux import TmuxTerminal
+from ..sandboxes.terminals import open_terminal
 from ..store import DONE, FAILED
 from ..tables import records_frame, write_parquet_atomic, write_text_atomic
 
@@ -143,16 +144,11 @@ class TrajectoryStage:
         cfg = run.cfg
         backend = run.backend(self.name)
         agent = run.plugins.registry("agent").get(cfg.agent.type)(cfg.agent)
-        params: dict[str, Any] = {"temperature": cfg.agent.get("temperature")}
-        schema = getattr(agent, "reply_schema", None)
-        if schema and cfg.agent.get("structured_output", "auto") == "auto" and backend.supports_structured_output:
-            params["response_format"] = {"type": "json_schema", "json_schema": {"name": "terminal_turn", "schema": schema}}
+        params = chat_params(agent, backend)
         context_limit = getattr(backend.config, "max_model_len", None)
 
         async def one(job: tuple[dict, int], client: Any) -> Done:
-            async def chat(messages: list[dict], max_tokens: int | None = None) -> Any:
-                return await client.chat(messages, n=1, max_tokens=max_tokens or cfg.agent.get("max_tokens"), **params)
-
+            chat = bind_chat(client, agent, params)
             record = await self._rollout(run, sandbox, agent, chat, context_limit, *job)
             state = FAILED if record["status"] == FAILED else DONE
             failed = (record["stop_detail"] or "request failed") if record["stop_reason"] == REQUEST_ERROR else None
@@ -178,10 +174,7 @@ class TrajectoryStage:
             session = await asyncio.to_thread(sandbox.open, rollout_id, image=env.get("image_id") or env["image"],
                                               network=str(cfg.trajectory.network))
             record["host"] = getattr(session, "host", None)  # plugins' sandboxes may not say
-            terminal = TmuxTerminal(session, width=int(cfg.agent.get("terminal_width", 160)),
-                                    height=int(cfg.agent.get("terminal_height", 40)),
-                                    output_bytes=int(cfg.agent.get("output_bytes", 10_000)))
-            episode = await agent.run(env["text"], terminal, chat, context_limit=context_limit)
+            episode = await agent.run(env["text"], open_terminal(agent, session), chat, context_limit=context_limit)
             if episode.stop_reason == REQUEST_ERROR:
                 record["reason"] = f"request failed: {episode.detail}"
             else:

@@ -1,0 +1,50 @@
+"""The terminals an agent can act on, chosen by what the agent declares (``agent.terminal``).
+
+``tmux``: keystrokes into a pane, the screen read back (``TmuxTerminal``). ``exec``: each
+command run to its end in a fresh shell, its output and exit code read back
+(``CommandTerminal``); what it ran is recorded in ``runs``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from ..errors import ConfigError
+from ..records import CommandRun
+from .tmux import TmuxTerminal
+
+
+class CommandTerminal:
+    """Runs each sent text as one bash command with a time limit (``session.exec``)."""
+
+    def __init__(self, session: Any, *, timeout: float) -> None:
+        self.session = session
+        self.timeout = timeout
+        #: every command run, in order
+        self.runs: list[CommandRun] = []
+        self._pending: list[str] = []
+
+    async def start(self) -> str:
+        return ""
+
+    async def send(self, command: str) -> None:
+        outcome = await asyncio.to_thread(self.session.exec, command, timeout=self.timeout)
+        self.runs.append(CommandRun(command, outcome.exit_code, outcome.timed_out, round(outcome.duration_s, 2)))
+        self._pending.append(f"$ {command}\n{outcome.output}\n[exit code {outcome.exit_code}]")
+
+    async def read_new(self) -> str:
+        text, self._pending = "\n\n".join(self._pending) or "(no commands)", []
+        return text
+
+
+def open_terminal(agent: Any, session: Any) -> Any:
+    """The terminal ``agent`` declares, on ``session``, sized by the agent's config."""
+    config = agent.config
+    if agent.terminal == "tmux":
+        return TmuxTerminal(session, width=int(config.get("terminal_width", 160)),
+                            height=int(config.get("terminal_height", 40)),
+                            output_bytes=int(config.get("output_bytes", 10_000)))
+    if agent.terminal == "exec":
+        return CommandTerminal(session, timeout=float(config.get("command_timeout", 60.0)))
+    raise ConfigError(f"agent {agent.name!r} asks for terminal {agent.terminal!r}; litecoder has 'tmux' and 'exec'")

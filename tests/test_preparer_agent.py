@@ -1,0 +1,85 @@
+"""The environment preparer on the shared turn loop, against a scripted model and a fake
+session (deterministic units); the real container is in test_environment_stage.py."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from litecoder.agents import base
+from litecoder.agents.preparer import PreparerAgent
+from litecoder.backends.base import Choice, Completion
+from litecoder.errors import RequestError
+from litecoder.sandboxes.base import ExecResult
+from litecoder.sandboxes.terminals import CommandTerminal, open_terminal
+from litecoder.stages.environment import unprepared_reason
+
+
+class FakeSession:
+    """Runs nothing; answers each command with its text and exit code 0 (``false``: 1)."""
+
+    def __init__(self):
+        self.commands = []
+
+    def exec(self, command, *, timeout, max_output_bytes=None):
+        self.commands.append((command, timeout))
+        return ExecResult(1 if command == "false" else 0, f"ran {command}", 0, False, 0.01)
+
+
+def step(commands=(), *, ready=False, verifier="", give_up=False, analysis="working"):
+    return json.dumps({"analysis": analysis, "commands": list(commands), "verifier": verifier, "ready": ready,
+                       "give_up": give_up})
+
+
+def play(compose_cfg, replies, *overrides):
+    config = compose_cfg(*overrides).environment.agent
+    agent = PreparerAgent(config)
+    requests = []
+
+    async def chat(messages, max_tokens=None):
+        requests.append([dict(m) for m in messages])
+        reply = replies.pop(0) if replies else step(["echo again"])
+        if isinstance(reply, Exception):
+            raise reply
+        return Completion([Choice(reply, "stop", 7)], "m", 50, 7, 0.01)
+
+    session = FakeSession()
+    terminal = open_terminal(agent, session)
+    episode = asyncio.run(agent.run("Make a repo.", terminal, chat, network="registries"))
+    return episode, agent, requests, terminal, session
+
+
+def test_the_preparer_runs_commands_with_exit_codes_and_hands_over_its_verifier(compose_cfg):
+    episode, agent, requests, terminal, session = play(
+        compose_cfg, [step(["mkdir /srv/repo", "false"]), step(["git init /srv/repo"], ready=True, verifier="test -d x")],
+        "environment.agent.command_timeout=7")
+    assert isinstance(terminal, CommandTerminal)
+    assert episode.stop_reason == base.COMPLETED and episode.result == {"verifier": "test -d x"}
+    assert [c for c, _ in session.commands] == ["mkdir /srv/repo", "false", "git init /srv/repo"]
+    assert {t for _, t in session.commands} == {7.0}
+    assert [(r.command, r.exit_code) for r in terminal.runs] == [("mkdir /srv/repo", 0), ("false", 1), ("git init /srv/repo", 0)]
+    first = requests[0]
+    assert first[0]["role"] == "system" and "package registries" in first[0]["content"]  # network=registries
+    assert "7.0 seconds" in first[0]["content"] and "Make a repo." in first[1]["content"]
+    assert "$ false\nran false\n[exit code 1]" in requests[1][-1]["content"]
+
+
+def test_a_ready_reply_without_a_verifier_is_asked_again(compose_cfg):
+    episode, *_ = play(compose_cfg, [step(ready=True), step(ready=True, verifier="exit 1")])
+    assert episode.stop_reason == base.COMPLETED and len(episode.turns) == 2
+    assert "gave no verifier" in episode.turns[0].observation
+
+
+def test_each_way_an_episode_ends_is_a_reason_in_the_record(compose_cfg):
+    cases = [
+        ([step(give_up=True, analysis="needs a GPU")], (), base.GAVE_UP, "the agent gave up: needs a GPU"),
+        (["{not json"] * 3, ("environment.agent.max_turns=3",), base.MAX_TURNS, "step limit of 3 reached"),
+        ([RequestError("HTTP 503: down")], (), base.REQUEST_ERROR, "request failed: HTTP 503: down"),
+        ([step(["ls"])] * 9, (), base.LOOPING, "the agent stopped (looping): the same commands 7 times"),
+    ]
+    for replies, overrides, stop, reason in cases:
+        episode, agent, *_ = play(compose_cfg, list(replies), *overrides)
+        assert episode.stop_reason == stop, (stop, episode.detail)
+        assert unprepared_reason(episode, agent).startswith(reason)
+    episode, *_ = play(compose_cfg, ["{not json"] * 3, "environment.agent.max_turns=3")
+    assert episode.malformed_turns == 3  # unusable replies cost a turn each, and no more
