@@ -22,17 +22,21 @@ class Register(Protocol):
 
     def __call__(self, name: str, value: Any, config: Any = None, *, replace: bool = False) -> None:
         """Register ``value`` (a factory, a ``DomainConfig``, a build function) as ``name``;
-        ``config`` is the schema dataclass of kinds that are config groups (backend, sandbox,
-        agent, executor), and an error for the others; ``replace=True`` replaces on purpose."""
+        ``config`` is the schema dataclass of the component's settings: the option of its group
+        for a backend, sandbox, agent or executor, the run config's node ``<name>`` for a
+        stage, ``export.<name>`` for an exporter; an error for domains and image builders.
+        ``replace=True`` replaces on purpose."""
 
 
 @hookspec
 def litecoder_register_stages(register: Register) -> None:
     """Register pipeline stages.
 
-    ``register(name, factory, *, replace=False)``; ``factory()`` returns an object with
-    ``run(run) -> dict`` (see ``litecoder.stages.base.Stage``). ``replace=True`` swaps out
-    a stage another plugin registered under the same name.
+    ``register(name, factory, config=SchemaDataclass, *, replace=False)``; ``factory()``
+    returns an object with ``run(run) -> dict`` (see ``litecoder.stages.base.Stage``). The
+    config dataclass (optional) becomes the run config's node ``<name>``, read as
+    ``run.cfg.<name>``. ``replace=True`` swaps out a stage another plugin registered under the
+    same name, and its schema with it.
     """
 
 
@@ -97,10 +101,10 @@ def litecoder_register_executors(register: Register) -> None:
 def litecoder_register_exporters(register: Register) -> None:
     """Register dataset exporters for the ``export`` stage.
 
-    ``register(name, factory, *, replace=False)``; ``factory()`` returns an object with
-    ``export(run) -> dict`` that writes under ``run.dir`` and returns counts for the summary.
+    ``register(name, factory, config=SchemaDataclass, *, replace=False)``; ``factory()``
+    returns an object with ``export(run) -> dict`` that writes under ``run.dir`` and returns counts for the summary.
     ``export.formats`` lists the names that run; ``litecoder.exporters.base.kept_rollouts``
-    gives the kept trajectories.
+    gives the kept trajectories. The config dataclass (optional) becomes ``export.<name>``.
     """
 
 

@@ -47,15 +47,16 @@ DEFAULT_PLUGINS = (
     "litecoder.executors.ray",
 )
 
-#: registry kind -> (hook name, config group that mirrors its configs)
+#: registry kind -> (hook name, config group that mirrors its configs). A stage's config is
+#: the run config's node of the stage's name, an exporter's the ``export`` node's of its name.
 KINDS = {
-    "stage": ("litecoder_register_stages", None),
+    "stage": ("litecoder_register_stages", "."),
     "backend": ("litecoder_register_backends", "backend"),
     "domain": ("litecoder_register_domains", "domain"),
     "sandbox": ("litecoder_register_sandboxes", "sandbox"),
     "image_builder": ("litecoder_register_image_builders", None),
     "agent": ("litecoder_register_agents", "agent"),
-    "exporter": ("litecoder_register_exporters", None),
+    "exporter": ("litecoder_register_exporters", "export."),
     "executor": ("litecoder_register_executors", "executor"),
 }
 
@@ -198,8 +199,9 @@ class Plugins:
         self._stored = []
         if not self._loaded:
             return
+        store.store(name="litecoder_schema", node=self._root_schema(), provider="litecoder")
         for kind, (_, group) in KINDS.items():
-            if group is None:
+            if group is None or group.endswith("."):
                 continue
             for entry in self.registries[kind].entries():
                 node = entry.config if kind != "domain" else entry.value
@@ -214,6 +216,22 @@ class Plugins:
                 name = f"{entry.name}_schema" if self._has_yaml(group, entry.name) else entry.name
                 store.store(group=group, name=name, node=node, provider=entry.plugin)
                 self._stored.append((group, name))
+
+    def _root_schema(self) -> type:
+        """The run config's schema with each registered stage's and exporter's node."""
+        from .config import root_schema
+
+        def nodes(kind: str) -> dict[str, type]:
+            found = {}
+            for entry in self.registries[kind].entries():
+                if entry.config is not None and not is_dataclass(entry.config):
+                    raise PluginError(f"{kind} {entry.name!r} from {entry.plugin!r}: config must be a dataclass, "
+                                      f"got {type(entry.config).__name__}")
+                if entry.config is not None:
+                    found[entry.name] = entry.config
+            return found
+
+        return root_schema(nodes("stage"), nodes("exporter"))
 
     def _has_yaml(self, group: str, name: str) -> bool:
         from .paths import core_conf_dir

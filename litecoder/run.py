@@ -148,7 +148,7 @@ def _run_stage(name: str, run: Run, plugins: Plugins) -> dict:
 
 def _rounds(run: Run, names: list[str], plugins: Plugins, summaries: dict) -> str:
     """Sample and judge in rounds until ``sample.target_accepted`` tasks are accepted."""
-    target = int(run.cfg.sample.target_accepted)
+    target = int(target_accepted(run.cfg))
     while True:
         summaries["sample"] = _run_stage("sample", run, plugins)
         summaries["judge"] = _run_stage("judge", run, plugins)
@@ -164,6 +164,11 @@ def _rounds(run: Run, names: list[str], plugins: Plugins, summaries: dict) -> st
         log.info("round %d: %d of %d accepted so far", run.rounds, accepted, target)
 
 
+def target_accepted(cfg: DictConfig) -> Any:
+    """``sample.target_accepted``, or None where the sample stage brings no such key."""
+    return OmegaConf.select(cfg, "sample.target_accepted", default=None)
+
+
 def execute(cfg: DictConfig, run_dir: Path, plugins: Plugins | None = None) -> dict[str, dict]:
     """Run the requested stages in order; returns each finished stage's summary.
 
@@ -173,7 +178,7 @@ def execute(cfg: DictConfig, run_dir: Path, plugins: Plugins | None = None) -> d
     plugins = plugins or get_plugins()
     try:
         names = stage_names(cfg.stage, plugins.registry("stage").names())
-        if cfg.sample.target_accepted is not None and not {"sample", "judge"} <= set(names):
+        if target_accepted(cfg) is not None and not {"sample", "judge"} <= set(names):
             raise ConfigError("sample.target_accepted needs both stages: stage=[sample,judge] (or stage=all)")
         run = Run(cfg, run_dir, plugins)
     except BaseException as exc:
@@ -201,7 +206,7 @@ def execute(cfg: DictConfig, run_dir: Path, plugins: Plugins | None = None) -> d
 
 def _run_stages(run: Run, names: list[str], plugins: Plugins, summaries: dict) -> None:
     remaining = list(names)
-    if run.cfg.sample.target_accepted is not None:
+    if target_accepted(run.cfg) is not None:
         _say(_rounds(run, names, plugins, summaries))
         remaining = [n for n in names if n not in ("sample", "judge")]
     for name in remaining:

@@ -141,13 +141,61 @@ def test_an_accidental_duplicate_stage_is_an_error_naming_both(plugins):
 
 
 def test_a_config_that_a_kind_does_not_take_is_an_error_not_ignored(plugins):
-    class StageWithConfig:
+    class BuilderWithConfig:
+        @hookimpl
+        def litecoder_register_image_builders(self, register):
+            register("counting", lambda cfg, client: "img", config=EchoBackendConfig)
+
+    with pytest.raises(PluginError, match="image_builder 'counting' with config=, which a image_builder does not take"):
+        plugins.register(BuilderWithConfig(), "builder-config-plugin")
+
+
+@dataclass
+class CountingConfig:
+    per_subtopic: int = 1
+
+
+@dataclass
+class RewardListConfig:
+    path: str = "rewards.json"
+
+
+class StageAndExporterWithSchemas:
+    @hookimpl
+    def litecoder_register_stages(self, register):
+        register("counting", CountingStage, config=CountingConfig)
+        register("sample", CountingStage, config=CountingConfig, replace=True)
+
+    @hookimpl
+    def litecoder_register_exporters(self, register):
+        register("rewards", object, config=RewardListConfig)
+
+
+def test_a_stage_and_an_exporter_bring_their_schemas(plugins, compose_cfg):
+    """A stage's config is the run config's node of its name; an exporter's is export.<name>;
+    a replacement stage's schema replaces the built-in's, so its old keys are errors."""
+    plugins.register(StageAndExporterWithSchemas(), "schemas-plugin")
+    cfg = compose_cfg("counting.per_subtopic=3", "export.rewards.path=r.json")
+    assert cfg.counting.per_subtopic == 3 and cfg.sample.per_subtopic == 1
+    assert cfg.export.rewards.path == "r.json" and cfg.export.harbor.check_solution is True
+    with pytest.raises(Exception, match="per_subtopc"):
+        compose_cfg("counting.per_subtopc=3")
+    with pytest.raises(Exception, match="num_tasks"):
+        compose_cfg("sample.num_tasks=3")
+    with pytest.raises(Exception, match="per_subtopic"):
+        compose_cfg("counting.per_subtopic=many")
+    plugins.unregister("schemas-plugin")
+    assert compose_cfg("sample.num_tasks=3").sample.num_tasks == 3
+
+
+def test_a_stage_named_like_a_core_key_cannot_bring_a_config(plugins):
+    class Clash:
         @hookimpl
         def litecoder_register_stages(self, register):
-            register("counting", CountingStage, config=EchoBackendConfig)
+            register("budget", CountingStage, config=CountingConfig)
 
-    with pytest.raises(PluginError, match="stage 'counting' with config=, which a stage does not take"):
-        plugins.register(StageWithConfig(), "stage-config-plugin")
+    with pytest.raises(PluginError, match="stage 'budget' brings a config, but 'budget' is a core config key"):
+        plugins.register(Clash(), "clash-plugin")
 
 
 def test_a_duplicate_domain_file_is_an_error(plugins, tmp_path):

@@ -16,7 +16,7 @@ from litecoder.agents import base
 from litecoder.agents.terminus import TerminusAgent
 from litecoder.backends.base import Choice, Completion
 from litecoder.errors import RequestError
-from litecoder.config import TrajectoryFilters
+from litecoder.stages.trajectory import TrajectoryFilters
 from litecoder.errors import TerminalClosed
 from litecoder.exporters.harbor import solve_script, task_toml, top_level
 from litecoder.sandboxes.tmux import is_key

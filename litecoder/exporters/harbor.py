@@ -18,7 +18,8 @@ import math
 import re
 import shutil
 from pathlib import Path
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Optional
 
 from .. import __version__, hookimpl
 from ..sandboxes.base import shell_quote
@@ -29,6 +30,26 @@ from .base import TaskResult, export_tasks
 from .rebuild import dockerfile_lines, pins, public_base
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class HarborExportConfig:
+    #: FROM image of each task's environment/Dockerfile; null: ``debian:<sandbox.suite>``, the
+    #: public release the base image is made from (the packages are installed on it, pinned)
+    base_image: Optional[str] = None
+    #: copy this machine's added CAs (/usr/local/share/ca-certificates/*.crt) into tasks that
+    #: install Python or npm packages, so they build behind a TLS-intercepting proxy too
+    local_ca_certs: bool = True
+    #: build each exported task, run solution/solve.sh and tests/test.sh in it, and record
+    #: whether the reward is 1 (``harbor/index.jsonl``)
+    check_solution: bool = True
+    #: a task whose starting-state archive is larger than this is not exported
+    max_state_bytes: int = 512 << 20
+    #: seconds for building the image and for each script of the check
+    check_timeout: float = 600.0
+    #: what the check's image build reaches for its package installs (``registries``,
+    #: ``none``: only packages the base image has, ``full``)
+    check_network: str = "registries"
 
 HARBOR_DIR = "harbor"
 STATE_TAR = "state.tar"
@@ -241,4 +262,4 @@ class HarborExporter:
 
 @hookimpl
 def litecoder_register_exporters(register):
-    register("harbor", HarborExporter)
+    register("harbor", HarborExporter, config=HarborExportConfig)

@@ -11,12 +11,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
-from omegaconf import OmegaConf
+from omegaconf import MISSING, OmegaConf
 
 from .. import hookimpl
 from ..agents.base import COMPLETED, GAVE_UP, MAX_TURNS, REQUEST_ERROR, WALL_TIME
@@ -32,6 +32,23 @@ from ..store import DONE, FAILED
 from ..tables import records_frame, write_parquet_atomic
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class EnvironmentConfig:
+    """Environment preparation: an agent builds each accepted task's starting state."""
+
+    name: str = MISSING
+    #: the agent that prepares each task (``environment/agent=...``; default ``preparer``)
+    #: with its limits and texts; it must hand over a ``verifier``
+    agent: Any = MISSING
+    #: seconds for the verifier's check of the prepared state
+    verifier_timeout: float = 120.0
+    #: what the agent's container reaches: ``registries`` (Debian's and PyPI's, through an
+    #: allowlist proxy; what it installs is recorded), ``none`` or ``full``. The check of the
+    #: prepared state has no network.
+    network: str = "registries"
+    backend: Optional[Any] = None
 
 ENVIRONMENTS_FILE = "environments.parquet"
 IMAGE_REPOSITORY = "litecoder-env"
@@ -243,4 +260,4 @@ class EnvironmentStage:
 
 @hookimpl
 def litecoder_register_stages(register):
-    register("environment", EnvironmentStage)
+    register("environment", EnvironmentStage, config=EnvironmentConfig)

@@ -8,12 +8,21 @@ always matches the current filters.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 from typing import Any
 
 from .. import hookimpl
 from ..errors import ConfigError
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class ExportConfig:
+    #: registered exporters to run (``litecoder_register_exporters``)
+    """The export stage's own keys; each exporter's config is a node of its name beside them."""
+
+    formats: list[str] = field(default_factory=lambda: ["sharegpt", "messages", "harbor"])
 
 
 class ExportStage:
@@ -34,4 +43,4 @@ class ExportStage:
 
 @hookimpl
 def litecoder_register_stages(register):
-    register("export", ExportStage)
+    register("export", ExportStage, config=ExportConfig)

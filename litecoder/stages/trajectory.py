@@ -16,7 +16,8 @@ import json
 import logging
 import time
 from datetime import datetime, timezone
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Optional
 
 import polars as pl
 from omegaconf import OmegaConf
@@ -34,6 +35,38 @@ from ..store import DONE, FAILED
 from ..tables import records_frame, write_parquet_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrajectoryFilters:
+    """Which rollouts become training data; each dropped rollout records the filter and why."""
+
+    #: drop rollouts whose verifier did not pass (reward 0)
+    unsuccessful: bool = True
+    #: drop rollouts that sent the same commands, or got the same output back, more than
+    #: this many times in a row (null: keep them)
+    max_repeats: Optional[int] = 3
+    #: drop rollouts with more turns than this (null: no limit)
+    max_turns: Optional[int] = 300
+    #: drop rollouts whose conversation is longer than this many tokens (null: no limit)
+    max_tokens: Optional[int] = 65_536
+    #: drop rollouts with more unusable (malformed) replies than this (null: keep them)
+    max_malformed_turns: Optional[int] = 0
+
+
+@dataclass
+class TrajectoryConfig:
+    """Teacher rollouts: the agent (``agent=...``) solves each prepared task in its image."""
+
+    #: independent rollouts per task (pass@k is recorded per task)
+    rollouts: int = 1
+    #: seconds for the task's verifier after the agent stopped
+    verifier_timeout: float = 300.0
+    #: what the teacher's container reaches (``none``, ``registries``, ``full``); the verifier
+    #: always runs with the container's networks taken away
+    network: str = "none"
+    filters: TrajectoryFilters = field(default_factory=TrajectoryFilters)
+    backend: Optional[Any] = None
 
 TRAJECTORIES_FILE = "trajectories.parquet"
 TASKS_FILE = "trajectory_tasks.parquet"
@@ -241,4 +274,4 @@ class TrajectoryStage:
 
 @hookimpl
 def litecoder_register_stages(register):
-    register("trajectory", TrajectoryStage)
+    register("trajectory", TrajectoryStage, config=TrajectoryConfig)
