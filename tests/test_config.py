@@ -113,3 +113,20 @@ def test_configs_are_plain_data(compose_cfg):
     assert data["stage"] == "sample"
     with pytest.raises(ConfigAttributeError):
         cfg.domain.no_such_key = 1
+
+
+def test_hydras_settings_come_from_its_own_groups(compose_cfg):
+    """config.yaml holds litecoder's keys only; Hydra's are options of Hydra's groups."""
+    from hydra import compose, initialize_config_dir
+
+    compose_cfg()  # registers the schemas
+    primary = OmegaConf.load(core_conf_dir() / "config.yaml")
+    assert "hydra" not in primary
+    with initialize_config_dir(config_dir=str(core_conf_dir()), version_base=None):
+        hydra = compose(config_name="config", return_hydra_config=True).hydra
+    assert hydra.runtime.choices["hydra/output"] == "litecoder"
+    assert OmegaConf.to_container(hydra.run)["dir"] == "${run.root}/${litecoder.run_name:${run.name}}"
+    assert hydra.callbacks.litecoder_sweep._target_ == "litecoder.sweep.SweepCallback"
+    assert hydra.job.chdir is False and "backend.url" in hydra.job.config.override_dirname.exclude_keys
+    logging = hydra.job_logging
+    assert logging.loggers.httpx.level == "WARNING" and "file" in logging.handlers  # Hydra's default kept
