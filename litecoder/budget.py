@@ -12,8 +12,17 @@ from pathlib import Path
 from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 
 from .errors import ConfigError
+
+
+@dataclass
+class PriceConfig:
+    """USD per million tokens of one model (``prices.<model>``)."""
+
+    input_per_mtok: float = 0.0
+    output_per_mtok: float = 0.0
 
 
 @dataclass
@@ -47,13 +56,18 @@ def model_price(prices: Any, model: str) -> tuple[float, float] | None:
     entry = prices.get(model)
     if entry is None:
         return None
-    unknown = set(entry) - {"input_per_mtok", "output_per_mtok"} if isinstance(entry, DictConfig) else None
-    if unknown is None or unknown:
-        raise ConfigError(f"prices.{model} must be {{input_per_mtok: USD, output_per_mtok: USD}}, got {entry}")
     try:
-        return float(entry.get("input_per_mtok", 0.0)), float(entry.get("output_per_mtok", 0.0))
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"prices.{model}: prices must be numbers ({exc})") from exc
+        price = OmegaConf.merge(OmegaConf.structured(PriceConfig), entry)
+    except (OmegaConfBaseException, ValueError) as exc:
+        raise ConfigError(f"prices.{model} must be {{input_per_mtok: USD, output_per_mtok: USD}}, got {entry} "
+                          f"({str(exc).splitlines()[0]})") from exc
+    return float(price.input_per_mtok), float(price.output_per_mtok)
+
+
+def check_prices(prices: Any) -> None:
+    """Every ``prices.<model>`` entry against ``PriceConfig``, so a typo fails at start-up."""
+    for model in prices:
+        model_price(prices, model)
 
 
 def apply_prices(cfg: DictConfig, stages: tuple[str, ...]) -> list[str]:
@@ -61,6 +75,7 @@ def apply_prices(cfg: DictConfig, stages: tuple[str, ...]) -> list[str]:
 
     A backend's own ``price_*_per_mtok`` wins, so one stage can be priced differently.
     """
+    check_prices(cfg.prices)
     nodes = [cfg.backend] + [OmegaConf.select(cfg, f"{s}.backend", default=None) for s in stages]
     unpriced: list[str] = []
     for node in nodes:

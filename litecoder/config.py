@@ -103,7 +103,9 @@ class LitecoderConfig:
     executor: Any = MISSING
     dedup: DedupConfig = field(default_factory=DedupConfig)
     budget: BudgetConfig = field(default_factory=BudgetConfig)
-    #: ``{model: {input_per_mtok, output_per_mtok}}`` in USD, for backends that set no price
+    #: ``{model: {input_per_mtok, output_per_mtok}}`` in USD, for backends that set no price.
+    #: Each entry is checked against ``budget.PriceConfig`` when the run starts (a typed dict
+    #: here would refuse Hydra's ``+prices.<model>={...}``).
     prices: dict[str, Any] = field(default_factory=dict)
 
 

@@ -110,8 +110,10 @@ def test_prices_per_model_fill_the_backends_that_set_none(compose_cfg):
     assert (cfg.backend.price_input_per_mtok, cfg.backend.price_output_per_mtok) == (1.5, 6.0)
     assert cfg.judge.backend.price_input_per_mtok == 9  # a backend's own price wins
     assert apply_prices(compose_cfg("backend.model=m3"), ("sample",)) == ["m3"]
-    with pytest.raises(ConfigError, match="prices.m1 must be"):
+    with pytest.raises(ConfigError, match="prices.m1 must be.*Key 'input' not in 'PriceConfig'"):
         apply_prices(compose_cfg("backend.model=m1", "+prices.m1={input:1}"), ())
+    with pytest.raises(ConfigError, match="prices.unused must be"):  # checked even if no backend uses it
+        apply_prices(compose_cfg("backend.model=m1", "+prices.unused={input_per_mtok:cheap}"), ())
 
 
 @pytest.mark.vllm
