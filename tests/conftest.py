@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+from dataclasses import fields
 from pathlib import Path
 
 import pytest
@@ -16,10 +18,44 @@ REPO = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = litecoder_home() / "models" / "SmolLM2-135M-Instruct"
 
 
+#: a ChatML chat template (the family SmolLM2's belongs to), for tests that sample through a
+#: scripted model: the prefix is derived from a template as in a real run, without the model
+CHATML = (
+    "{% for message in messages %}{% if loop.first and message['role'] != 'system' %}"
+    "{{ '<|im_start|>system\\nYou are a helpful AI assistant.<|im_end|>\\n' }}{% endif %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+
+
+@pytest.fixture(scope="session")
+def template_dir(tmp_path_factory) -> Path:
+    """A tokenizer directory with only a chat template: what quick tests sample with."""
+    directory = tmp_path_factory.mktemp("tokenizer")
+    config = {"chat_template": CHATML, "bos_token": "<|im_start|>", "eos_token": "<|im_end|>"}
+    (directory / "tokenizer_config.json").write_text(json.dumps(config))
+    return directory
+
+
+def _with_template(request, args: tuple[str, ...]) -> tuple[str, ...]:
+    """Quick tests (not marked vllm) sample with ``template_dir``, so they need no model
+    directory; a test that sets its own tokenizer or template, or whose sample stage has no
+    ``tokenizer`` key (a plugin's replacement), is left alone."""
+    own = ("sample.tokenizer", "sample.template.prefix", "sample.template.chat_template")
+    if request.node.get_closest_marker("vllm") or any(a.lstrip("+~").startswith(own) for a in args):
+        return args
+    from litecoder.plugins import get_plugins
+
+    schema = get_plugins().registry("stage").entry("sample").config
+    if schema is None or "tokenizer" not in {f.name for f in fields(schema)}:
+        return args
+    return (*args, f"sample.tokenizer={request.getfixturevalue('template_dir')}")
+
+
 @pytest.fixture
-def compose_cfg(litecoder_compose):
+def compose_cfg(litecoder_compose, request):
     """Compose litecoder's config with overrides, as the CLI would."""
-    return litecoder_compose
+    return lambda *args: litecoder_compose(*_with_template(request, args))
 
 
 @pytest.fixture
@@ -29,9 +65,16 @@ def plugins(litecoder_plugins):
 
 
 @pytest.fixture
-def cli(litecoder_cli):
+def cli(litecoder_cli, request):
     """``python -m litecoder`` in a subprocess, outputs under ``cli.outputs``."""
-    return litecoder_cli
+
+    def run(*args, **kwargs):
+        if any(a.startswith("--") for a in args if a not in ("--cfg", "-m", "--multirun")):
+            return litecoder_cli(*args, **kwargs)  # --info, --compare: no config to extend
+        return litecoder_cli(*_with_template(request, args), **kwargs)
+
+    run.outputs = litecoder_cli.outputs
+    return run
 
 
 @pytest.fixture

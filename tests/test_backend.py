@@ -163,9 +163,11 @@ def test_vllm_backend_reports_a_missing_model_directory(tmp_path):
         VLLMBackend(config, tmp_path).start()
 
 
-def test_vllm_backend_reports_a_missing_vllm(tmp_path, model_dir):
+def test_vllm_backend_reports_a_missing_vllm(tmp_path):
     register_configs()
-    config = OmegaConf.merge(OmegaConf.structured(VLLMBackendConfig), {"model_path": str(model_dir), "python": "/usr/bin/python3"})
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text("{}")  # the check of vLLM comes after the model's
+    config = OmegaConf.merge(OmegaConf.structured(VLLMBackendConfig), {"model_path": str(tmp_path / "model"), "python": "/usr/bin/python3"})
     with pytest.raises(BackendError, match="no vLLM installed"):
         VLLMBackend(config, tmp_path).start()
 

@@ -34,6 +34,7 @@ def tokenizer_dir(tmp_path, template, bos="", eos="", *, as_list=False):
     return tmp_path
 
 
+@pytest.mark.model
 def test_chatml_prefix_from_the_real_smollm2_tokenizer(model_dir):
     builder = PreQueryBuilder(load_chat_template(model_dir))
     prequery = builder.build("You help with git.")

@@ -21,7 +21,7 @@ def one_line_error(result, *fragments):
     return lines[0]
 
 
-def test_run_name_puts_the_run_in_outputs_name_with_its_config(cli, stub_server, model_dir):
+def test_run_name_puts_the_run_in_outputs_name_with_its_config(cli, stub_server):
     result = cli("stage=sample", "run.name=demo", f"backend.url={stub_server.url}", "sample.num_tasks=6")
     assert result.returncode == 0, result.stderr
     run_dir = cli.outputs / "demo"
@@ -32,7 +32,7 @@ def test_run_name_puts_the_run_in_outputs_name_with_its_config(cli, stub_server,
     assert "litecoder: sample: planned=6, done=6, ok=6" in result.stderr
 
 
-def test_without_a_name_the_run_gets_a_timestamped_directory(cli, stub_server, model_dir):
+def test_without_a_name_the_run_gets_a_timestamped_directory(cli, stub_server):
     result = cli("stage=sample", f"backend.url={stub_server.url}", "sample.num_tasks=2")
     assert result.returncode == 0, result.stderr
     (run_dir,) = list(cli.outputs.iterdir())
@@ -40,7 +40,7 @@ def test_without_a_name_the_run_gets_a_timestamped_directory(cli, stub_server, m
     assert (run_dir / "tasks.parquet").is_file()
 
 
-def test_stage_all_runs_every_stage_even_when_nothing_is_accepted(cli, stub_server, model_dir):
+def test_stage_all_runs_every_stage_even_when_nothing_is_accepted(cli, stub_server):
     # The stub answers the judge with task texts, so no task is accepted: every later stage
     # runs, has no input, and still writes its (empty) outputs.
     result = cli("stage=all", "run.name=chain", f"backend.url={stub_server.url}", "sample.num_tasks=2")
@@ -53,14 +53,14 @@ def test_stage_all_runs_every_stage_even_when_nothing_is_accepted(cli, stub_serv
     assert (run_dir / "sft" / "sharegpt.jsonl").read_text() == ""
 
 
-def test_a_stage_whose_input_is_missing_says_which_to_run_first(cli, stub_server, model_dir):
+def test_a_stage_whose_input_is_missing_says_which_to_run_first(cli, stub_server):
     result = cli("stage=[sample,export]", "run.name=pair", f"backend.url={stub_server.url}", "sample.num_tasks=2")
     assert result.returncode != 0
     assert result.stderr.strip().splitlines()[-1].endswith("run stage=trajectory first")
     assert "Traceback" not in result.stderr
 
 
-def test_a_sweep_writes_one_run_per_combination(cli, stub_server, model_dir):
+def test_a_sweep_writes_one_run_per_combination(cli, stub_server):
     result = cli("-m", "stage=sample", "run.name=sweep", "prompts=v1,v2", "domain=networking,security",
                  f"backend.url={stub_server.url}", "sample.num_tasks=2")
     assert result.returncode == 0, result.stderr
@@ -114,7 +114,7 @@ def test_config_mistakes_fail_at_compose_time_without_a_traceback(cli, override,
         assert fragment in result.stderr
 
 
-def test_progress_is_logged_without_a_terminal_and_drawn_with_one(cli, stub_server, model_dir):
+def test_progress_is_logged_without_a_terminal_and_drawn_with_one(cli, stub_server):
     # Not a terminal (CI, files): plain log lines with counts, tokens and elapsed time.
     result = cli("stage=[sample,judge]", "run.name=logged", f"backend.url={stub_server.url}", "sample.num_tasks=8",
                  "sample.n=2", "run.progress_interval=0")

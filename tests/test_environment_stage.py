@@ -103,7 +103,7 @@ def conflict_script(turn):
     return step(ready=True, verifier=VERIFIER, analysis="the conflict is in place")
 
 
-def test_a_merge_conflict_is_prepared_committed_and_verified_as_unsolved(compose_cfg, tmp_path, model_dir):
+def test_a_merge_conflict_is_prepared_committed_and_verified_as_unsolved(compose_cfg, tmp_path):
     frame, model = run_environment(compose_cfg, tmp_path, conflict_script)
     row = frame.row(0, named=True)
     assert row["status"] == "ready", row["reason"]
@@ -142,7 +142,7 @@ def test_a_merge_conflict_is_prepared_committed_and_verified_as_unsolved(compose
         ("no-setup-needed", lambda turn: step(ready=True, verifier="test -f /root/answer.txt"), "ready", None),
     ],
 )
-def test_every_item_ends_in_a_recorded_state(compose_cfg, tmp_path, model_dir, name, script, status, reason):
+def test_every_item_ends_in_a_recorded_state(compose_cfg, tmp_path, name, script, status, reason):
     frame, _ = run_environment(compose_cfg, tmp_path, script, "environment.agent.max_turns=3")
     row = frame.row(0, named=True)
     assert row["status"] == status
@@ -152,7 +152,7 @@ def test_every_item_ends_in_a_recorded_state(compose_cfg, tmp_path, model_dir, n
         subprocess.run(["docker", "rmi", "-f", row["image"]], capture_output=True)
 
 
-def test_a_hostile_agent_is_contained(compose_cfg, tmp_path, model_dir):
+def test_a_hostile_agent_is_contained(compose_cfg, tmp_path):
     hostile = ["bomb() { bomb | bomb; }; bomb", "while true; do :; done", "dd if=/dev/zero of=/big bs=1M count=100000"]
     frame, model = run_environment(compose_cfg, tmp_path, lambda turn: step(hostile) if turn == 0 else step(give_up=True),
                                    "environment.agent.command_timeout=5", "sandbox.max_file_bytes=67108864", "sandbox.pids_limit=128")
@@ -162,7 +162,7 @@ def test_a_hostile_agent_is_contained(compose_cfg, tmp_path, model_dir):
     assert "[command stopped after 5s]" in seen and "sandbox.max_file_bytes" in seen
 
 
-def test_a_killed_run_leaves_containers_that_the_resumed_run_removes(tmp_path, model_dir):
+def test_a_killed_run_leaves_containers_that_the_resumed_run_removes(tmp_path, template_dir):
     """SIGKILL while agents are working, then the same command again: zero containers left."""
     import sys
 
@@ -180,7 +180,7 @@ def test_a_killed_run_leaves_containers_that_the_resumed_run_removes(tmp_path, m
     with StubServer(sample_distinct) as server:
         args = [sys.executable, "-m", "litecoder", "stage=[sample,judge,environment]", "run.name=killed-env",
                 f"run.root={tmp_path}", f"backend.url={server.url}", "sample.num_tasks=3", "sample.n=1",
-                "dedup.near=false", "sandbox.max_containers=3"]
+                "dedup.near=false", "sandbox.max_containers=3", f"sample.tokenizer={template_dir}"]
         kill_while_working_then_resume(args, run_id(tmp_path / "killed-env"))
     assert leftovers(run_id(tmp_path / "killed-env")) == []
     frame = pl.read_parquet(tmp_path / "killed-env" / "environments.parquet")
@@ -206,7 +206,7 @@ def remove_run_images(run_dir):
         subprocess.run(["docker", "rmi", "-f", *ids], capture_output=True)
 
 
-def test_runs_of_one_name_in_two_roots_keep_their_own_images(compose_cfg, tmp_path, model_dir):
+def test_runs_of_one_name_in_two_roots_keep_their_own_images(compose_cfg, tmp_path):
     """Same name, two roots, same task: two tagged images, neither left untagged by the other."""
     dirs = [tmp_path / root / "same [näme] 'q' \"$x\"" for root in ("a", "b")]
     try:
@@ -224,7 +224,7 @@ def test_runs_of_one_name_in_two_roots_keep_their_own_images(compose_cfg, tmp_pa
             remove_run_images(run_dir)
 
 
-def test_preparing_a_task_again_replaces_its_image(compose_cfg, tmp_path, model_dir):
+def test_preparing_a_task_again_replaces_its_image(compose_cfg, tmp_path):
     """A changed environment config redoes the task: the new image takes the tag, the old one goes."""
     try:
         old = run_environment(compose_cfg, tmp_path, no_setup)[0].row(0, named=True)

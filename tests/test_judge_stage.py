@@ -65,7 +65,7 @@ def read(run_dir, name):
     return pl.read_parquet(run_dir / name)
 
 
-def test_verdicts_scores_and_feasible_tasks(compose_cfg, tmp_path, model_dir):
+def test_verdicts_scores_and_feasible_tasks(compose_cfg, tmp_path):
     texts = [f"GOOD task {i}: build the project in /srv/app and write /srv/app/REPORT.md" for i in range(3)]
     texts += ["BAD task: make coffee with the printer", "UNSAFE task: wipe the host disks from inside the container"]
     model = Model(texts + [f"GOOD second batch {i} compiling libfoo under /opt/src then testing it" for i in range(3)], by_keyword)
@@ -90,7 +90,7 @@ def test_verdicts_scores_and_feasible_tasks(compose_cfg, tmp_path, model_dir):
     assert summaries["judge"]["accepted"] == 6
 
 
-def test_a_run_whose_judge_keeps_nothing_ends_by_saying_what_to_change(compose_cfg, tmp_path, model_dir, capfd):
+def test_a_run_whose_judge_keeps_nothing_ends_by_saying_what_to_change(compose_cfg, tmp_path, capfd):
     with StubServer(Model(["BAD task: make coffee"] * 4, by_keyword)) as server:
         run_pipeline(compose_cfg, tmp_path, server, "sample.num_tasks=4", "sample.n=2", "dedup.exact=false", "dedup.near=false")
     err = capfd.readouterr().err
@@ -108,7 +108,7 @@ def test_a_run_whose_judge_keeps_nothing_ends_by_saying_what_to_change(compose_c
     ],
     ids=["malformed", "empty", "oversized", "incomplete", "out-of-scale"],
 )
-def test_replies_that_never_parse_end_failed_with_their_raw_text(compose_cfg, tmp_path, model_dir, reply, fragment):
+def test_replies_that_never_parse_end_failed_with_their_raw_text(compose_cfg, tmp_path, reply, fragment):
     model = Model(["GOOD task: configure cron in /etc/cron.d"], lambda task, attempt: reply)
     with StubServer(model) as server:
         run_pipeline(compose_cfg, tmp_path, server, "sample.num_tasks=1", "sample.n=1")
@@ -120,7 +120,7 @@ def test_replies_that_never_parse_end_failed_with_their_raw_text(compose_cfg, tm
     assert len(read(tmp_path, "feasible.parquet")) == 0
 
 
-def test_a_reply_that_parses_on_retry_counts_once(compose_cfg, tmp_path, model_dir):
+def test_a_reply_that_parses_on_retry_counts_once(compose_cfg, tmp_path):
     model = Model(["GOOD task: rotate the logs"], lambda task, attempt: "```json\nnope```" if attempt == 1 else f"Sure!\n```json\n{scores(5)}\n```")
     with StubServer(model) as server:
         run_pipeline(compose_cfg, tmp_path, server, "sample.num_tasks=1", "sample.n=1")
@@ -128,7 +128,7 @@ def test_a_reply_that_parses_on_retry_counts_once(compose_cfg, tmp_path, model_d
     assert row["verdict"] == "accepted" and row["attempts"] == 2
 
 
-def test_duplicates_and_truncated_tasks_are_recorded_without_judging(compose_cfg, tmp_path, model_dir):
+def test_duplicates_and_truncated_tasks_are_recorded_without_judging(compose_cfg, tmp_path):
     base = "GOOD task: set up nginx as a reverse proxy for two local backends on ports 8001 and 8002 and write the config to /etc/nginx/conf.d/proxy.conf"
     texts = [base, base.upper() + "!", base.replace("8002", "8003"), "GOOD task: bisect the regression in /repo with git bisect and a test script"]
     model = Model(texts, by_keyword)
@@ -144,7 +144,7 @@ def test_duplicates_and_truncated_tasks_are_recorded_without_judging(compose_cfg
     assert len(model.judged) == 2  # only the two distinct tasks reach the judge
 
 
-def test_new_criteria_come_from_config_alone(compose_cfg, tmp_path, model_dir):
+def test_new_criteria_come_from_config_alone(compose_cfg, tmp_path):
     extra = "judge.criteria=[{name: novelty, description: 'Not a textbook exercise.'}, {name: safety, description: 'Harmless.'}]"
 
     def reply(task, attempt):
@@ -160,7 +160,7 @@ def test_new_criteria_come_from_config_alone(compose_cfg, tmp_path, model_dir):
     assert row["verdict"] == "accepted" and row["aggregate"] == 4.5
 
 
-def test_target_accepted_samples_in_rounds_and_stops_exactly(compose_cfg, tmp_path, model_dir, capfd):
+def test_target_accepted_samples_in_rounds_and_stops_exactly(compose_cfg, tmp_path, capfd):
     texts = [f"{'GOOD' if i % 3 == 0 else 'BAD'} distinct task number {i} about service {i * 7}" for i in range(200)]
     model = Model(texts, by_keyword)
     with StubServer(model) as server:
@@ -174,7 +174,7 @@ def test_target_accepted_samples_in_rounds_and_stops_exactly(compose_cfg, tmp_pa
     store.close()
 
 
-def test_a_budget_ends_the_rounds_and_says_which(compose_cfg, tmp_path, model_dir, capfd):
+def test_a_budget_ends_the_rounds_and_says_which(compose_cfg, tmp_path, capfd):
     model = Model([f"BAD task {i} with its own words {i * 13}" for i in range(500)], by_keyword)
     with StubServer(model) as server:
         run_pipeline(compose_cfg, tmp_path, server, "sample.num_tasks=4", "sample.n=2", "sample.target_accepted=3",
@@ -183,7 +183,7 @@ def test_a_budget_ends_the_rounds_and_says_which(compose_cfg, tmp_path, model_di
     assert "budget reached: budget.max_requests=20" in err and "0 of 3 accepted" in err
 
 
-def test_rerunning_continues_and_a_config_change_redoes_only_its_stage(compose_cfg, tmp_path, model_dir, capfd):
+def test_rerunning_continues_and_a_config_change_redoes_only_its_stage(compose_cfg, tmp_path, capfd):
     texts = [f"GOOD unique task {i} deploying service {i * 11} on port {9000 + i}" for i in range(50)]
     model = Model(texts, by_keyword)
     with StubServer(model) as server:
@@ -200,7 +200,7 @@ def test_rerunning_continues_and_a_config_change_redoes_only_its_stage(compose_c
     assert "8 sampled = 8 accepted + 0 rejected + 0 duplicate + 0 failed (0 sampling, 0 judging) + 0 not judged yet" in capfd.readouterr().err
 
 
-def test_failed_requests_are_per_item_and_retried_on_rerun(compose_cfg, tmp_path, model_dir):
+def test_failed_requests_are_per_item_and_retried_on_rerun(compose_cfg, tmp_path):
     calls = {"n": 0}
 
     def flaky(task, attempt):
@@ -215,7 +215,7 @@ def test_failed_requests_are_per_item_and_retried_on_rerun(compose_cfg, tmp_path
     assert dict(read(tmp_path, "judgments.parquet").group_by("verdict").len().iter_rows()) == {"accepted": 4}
 
 
-def test_a_judge_server_that_is_down_aborts_with_one_clear_error(compose_cfg, tmp_path, model_dir):
+def test_a_judge_server_that_is_down_aborts_with_one_clear_error(compose_cfg, tmp_path):
     model = Model([f"GOOD task {i} with words {i * 3}" for i in range(20)], lambda task, attempt: (503, {"error": "down"}, 0))
     with StubServer(model) as server:
         with pytest.raises(BackendError, match="judge requests keep failing.*HTTP 503"):

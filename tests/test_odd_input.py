@@ -66,7 +66,7 @@ def test_names_that_cannot_be_a_directory_are_refused(name, why):
         check_run_name(name)
 
 
-def test_a_run_name_with_brackets_is_read_literally(cli, stub_server, model_dir):
+def test_a_run_name_with_brackets_is_read_literally(cli, stub_server):
     result = cli("stage=[sample,judge]", "run.name='exp[1]'", f"backend.url={stub_server.url}",
                  f"sample.num_tasks={NUM_TASKS}")
     assert result.returncode == 0, result.stderr
@@ -83,7 +83,7 @@ def test_unreadable_overrides_and_impossible_names_stop_with_one_line(cli, overr
     one_line_error(cli("stage=sample", override), fragment)
 
 
-def test_a_sweep_over_list_values_records_every_job_and_its_overrides(cli, stub_server, model_dir):
+def test_a_sweep_over_list_values_records_every_job_and_its_overrides(cli, stub_server):
     result = cli("-m", "stage=[sample,judge]", "run.name=stops", "prompts=v1,v2", "sample.template.stop=[END],[STOP]",
                  f"backend.url={stub_server.url}", f"sample.num_tasks={NUM_TASKS}")
     assert result.returncode == 0, result.stderr
@@ -92,7 +92,8 @@ def test_a_sweep_over_list_values_records_every_job_and_its_overrides(cli, stub_
     for job in jobs:
         assert_every_item_recorded(job)
     table = pl.read_csv(cli.outputs / "stops" / "comparison.csv", glob=False)
-    assert sorted(table["overrides"]) == sorted(f"prompts={p} sample.template.stop=[{s}] sample.num_tasks={NUM_TASKS}"
+    made_with = [" ".join(o for o in row.split() if not o.startswith("sample.tokenizer=")) for row in table["overrides"]]
+    assert sorted(made_with) == sorted(f"prompts={p} sample.template.stop=[{s}] sample.num_tasks={NUM_TASKS}"
                                                 for p in ("v1", "v2") for s in ("END", "STOP"))
 
 
@@ -108,11 +109,12 @@ def slow_judge(path: str, body: dict):
     return 200, completion_body([f"Task {time.monotonic_ns()}-{i}: set up the service in /srv/app" for i in range(n)]), 0
 
 
-def test_a_run_interrupted_mid_judge_keeps_its_counts_spend_and_report(tmp_path, model_dir):
+def test_a_run_interrupted_mid_judge_keeps_its_counts_spend_and_report(tmp_path, template_dir):
     with StubServer(slow_judge) as server:
         process = subprocess.Popen(
             [sys.executable, "-m", "litecoder", "stage=[sample,judge]", "run.name=cut", f"run.root={tmp_path}",
-             f"backend.url={server.url}", "sample.num_tasks=12", "backend.max_in_flight=1", "dedup.near=false"],
+             f"backend.url={server.url}", "sample.num_tasks=12", "backend.max_in_flight=1", "dedup.near=false",
+             f"sample.tokenizer={template_dir}"],
             cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and sum(1 for r in server.requests if "chat" in r[0]) < 3:
@@ -153,7 +155,7 @@ def module_stub():
 @example(name="a{b}", value="${x}", quote_name=True, quote_value=True)
 @example(name="run*2", value="[STOP]", quote_name=False, quote_value=True)
 @example(name="é 漢'\"", value="{system}\\nTask:", quote_name=True, quote_value=True)
-def test_any_run_name_and_value_finishes_recorded_or_stops_with_one_line(module_stub, model_dir, name, value,
+def test_any_run_name_and_value_finishes_recorded_or_stops_with_one_line(module_stub, template_dir, name, value,
                                                                           quote_name, quote_value):
     name_arg = hydra_quoted(name) if quote_name else name
     value_arg = hydra_quoted(value) if quote_value else value
@@ -161,7 +163,7 @@ def test_any_run_name_and_value_finishes_recorded_or_stops_with_one_line(module_
         root = Path(tmp) / "outputs"
         result = run_cli("-m", "stage=[sample,judge]", f"run.name={name_arg}", f"run.root={root}",
                          f"sample.template.stop=[END],[{value_arg}]", f"backend.url={module_stub.url}",
-                         f"sample.num_tasks={NUM_TASKS}", cwd=Path(tmp), timeout=300)
+                         f"sample.num_tasks={NUM_TASKS}", f"sample.tokenizer={template_dir}", cwd=Path(tmp), timeout=300)
         assert "Traceback" not in result.stdout + result.stderr, result.stderr
         sweeps = [p for p in root.iterdir() if p.is_dir()] if root.is_dir() else []
         jobs = [p for sweep in sweeps for p in sweep.iterdir() if (p / "store.sqlite").is_file()]

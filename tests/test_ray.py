@@ -177,11 +177,11 @@ def exact_counts(run_dir: Path, tasks: int) -> None:
     assert len(frame) == tasks and frame["task_id"].is_unique().all()
 
 
-def test_sample_and_judge_spread_over_two_endpoints_through_ray_workers(ray_cluster, tmp_path, model_dir):
+def test_sample_and_judge_spread_over_two_endpoints_through_ray_workers(ray_cluster, tmp_path, template_dir):
     model = SlowModel()
     with StubServer(model) as a, StubServer(model) as b:
         result = run_cli("stage=[sample,judge]", "run.name=spread", f"run.root={tmp_path}", f"backend.url={a.url}",
-                         f"backend.more_urls=[{b.url}]", "sample.num_tasks=12", "sample.n=1", *FAST,
+                         f"backend.more_urls=[{b.url}]", "sample.num_tasks=12", "sample.n=1", *FAST, f"sample.tokenizer={template_dir}",
                          *ray_args(ray_cluster), cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     exact_counts(tmp_path / "spread", 12)
@@ -189,11 +189,12 @@ def test_sample_and_judge_spread_over_two_endpoints_through_ray_workers(ray_clus
     assert len(a.requests) + len(b.requests) == 24
 
 
-def test_a_killed_worker_and_a_killed_driver_lose_and_repeat_nothing(ray_cluster, tmp_path, model_dir):
+def test_a_killed_worker_and_a_killed_driver_lose_and_repeat_nothing(ray_cluster, tmp_path, template_dir):
     model = SlowModel(delay=0.4)
     with StubServer(model) as server:
         args = ["stage=[sample,judge]", "run.name=killed", f"run.root={tmp_path}", f"backend.url={server.url}",
-                "sample.num_tasks=40", "sample.n=1", "backend.max_in_flight=4", *FAST, *ray_args(ray_cluster)]
+                "sample.num_tasks=40", "sample.n=1", "backend.max_in_flight=4", *FAST, f"sample.tokenizer={template_dir}",
+                *ray_args(ray_cluster)]
         env = {k: v for k, v in os.environ.items() if k != "HYDRA_FULL_ERROR"}
         driver = subprocess.Popen([sys.executable, "-m", "litecoder", *args], cwd=tmp_path, env=env,
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -215,7 +216,7 @@ def test_a_killed_worker_and_a_killed_driver_lose_and_repeat_nothing(ray_cluster
 
 @pytest.mark.docker
 @pytest.mark.parametrize("copy_images", [True, False])
-def test_containers_spread_over_the_clusters_docker_nodes(ray_cluster, second_engine, compose_cfg, tmp_path, model_dir,
+def test_containers_spread_over_the_clusters_docker_nodes(ray_cluster, second_engine, compose_cfg, tmp_path,
                                                           caplog, copy_images):
     """The whole chain with executor=ray: the environment is made and the teacher works in
     containers opened by the Docker nodes' Ray actors, each node with its own engine. The two
@@ -247,7 +248,7 @@ def test_containers_spread_over_the_clusters_docker_nodes(ray_cluster, second_en
 
 @pytest.mark.docker
 def test_a_killed_driver_leaves_containers_on_the_nodes_that_the_resumed_run_removes(ray_cluster, second_engine, tmp_path,
-                                                                                     model_dir):
+                                                                                     template_dir):
     def slow_then_ready(turn):
         return step(["sleep 3"]) if turn < 3 else step(ready=True, verifier="test -f /root/done")
 
@@ -262,7 +263,7 @@ def test_a_killed_driver_leaves_containers_on_the_nodes_that_the_resumed_run_rem
     with StubServer(sample_distinct) as server:
         args = [sys.executable, "-m", "litecoder", "stage=[sample,judge,environment]", "run.name=killed-ray-env",
                 f"run.root={tmp_path}", f"backend.url={server.url}", "sample.num_tasks=3", "sample.n=1",
-                "sandbox.max_containers=3", *ray_args(ray_cluster)]
+                "sandbox.max_containers=3", f"sample.tokenizer={template_dir}", *ray_args(ray_cluster)]
         engine = second_engine[1]
         on_both = lambda name: leftovers(name) + engine_leftovers(engine, name)  # noqa: E731
         kill_while_working_then_resume(args, run_id(tmp_path / "killed-ray-env"), leftovers=on_both)

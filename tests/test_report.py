@@ -72,7 +72,7 @@ class SampleAndAccept:
         return 200, completion_body([next(self.tasks) for _ in range(int(body.get("n", 1)))]), 0
 
 
-def test_a_run_that_only_sampled_and_judged_gets_charts_and_notes_through_the_cli(compose_cfg, cli, model_dir):
+def test_a_run_that_only_sampled_and_judged_gets_charts_and_notes_through_the_cli(compose_cfg, cli):
     run_dir = cli.outputs / "partial"
     with StubServer(SampleAndAccept()) as server:
         execute(compose_cfg("stage=[sample,judge]", f"backend.url={server.url}", "domain=security",
@@ -119,7 +119,7 @@ def chromium(*args: str, tmp_path: Path) -> subprocess.CompletedProcess:
 
 @pytest.mark.docker
 @pytest.mark.browser
-def test_the_report_of_a_run_with_trajectories_renders_in_chromium(compose_cfg, tmp_path, model_dir):
+def test_the_report_of_a_run_with_trajectories_renders_in_chromium(compose_cfg, tmp_path):
     run_dir = tmp_path / "run"
     try:
         run_pipeline(compose_cfg, run_dir, solving_teacher, "trajectory.rollouts=2")
@@ -167,7 +167,7 @@ class BrokenReportPlugin:
         register("report", BrokenReport, replace=True)
 
 
-def test_every_run_ends_with_its_report_and_a_broken_report_loses_nothing(compose_cfg, plugins, tmp_path, model_dir,
+def test_every_run_ends_with_its_report_and_a_broken_report_loses_nothing(compose_cfg, plugins, tmp_path,
                                                                          capfd, caplog):
     with StubServer(SampleAndAccept()) as server:
         overrides = ("stage=[sample,judge]", f"backend.url={server.url}", "sample.num_tasks=3", "sample.n=1")

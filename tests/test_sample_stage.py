@@ -31,7 +31,7 @@ def test_allocation_follows_weights_and_sums_exactly():
         allocate(5, {"a": 0.0})
 
 
-def test_rows_cover_every_subtopic_with_full_records(compose_cfg, tmp_path, stub_server, model_dir):
+def test_rows_cover_every_subtopic_with_full_records(compose_cfg, tmp_path, stub_server):
     tasks, summary = sample(compose_cfg, tmp_path, stub_server, "domain=security", "sample.num_tasks=24", "sample.n=4")
     assert len(tasks) == 24 and summary["planned"] == 24 and summary["ok"] == 24 and summary["done"] == 24
     assert tasks["id"].n_unique() == 24
@@ -49,7 +49,7 @@ def test_rows_cover_every_subtopic_with_full_records(compose_cfg, tmp_path, stub
     assert body["return_token_ids"] is True
 
 
-def test_weights_steer_the_spread(compose_cfg, tmp_path, stub_server, model_dir):
+def test_weights_steer_the_spread(compose_cfg, tmp_path, stub_server):
     tasks, _ = sample(
         compose_cfg, tmp_path, stub_server, "domain=version_control", "sample.num_tasks=12", "sample.n=2",
         "domain.subtopics=[{name: merges, weight: 3}, {name: bisect, weight: 1}]",
@@ -58,7 +58,7 @@ def test_weights_steer_the_spread(compose_cfg, tmp_path, stub_server, model_dir)
     assert counts == {"merges": 9, "bisect": 3}
 
 
-def test_empty_truncated_and_failed_completions_are_kept_with_their_reason(compose_cfg, tmp_path, model_dir):
+def test_empty_truncated_and_failed_completions_are_kept_with_their_reason(compose_cfg, tmp_path):
     calls = {"n": 0}
     lock = threading.Lock()
 
@@ -86,7 +86,7 @@ def test_empty_truncated_and_failed_completions_are_kept_with_their_reason(compo
     assert summary["failed"] == 4  # the failed request and the empty completions
 
 
-def test_a_dead_server_mid_run_fails_the_run_clearly_but_keeps_the_rows(compose_cfg, tmp_path, model_dir):
+def test_a_dead_server_mid_run_fails_the_run_clearly_but_keeps_the_rows(compose_cfg, tmp_path):
     with StubServer(lambda p, b: (503, {"error": "down"}, 0)) as server:
         with pytest.raises(BackendError, match=r"sample requests keep failing.*HTTP 503"):
             sample(compose_cfg, tmp_path, server, "sample.num_tasks=6", "sample.n=2", "backend.max_retries=1")
@@ -115,7 +115,7 @@ def test_raw_mode_on_a_chat_only_backend_is_a_config_error(compose_cfg, tmp_path
         execute(cfg, tmp_path / "run")
 
 
-def test_prompt_variants_change_the_system_turn(compose_cfg, tmp_path, model_dir):
+def test_prompt_variants_change_the_system_turn(compose_cfg, tmp_path):
     prompts = {}
     for variant in ("v1", "v2"):
         with StubServer() as server:
@@ -133,7 +133,7 @@ def test_an_explicit_prefix_overrides_the_template(compose_cfg, tmp_path, stub_s
     assert body["stop"] == ["[/USER]"]
 
 
-def test_a_crashed_managed_server_fails_fast_and_says_why(compose_cfg, tmp_path, stub_server, model_dir, monkeypatch):
+def test_a_crashed_managed_server_fails_fast_and_says_why(compose_cfg, tmp_path, stub_server, monkeypatch):
     from litecoder.backends.vllm import VLLMBackend
 
     monkeypatch.setattr(VLLMBackend, "diagnose", lambda self: "the vLLM server exited with code 1 during the run")
@@ -144,7 +144,7 @@ def test_a_crashed_managed_server_fails_fast_and_says_why(compose_cfg, tmp_path,
     assert stub_server.requests == []
 
 
-def test_seeds_are_sent_per_request_and_refused_where_they_crash(compose_cfg, tmp_path, stub_server, model_dir, monkeypatch):
+def test_seeds_are_sent_per_request_and_refused_where_they_crash(compose_cfg, tmp_path, stub_server, monkeypatch):
     tasks, _ = sample(compose_cfg, tmp_path / "a", stub_server, "sample.num_tasks=6", "sample.n=2", "sample.seed=10",
                       "domain.subtopics=[{name: a}, {name: b}, {name: c}]")
     assert sorted({body["seed"] for _, body, _ in stub_server.requests}) == [10, 11, 12]

@@ -43,7 +43,7 @@ class VariantModel:
             return 200, completion_body(texts), 0
 
 
-def test_a_prompt_sweep_writes_a_comparison_table(cli, model_dir):
+def test_a_prompt_sweep_writes_a_comparison_table(cli):
     with StubServer(VariantModel()) as server:
         result = cli("-m", "stage=[sample,judge]", "run.name=sweep", "prompts=v1,v2,v3", "domain=networking",
                      f"backend.url={server.url}", "backend.model=stub-model", "backend.max_in_flight=1",
@@ -76,7 +76,7 @@ def test_a_prompt_sweep_writes_a_comparison_table(cli, model_dir):
     assert rebuilt.stdout == markdown
 
 
-def test_a_failing_job_is_recorded_and_the_sweep_goes_on(cli, model_dir):
+def test_a_failing_job_is_recorded_and_the_sweep_goes_on(cli):
     with StubServer(VariantModel()) as server:
         result = cli("-m", "stage=[sample,judge]", "run.name=sweep", "prompts=v3", "judge.aggregation=median,mean",
                      f"backend.url={server.url}", "backend.max_in_flight=1", "sample.num_tasks=4", "sample.n=1", *FAST)
@@ -117,7 +117,7 @@ def test_prices_per_model_fill_the_backends_that_set_none(compose_cfg):
 
 
 @pytest.mark.vllm
-def test_a_parallel_sweep_on_the_managed_server_starts_it_once(cli, model_dir):
+def test_a_parallel_sweep_on_the_managed_server_starts_it_once(cli):
     """Three jobs in parallel (joblib launcher), no backend.url: the sweep starts one vLLM server."""
     result = cli("-m", "stage=[sample,judge]", "run.name=sweep", "prompts=v1,v2,v3", "domain=networking",
                  "hydra/launcher=joblib", "hydra.launcher.n_jobs=3", "sample.num_tasks=2", "sample.n=1",
@@ -140,7 +140,7 @@ def test_a_parallel_sweep_on_the_managed_server_starts_it_once(cli, model_dir):
         assert len(tasks) == 2 and tasks["prompt_variant"].n_unique() == 1
 
 
-def test_a_cost_budget_from_model_prices_stops_the_run_cleanly(cli, model_dir):
+def test_a_cost_budget_from_model_prices_stops_the_run_cleanly(cli):
     with StubServer(VariantModel()) as server:
         result = cli("stage=[sample,judge]", "run.name=capped", f"backend.url={server.url}", "backend.model=stub-model",
                      "backend.max_in_flight=1", "sample.num_tasks=8", "sample.n=1",

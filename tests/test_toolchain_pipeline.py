@@ -100,7 +100,7 @@ def run_case(compose_cfg, run_dir, case):
     return summaries, model
 
 
-def test_domain_tasks_are_prepared_with_packages_solved_offline_and_run_by_harbor(compose_cfg, tmp_path, model_dir):
+def test_domain_tasks_are_prepared_with_packages_solved_offline_and_run_by_harbor(compose_cfg, tmp_path):
     from litecoder.testing.harbor import parse_task_toml, run_oracle, validate_trajectory
 
     tasks = tmp_path / "tasks"
@@ -150,7 +150,7 @@ def test_domain_tasks_are_prepared_with_packages_solved_offline_and_run_by_harbo
             subprocess.run(["docker", "rmi", "-f", image], capture_output=True)
 
 
-def test_a_teacher_without_network_cannot_install_and_its_verifier_runs_offline(compose_cfg, tmp_path, model_dir):
+def test_a_teacher_without_network_cannot_install_and_its_verifier_runs_offline(compose_cfg, tmp_path):
     """The teacher's container has no route out; with ``trajectory.network=registries`` it
     reaches the registries, and the verifier still runs with every network taken away."""
     # what the commands print differs from what they are typed as (the terminal echoes those)

@@ -87,7 +87,7 @@ def remove_images(run_dir):
         subprocess.run(["docker", "rmi", "-f", image], capture_output=True)
 
 
-def test_a_scripted_teacher_solves_the_merge_conflict_and_every_format_is_written(compose_cfg, tmp_path, model_dir):
+def test_a_scripted_teacher_solves_the_merge_conflict_and_every_format_is_written(compose_cfg, tmp_path):
     try:
         summaries, model = run_pipeline(compose_cfg, tmp_path, solving_teacher, "trajectory.rollouts=2")
         assert summaries["trajectory"]["kept"] == 2 and summaries["trajectory"]["pass@2"] == 1.0
@@ -189,7 +189,7 @@ class RewardListPlugin:
         register("rewards", RewardList)
 
 
-def test_a_looping_teacher_is_dropped_with_the_reason(compose_cfg, tmp_path, model_dir, plugins):
+def test_a_looping_teacher_is_dropped_with_the_reason(compose_cfg, tmp_path, plugins):
     try:
         summaries, model = run_pipeline(compose_cfg, tmp_path, looping_teacher, "agent.max_turns=8",
                                         "agent.loop_limit=null", "run.progress=true")
@@ -233,7 +233,7 @@ def closing_teacher(keystrokes):
     ("exit\n", False),  # only the shell ends, and the loop starts a new one
     ("kill -9 $$\n", False),
 ])
-def test_a_teacher_that_closes_its_terminal_ends_its_episode_and_is_not_retried(compose_cfg, tmp_path, model_dir,
+def test_a_teacher_that_closes_its_terminal_ends_its_episode_and_is_not_retried(compose_cfg, tmp_path,
                                                                                  keystrokes, closes):
     def environment(turn):  # the environment agent types the same and is not troubled by it
         return environment_script(turn) if turn else step([keystrokes.strip(), *SETUP_CONFLICT])
@@ -262,7 +262,7 @@ def test_a_teacher_that_closes_its_terminal_ends_its_episode_and_is_not_retried(
         remove_images(tmp_path)
 
 
-def test_a_missing_image_and_a_dead_teacher_end_in_recorded_failures(compose_cfg, tmp_path, model_dir):
+def test_a_missing_image_and_a_dead_teacher_end_in_recorded_failures(compose_cfg, tmp_path):
     try:
         run_pipeline(compose_cfg, tmp_path, solving_teacher, "stage=[sample,judge,environment]")
         remove_images(tmp_path)
@@ -276,7 +276,7 @@ def test_a_missing_image_and_a_dead_teacher_end_in_recorded_failures(compose_cfg
         remove_images(tmp_path)
 
 
-def test_a_killed_trajectory_run_resumes_without_losing_or_repeating_a_rollout(compose_cfg, tmp_path, model_dir):
+def test_a_killed_trajectory_run_resumes_without_losing_or_repeating_a_rollout(compose_cfg, tmp_path):
     """SIGKILL while rollouts are running, then the same command again: the containers the
     killed run left are removed, and every rollout is recorded exactly once."""
     import sys
@@ -304,7 +304,7 @@ def test_a_killed_trajectory_run_resumes_without_losing_or_repeating_a_rollout(c
         remove_images(run_dir)
 
 
-def test_a_task_without_starting_state_exports_a_dockerfile_without_an_archive(compose_cfg, tmp_path, model_dir):
+def test_a_task_without_starting_state_exports_a_dockerfile_without_an_archive(compose_cfg, tmp_path):
     def nothing_to_prepare(turn):
         return step(ready=True, verifier="grep -qx 42 /root/answer.txt", analysis="no starting state needed")
 

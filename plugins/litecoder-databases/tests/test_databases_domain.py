@@ -24,7 +24,7 @@ def test_sampling_uses_the_domains_system_message_and_subtopics(litecoder_cli, l
 
     litecoder_stub_model.handler = model
     result = litecoder_cli("stage=sample", "run.name=db", "domain=databases", f"backend.url={litecoder_stub_model.url}",
-                           "sample.num_tasks=8", "sample.n=1")
+                           "sample.num_tasks=8", "sample.n=1", "sample.template.prefix='{system}'")  # no tokenizer needed
     assert result.returncode == 0, result.stderr
     tasks = pl.read_parquet(litecoder_cli.outputs / "db" / "tasks.parquet")
     assert len(tasks) == 8 and set(tasks["domain"]) == {"databases"}
