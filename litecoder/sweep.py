@@ -1,7 +1,7 @@
 """Sweeps (``python -m litecoder -m ...``): one model server for all jobs, and a comparison.
 
-A Hydra callback. Before the first job it starts the vLLM server(s) the sweep's base config
-asks for and hands their URLs to every job through the environment, so jobs run one after
+A Hydra callback. Before the first job it starts the model server(s) the sweep's base config
+asks for (backends with a ``share_key``, such as a managed vLLM server) and hands their URLs to every job through the environment, so jobs run one after
 another (basic launcher) or side by side (``hydra/launcher=joblib``) share one server
 instead of each starting its own. A job whose server settings differ from the base config
 (e.g. a sweep over ``backend.max_model_len``) still starts its own, because it needs another
@@ -21,7 +21,8 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from .backends.vllm import SHARED_SERVERS_ENV, VLLMBackend, launch_key
+from .backends.base import SHARED_SERVERS_ENV, Backend
+from .plugins import get_plugins
 
 log = logging.getLogger("litecoder.sweep")
 
@@ -37,17 +38,22 @@ def sweep_dir(config: DictConfig) -> Path:
     return Path(str(config.hydra.sweep.dir))
 
 
-def wanted_servers(config: DictConfig) -> list[Any]:
-    """The distinct managed-vLLM backend configs the base config's model stages use."""
+def wanted_servers(config: DictConfig) -> list[Backend]:
+    """One unstarted backend per distinct server the base config's model stages would start."""
     stages = config.stage if OmegaConf.is_list(config.stage) else str(config.stage).split(",")
     names = [str(s).strip() for s in stages]
     if names != ["all"] and not set(names) & set(MODEL_STAGES):
         return []
     nodes = [OmegaConf.select(config, f"{s}.backend", default=None) for s in MODEL_STAGES] + [config.backend]
-    wanted: dict[str, Any] = {}
+    backends = get_plugins().registry("backend")
+    wanted: dict[str, Backend] = {}
     for node in nodes:
-        if node is not None and node.get("type") == "vllm" and not node.get("url"):
-            wanted.setdefault(launch_key(node), node)
+        if node is None or node.get("type") not in backends:
+            continue
+        backend = backends.get(node.type)(node, sweep_dir(config))
+        key = backend.share_key()
+        if key is not None:
+            wanted.setdefault(key, backend)
     return list(wanted.values())
 
 
@@ -55,7 +61,7 @@ class SweepCallback(Callback):
     def __init__(self, share_servers: bool = True, compare: bool = True) -> None:
         self.share_servers = share_servers
         self.compare = compare
-        self.backends: list[VLLMBackend] = []
+        self.backends: list[Backend] = []
         self.previous_env: str | None = None
 
     def __getstate__(self) -> dict:
@@ -67,12 +73,11 @@ class SweepCallback(Callback):
             return
         shared: dict[str, str] = {}
         try:
-            for node in wanted_servers(config):
-                backend = VLLMBackend(node, sweep_dir(config))
+            for backend in wanted_servers(config):
                 self.backends.append(backend)
                 backend.start()
-                shared[launch_key(node)] = backend.base_url
-                _say(f"sweep: one vLLM server for all jobs at {backend.base_url} (model {backend.model_name})")
+                shared[backend.share_key()] = backend.base_url
+                _say(f"sweep: one {backend.config.type} server for all jobs at {backend.base_url}")
         except BaseException:
             self._stop_servers()
             raise

@@ -8,7 +8,8 @@ import threading
 import polars as pl
 import pytest
 
-from litecoder.backends.vllm import SHARED_SERVERS_ENV, launch_key, shared_server
+from litecoder.backends.base import SHARED_SERVERS_ENV, shared_server
+from litecoder.backends.vllm import launch_key
 from litecoder.budget import apply_prices
 from litecoder.errors import ConfigError
 
@@ -99,8 +100,8 @@ def test_jobs_find_the_server_the_sweep_started_for_their_config(compose_cfg, mo
     assert launch_key(base) == launch_key(compose_cfg("backend.max_in_flight=3", "prompts=v2").backend)
     assert launch_key(base) != launch_key(other)
     monkeypatch.setenv(SHARED_SERVERS_ENV, json.dumps({launch_key(base): "http://127.0.0.1:1234"}))
-    assert shared_server(base) == "http://127.0.0.1:1234"
-    assert shared_server(other) is None  # a server with other settings is started by the job itself
+    assert shared_server(launch_key(base)) == "http://127.0.0.1:1234"
+    assert shared_server(launch_key(other)) is None  # a server with other settings is started by the job itself
 
 
 def test_prices_per_model_fill_the_backends_that_set_none(compose_cfg):
@@ -126,7 +127,7 @@ def test_a_parallel_sweep_on_the_managed_server_starts_it_once(cli):
     sweep = cli.outputs / "sweep"
     logs = list(sweep.rglob("vllm-*.log"))
     assert [p.parent for p in logs] == [sweep / "logs"], logs  # one server, started by the sweep
-    assert result.stderr.count("one vLLM server for all jobs") == 1
+    assert result.stderr.count("one vllm server for all jobs") == 1
     port = managed_port(sweep)
     assert not port_open(port) and server_processes(port) == []  # and stopped after the last job
     table = pl.read_csv(sweep / "comparison.csv")

@@ -8,11 +8,24 @@ gives an async client bound to the running event loop, so each stage can run its
 from __future__ import annotations
 
 import json
-
+import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Protocol
 
 from omegaconf import MISSING
+
+
+#: the servers a sweep started for its jobs, ``{share_key: url}`` as JSON (set by the sweep)
+SHARED_SERVERS_ENV = "LITECODER_SHARED_VLLM"
+
+
+def shared_server(key: str) -> str | None:
+    """The URL of the server the enclosing sweep started for backends of this share key."""
+    try:
+        shared = json.loads(os.environ.get(SHARED_SERVERS_ENV) or "{}")
+    except json.JSONDecodeError:
+        return None
+    return shared.get(key)
 
 
 @dataclass
@@ -96,6 +109,8 @@ class Backend:
     supports_seed: bool = True
     #: requests may carry a JSON-schema ``response_format``
     supports_structured_output: bool = False
+    #: the OpenAI-compatible endpoint once started, for backends that have one
+    base_url: str | None = None
 
     def start(self) -> None:
         """Make the backend usable (start a server, check credentials); idempotent."""
@@ -113,6 +128,12 @@ class Backend:
     def client_recipe(self) -> ClientRecipe:
         """How another process makes this backend's client; needed for ``executor=ray``."""
         raise NotImplementedError(f"{type(self).__name__} cannot make its client in another process (executor=ray)")
+
+    def share_key(self) -> str | None:
+        """For a backend that starts a server: what makes two configs need the same one, so a
+        sweep starts one for all its jobs (they find it with ``shared_server(key)``). None:
+        nothing to share (the default; a remote API, or a server that is already running)."""
+        return None
 
     def diagnose(self) -> str | None:
         """Why requests fail, when the backend knows better than the HTTP error (a managed

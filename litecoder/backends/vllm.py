@@ -32,14 +32,13 @@ from omegaconf import OmegaConf
 from .. import hookimpl
 from ..errors import BackendError
 from ..paths import litecoder_home
-from .base import Backend, BackendConfig, ClientRecipe
+from .base import Backend, BackendConfig, ClientRecipe, shared_server
 from .openai_compat import OpenAIClient, check_endpoint, client_recipe
 
 log = logging.getLogger(__name__)
 
 SETUP_HINT = "run `bash scripts/setup.sh` (or set backend.python to an interpreter with vLLM)"
 #: JSON ``{launch key: url}`` of servers a sweep started for all its jobs (``litecoder.sweep``)
-SHARED_SERVERS_ENV = "LITECODER_SHARED_VLLM"
 
 
 @dataclass
@@ -127,15 +126,6 @@ def launch_key(config: Any) -> str:
                 for f in fields for v in [OmegaConf.select(config, f, default=None)]}
     resolved["model_path"] = str(Path(str(resolved["model_path"])).expanduser())
     return hashlib.sha256(json.dumps(resolved, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-
-def shared_server(config: Any) -> str | None:
-    """The URL of a server the enclosing sweep started for this config, if any."""
-    try:
-        shared = json.loads(os.environ.get(SHARED_SERVERS_ENV) or "{}")
-    except json.JSONDecodeError:
-        return None
-    return shared.get(launch_key(config))
 
 
 def free_port(host: str) -> int:
@@ -245,7 +235,7 @@ class VLLMBackend(Backend):
         for url in self.config.more_urls:
             check_endpoint(url.rstrip("/").removesuffix("/v1") + "/v1", {}, what="the vLLM server in backend.more_urls",
                            fix="start it, or remove it from backend.more_urls")
-        shared = None if self.config.url else shared_server(self.config)
+        shared = None if self.config.url else shared_server(launch_key(self.config))
         if self.config.url or shared:
             url = (self.config.url or shared).rstrip("/").removesuffix("/v1")
             if shared:
@@ -308,6 +298,9 @@ class VLLMBackend(Backend):
 
     def client_recipe(self) -> ClientRecipe:
         return client_recipe(self.client())
+
+    def share_key(self) -> str | None:
+        return None if self.config.url else launch_key(self.config)
 
     def describe(self) -> dict[str, Any]:
         return {"backend": self.config.type, "model": self.model_name, "model_path": self.config.model_path, "base_url": self.base_url}
