@@ -18,6 +18,7 @@ from litecoder.sandboxes.names import run_id
 
 from .stub_openai import StubServer, completion_body
 from .test_environment_stage import ACCEPT, SETUP_CONFLICT, TASK, VERIFIER, kill_while_working_then_resume, leftovers, step
+from .test_plugin_guide import guide_module
 
 pytestmark = pytest.mark.docker
 
@@ -170,25 +171,6 @@ def check_harbor_task(directory, solve_command):
         subprocess.run(["docker", "rmi", "-f", tag], capture_output=True)
 
 
-class RewardList:
-    """A third-party exporter, as in docs/plugins.md."""
-
-    def export(self, run):
-        from litecoder.exporters.base import kept_rollouts
-
-        rows = [{"id": r.record["rollout_id"], "reward": r.record["reward"]} for r in kept_rollouts(run)]
-        run.path("rewards.json").write_text(json.dumps(rows))
-        return {"rows": len(rows)}
-
-
-class RewardListPlugin:
-    from litecoder import hookimpl
-
-    @hookimpl
-    def litecoder_register_exporters(self, register):
-        register("rewards", RewardList)
-
-
 def test_a_looping_teacher_is_dropped_with_the_reason(compose_cfg, tmp_path, plugins):
     try:
         summaries, model = run_pipeline(compose_cfg, tmp_path, looping_teacher, "agent.max_turns=8",
@@ -202,15 +184,15 @@ def test_a_looping_teacher_is_dropped_with_the_reason(compose_cfg, tmp_path, plu
         assert not any(p.is_dir() for p in (tmp_path / "harbor").iterdir())
         # Relaxing the filters re-labels the rollout without running it again.
         requests = len(model.teacher_requests)
-        plugins.register(RewardListPlugin(), "reward-list")
+        plugins.register(guide_module(), "guide-examples")  # its exporter
         with StubServer(Pipeline(looping_teacher)) as server:
             cfg = compose_cfg("stage=[trajectory,export]", f"backend.url={server.url}", "sandbox.max_containers=2",
                               "agent.max_turns=8", "agent.loop_limit=null", "trajectory.filters.max_repeats=null",
-                              "trajectory.filters.unsuccessful=false", "export.formats=[sharegpt,rewards]")
+                              "trajectory.filters.unsuccessful=false", "export.formats=[sharegpt,rewards]", "export.rewards.path=kept-rewards.json")
             summaries = execute(cfg, tmp_path)
             assert server.requests == []
         assert summaries["export"] == {"sharegpt_rows": 1, "rewards_rows": 1}
-        assert json.loads((tmp_path / "rewards.json").read_text())[0]["reward"] == 0
+        assert json.loads((tmp_path / "kept-rewards.json").read_text())[0]["reward"] == 0
         assert requests == 8
         row = pl.read_parquet(tmp_path / "trajectories.parquet").row(0, named=True)
         assert row["status"] == "kept" and row["filters"] == []
