@@ -76,6 +76,33 @@ class DedupConfig:
 
 
 @dataclass
+class CertifyConfig:
+    """Certification of each prepared task (``certification.py``): its verifier must fail on
+    the start state, pass after the reference solution, refuse wrong solutions, and answer
+    the same every time. The wording of the wrong-solution request is
+    ``conf/certify/default.yaml``."""
+
+    #: false: only the check that the verifier fails on the start state
+    enabled: bool = True
+    #: runs of the verifier on each state (fresh containers); they must all agree
+    repeats: int = 3
+    #: plausible wrong solutions asked of the environment model; each must fail the verifier
+    wrong_solutions: int = 2
+    #: rounds in which the environment agent gets the findings and mends the task
+    max_repairs: int = 2
+    #: seconds for a solution script (the verifier has ``environment.verifier_timeout``)
+    solution_timeout: float = 300.0
+    #: system message of the wrong-solution request; sees ``count``
+    wrong_system: str = MISSING
+    #: its user message; sees ``task``, ``solution``, ``verifier``, ``count``
+    wrong_instruction: str = MISSING
+    temperature: float = 0.8
+    max_tokens: int = 3000
+    #: ``auto``: JSON-schema constrained decoding where the backend has it; ``off``
+    structured_output: str = "auto"
+
+
+@dataclass
 class RunConfig:
     #: run directory name under ``root``; unset: a timestamp
     name: Optional[str] = None
@@ -102,6 +129,7 @@ class LitecoderConfig:
     agent: Any = MISSING
     executor: Any = MISSING
     dedup: DedupConfig = field(default_factory=DedupConfig)
+    certify: CertifyConfig = field(default_factory=CertifyConfig)
     budget: BudgetConfig = field(default_factory=BudgetConfig)
     #: ``{model: {input_per_mtok, output_per_mtok}}`` in USD, for backends that set no price.
     #: Each entry is checked against ``budget.PriceConfig`` when the run starts (a typed dict

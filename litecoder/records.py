@@ -123,6 +123,50 @@ class CommandRun:
 
 
 @dataclass
+class CheckRun:
+    """One certification run: a fresh container from the task's image, a script (none for
+    ``nop``, the reference solution for ``oracle``, a wrong one for ``wrong``), the verifier."""
+
+    check: str
+    index: int
+    solution_exit_code: Optional[int]
+    verifier_exit_code: Optional[int]
+    verifier_output: str
+    seconds: float
+
+
+@dataclass
+class WrongSolution:
+    """A plausible but wrong solution the verifier must refuse."""
+
+    mistake: str
+    script: str
+
+
+@dataclass
+class Certificate:
+    """What certification proved of a task's verifier (``certification.py``)."""
+
+    certified: bool
+    #: the verifier failed on every run on the untouched start state
+    nop: bool
+    #: it passed on every run after the reference solution
+    oracle: bool
+    #: each state gave the same answer on every run
+    stable: bool
+    wrong_total: int
+    wrong_caught: int
+    repairs: int
+    #: containers run and seconds spent on certification, over every round
+    container_runs: int
+    seconds: float
+    #: what the last round found (empty when certified)
+    findings: list[str]
+    #: the last round's runs
+    checks: list[CheckRun]
+
+
+@dataclass
 class Environment:
     """``environments.parquet``: one per accepted task."""
 
@@ -145,6 +189,10 @@ class Environment:
     verifier: Optional[str]
     verifier_exit_code: Optional[int]
     verifier_output: Optional[str]
+    #: the environment agent's reference solution, kept outside the image like the verifier
+    solution: Optional[str]
+    certificate: Optional[Certificate]
+    wrong_solutions: list[WrongSolution]
     steps: int
     model: str
     prompt_tokens: int

@@ -38,16 +38,36 @@ exit 0
 """
 
 
-def step(commands=(), *, ready=False, verifier="", give_up=False, analysis="working"):
-    return json.dumps({"analysis": analysis, "commands": list(commands), "verifier": verifier, "ready": ready, "give_up": give_up})
+#: what the fixture's verifier should also check: both greetings are kept
+TIGHT_VERIFIER = VERIFIER.replace("exit 0\n", "grep -q 'hello, world' app.py && grep -q '\"hi\"' app.py\n")
+SOLUTION = ("cd /srv/repo && printf 'greeting = \"hello, world\"\\ngreeting2 = \"hi\"\\n' > app.py"
+            " && git add app.py && git commit -qm merge\n")
+#: a plausible wrong solution the fixture's verifier accepts: it keeps one greeting only
+ONE_GREETING = {"mistake": "keeps only the feature branch's greeting",
+                "script": "cd /srv/repo && git checkout --theirs app.py && git add app.py && git commit -qm merge\n"}
+DOES_NOTHING = {"mistake": "does nothing", "script": "true\n"}
+
+
+def step(commands=(), *, ready=False, verifier="", solution=None, give_up=False, analysis="working"):
+    if solution is None:  # ready replies hand over a solution unless a test says otherwise
+        solution = "touch /root/answer.txt\n" if ready else ""
+    return json.dumps({"analysis": analysis, "commands": list(commands), "verifier": verifier, "solution": solution,
+                       "ready": ready, "give_up": give_up})
+
+
+def wrong_reply(*solutions):
+    return json.dumps({"wrong_solutions": list(solutions)})
 
 
 class Scripted:
-    """Samples one task, accepts it, and plays the environment agent from a script."""
+    """Samples one task, accepts it, plays the environment agent from a script, and answers
+    certification's request for wrong solutions with ``wrong``."""
 
-    def __init__(self, script):
+    def __init__(self, script, wrong=(DOES_NOTHING,)):
         self.script = script
+        self.wrong = list(wrong)
         self.environment_requests = []
+        self.wrong_requests = []
 
     def __call__(self, path, body):
         if not path.endswith("chat/completions"):
@@ -55,14 +75,17 @@ class Scripted:
         system = body["messages"][0]["content"]
         if "task proposals" in system:
             return 200, completion_body([ACCEPT], chat=True), 0
+        if "WRONG solutions" in system:
+            self.wrong_requests.append(body)
+            return 200, completion_body([wrong_reply(*self.wrong)], chat=True), 0
         self.environment_requests.append(body)
         turn = sum(1 for m in body["messages"] if m["role"] == "assistant")
         reply = self.script(turn)
         return 200, completion_body([reply], chat=True), 0
 
 
-def run_environment(compose_cfg, tmp_path, script, *overrides):
-    model = Scripted(script)
+def run_environment(compose_cfg, tmp_path, script, *overrides, wrong=(DOES_NOTHING,)):
+    model = Scripted(script, wrong)
     with StubServer(model) as server:
         cfg = compose_cfg("stage=[sample,judge,environment]", f"backend.url={server.url}", "sample.num_tasks=1",
                           "sample.n=1", "backend.retry_initial_wait=0.01", "sandbox.max_containers=2", *overrides)
@@ -100,18 +123,26 @@ def kill_while_working_then_resume(args, run, leftovers=leftovers):
 def conflict_script(turn):
     if turn == 0:
         return step(SETUP_CONFLICT, analysis="build a repository with a conflicted merge")
-    return step(ready=True, verifier=VERIFIER, analysis="the conflict is in place")
+    return step(ready=True, verifier=TIGHT_VERIFIER, solution=SOLUTION, analysis="the conflict is in place")
 
 
-def test_a_merge_conflict_is_prepared_committed_and_verified_as_unsolved(compose_cfg, tmp_path):
-    frame, model = run_environment(compose_cfg, tmp_path, conflict_script)
+def test_a_merge_conflict_is_prepared_committed_and_certified(compose_cfg, tmp_path):
+    frame, model = run_environment(compose_cfg, tmp_path, conflict_script, wrong=[ONE_GREETING, DOES_NOTHING])
     row = frame.row(0, named=True)
     assert row["status"] == "ready", row["reason"]
+    cert = row["certificate"]
+    assert cert["certified"] and cert["nop"] and cert["oracle"] and cert["stable"] and cert["repairs"] == 0
+    assert (cert["wrong_total"], cert["wrong_caught"]) == (2, 2) and cert["container_runs"] == 3 + 3 + 2
+    assert sorted(c["check"] for c in cert["checks"]) == ["nop"] * 3 + ["oracle"] * 3 + ["wrong"] * 2
+    # The wrong-solution request saw the task, the verifier and the reference solution.
+    asked = model.wrong_requests[0]["messages"][-1]["content"]
+    assert TASK in asked and TIGHT_VERIFIER.strip() in asked and SOLUTION.strip() in asked
+    assert (tmp_path / "environments" / row["task_id"] / "solution.sh").read_text() == SOLUTION
     assert row["image"] == f"litecoder-env:{image_tag(run_id(tmp_path), row['task_id'])}"  # per run directory
     assert row["verifier_exit_code"] not in (0, None)
     assert row["steps"] == 2 and len(row["commands"]) == len(SETUP_CONFLICT)
     assert any(p.startswith("/srv/repo") for p in row["changed_paths"])
-    assert (tmp_path / "environments" / row["task_id"] / "verifier.sh").read_text() == VERIFIER
+    assert (tmp_path / "environments" / row["task_id"] / "verifier.sh").read_text() == TIGHT_VERIFIER
     # The agent saw the commands' output.
     assert "CONFLICT" in model.environment_requests[1]["messages"][-1]["content"]
     # A new container from the committed image has the conflict, and not the verifier.
@@ -138,12 +169,14 @@ def test_a_merge_conflict_is_prepared_committed_and_verified_as_unsolved(compose
         ("gives-up", lambda turn: step(give_up=True, analysis="needs a GPU"), "failed", "the agent gave up: needs a GPU"),
         ("never-ready", lambda turn: step(["echo still working"]), "failed", "step limit of 3 reached"),
         ("malformed", lambda turn: "I will now do it! {not json", "failed", "step limit of 3 reached"),
-        ("trivial", lambda turn: step(ready=True, verifier="exit 0"), "rejected", "reports the task solved on the prepared state"),
+        ("trivial", lambda turn: step(ready=True, verifier="exit 0"), "rejected",
+         "certification failed (after 1 repair round): nop: the verifier passes (exit 0) on the untouched start state"),
         ("no-setup-needed", lambda turn: step(ready=True, verifier="test -f /root/answer.txt"), "ready", None),
     ],
 )
 def test_every_item_ends_in_a_recorded_state(compose_cfg, tmp_path, name, script, status, reason):
-    frame, _ = run_environment(compose_cfg, tmp_path, script, "environment.agent.max_turns=3")
+    frame, _ = run_environment(compose_cfg, tmp_path, script, "environment.agent.max_turns=3", "certify.repeats=1",
+                               "certify.max_repairs=1")
     row = frame.row(0, named=True)
     assert row["status"] == status
     if reason:
@@ -167,7 +200,7 @@ def test_a_killed_run_leaves_containers_that_the_resumed_run_removes(tmp_path, t
     import sys
 
     def slow_then_ready(turn):
-        return step(["sleep 3"]) if turn < 3 else step(ready=True, verifier="test -f /root/done")
+        return step(["sleep 3"]) if turn < 3 else step(ready=True, verifier="test -f /root/done", solution="touch /root/done")
 
     model = Scripted(slow_then_ready)
     texts = iter(range(10**6))
@@ -180,7 +213,7 @@ def test_a_killed_run_leaves_containers_that_the_resumed_run_removes(tmp_path, t
     with StubServer(sample_distinct) as server:
         args = [sys.executable, "-m", "litecoder", "stage=[sample,judge,environment]", "run.name=killed-env",
                 f"run.root={tmp_path}", f"backend.url={server.url}", "sample.num_tasks=3", "sample.n=1",
-                "dedup.near=false", "sandbox.max_containers=3", f"sample.tokenizer={template_dir}"]
+                "dedup.near=false", "sandbox.max_containers=3", f"sample.tokenizer={template_dir}", "certify.repeats=1"]
         kill_while_working_then_resume(args, run_id(tmp_path / "killed-env"))
     assert leftovers(run_id(tmp_path / "killed-env")) == []
     frame = pl.read_parquet(tmp_path / "killed-env" / "environments.parquet")
@@ -234,3 +267,62 @@ def test_preparing_a_task_again_replaces_its_image(compose_cfg, tmp_path):
         assert run_images(tmp_path) == [new["image_id"]]  # the old image is gone, not dangling
     finally:
         remove_run_images(tmp_path)
+
+
+def last_user_message(body):
+    return body["messages"][-1]["content"]
+
+
+def test_a_verifier_that_accepts_a_wrong_solution_is_repaired_and_ends_certified(compose_cfg, tmp_path):
+    """The fixture's first verifier lets a solution that keeps one greeting pass; certification
+    finds it, the agent gets the finding and tightens the verifier, and the task is certified."""
+    def script(turn):
+        if turn == 0:
+            return step(SETUP_CONFLICT, analysis="build a repository with a conflicted merge")
+        if turn == 1:
+            return step(ready=True, verifier=VERIFIER, solution=SOLUTION)
+        return step(ready=True, verifier=TIGHT_VERIFIER, solution=SOLUTION, analysis="check both greetings")
+
+    frame, model = run_environment(compose_cfg, tmp_path, script, wrong=[ONE_GREETING])
+    row = frame.row(0, named=True)
+    try:
+        assert row["status"] == "ready", row["reason"]
+        cert = row["certificate"]
+        assert cert["certified"] and cert["repairs"] == 1 and (cert["wrong_total"], cert["wrong_caught"]) == (1, 1)
+        assert cert["container_runs"] == 2 * (3 + 3 + 1) and cert["findings"] == []
+        assert row["verifier"] == TIGHT_VERIFIER and row["steps"] == 3
+        # The repair went on from the episode, with the finding and the wrong script quoted.
+        repair = model.environment_requests[2]
+        assert "wrong solution accepted" in last_user_message(repair) and ONE_GREETING["mistake"] in last_user_message(repair)
+        assert ONE_GREETING["script"].strip() in last_user_message(repair)
+        assert [m["role"] for m in repair["messages"]] == ["system", "user", "assistant", "user", "assistant", "user"]
+        assert len(model.wrong_requests) == 1  # the same wrong solutions test the mended verifier
+        assert any(p.startswith("/srv/repo") for p in row["added_paths"])  # the state is still the first episode's
+    finally:
+        subprocess.run(["docker", "rmi", "-f", row["image"]], capture_output=True)
+
+
+def test_a_reference_solution_that_fails_its_verifier_ends_rejected_with_that_reason(compose_cfg, tmp_path):
+    def script(turn):
+        if turn == 0:
+            return step(SETUP_CONFLICT)
+        return step(ready=True, verifier=TIGHT_VERIFIER, solution="cd /srv/repo && git add app.py\n")
+
+    frame, model = run_environment(compose_cfg, tmp_path, script, "certify.max_repairs=1", "certify.repeats=2")
+    row = frame.row(0, named=True)
+    assert row["status"] == "rejected" and not row["certificate"]["oracle"] and row["certificate"]["nop"]
+    assert row["reason"].startswith("certification failed (after 1 repair round): oracle: after the reference solution")
+    assert row["certificate"]["repairs"] == 1 and "oracle:" in last_user_message(model.environment_requests[2])
+    assert run_images(tmp_path) == []  # a rejected task keeps no image
+
+
+def test_a_flaky_verifier_is_caught_by_the_repeat_check(compose_cfg, tmp_path):
+    """A verifier that passes at random: over 8 runs per state it disagrees with itself
+    (all 16 agreeing has a chance of 2 in 2^14)."""
+    flaky = "#!/bin/bash\nexit $(( $(od -An -N1 -tu1 /dev/urandom) % 2 ))\n"
+    frame, _ = run_environment(compose_cfg, tmp_path, lambda turn: step(ready=True, verifier=flaky),
+                               "certify.repeats=8", "certify.max_repairs=0", "certify.wrong_solutions=0")
+    row = frame.row(0, named=True)
+    assert row["status"] == "rejected" and not row["certificate"]["stable"]
+    assert row["reason"].startswith("certification failed: unstable: the verifier gave different answers")
+    assert row["certificate"]["container_runs"] == 16

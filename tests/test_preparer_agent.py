@@ -26,9 +26,10 @@ class FakeSession:
         return ExecResult(1 if command == "false" else 0, f"ran {command}", 0, False, 0.01)
 
 
-def step(commands=(), *, ready=False, verifier="", give_up=False, analysis="working"):
-    return json.dumps({"analysis": analysis, "commands": list(commands), "verifier": verifier, "ready": ready,
-                       "give_up": give_up})
+def step(commands=(), *, ready=False, verifier="", solution=None, give_up=False, analysis="working"):
+    solution = ("touch /root/x" if ready else "") if solution is None else solution
+    return json.dumps({"analysis": analysis, "commands": list(commands), "verifier": verifier, "solution": solution,
+                       "ready": ready, "give_up": give_up})
 
 
 def play(compose_cfg, replies, *overrides):
@@ -54,7 +55,7 @@ def test_the_preparer_runs_commands_with_exit_codes_and_hands_over_its_verifier(
         compose_cfg, [step(["mkdir /srv/repo", "false"]), step(["git init /srv/repo"], ready=True, verifier="test -d x")],
         "environment.agent.command_timeout=7")
     assert isinstance(terminal, CommandTerminal)
-    assert episode.stop_reason == base.COMPLETED and episode.result == {"verifier": "test -d x"}
+    assert episode.stop_reason == base.COMPLETED and episode.result == {"verifier": "test -d x", "solution": "touch /root/x"}
     assert [c for c, _ in session.commands] == ["mkdir /srv/repo", "false", "git init /srv/repo"]
     assert {t for _, t in session.commands} == {7.0}
     assert [(r.command, r.exit_code) for r in terminal.runs] == [("mkdir /srv/repo", 0), ("false", 1), ("git init /srv/repo", 0)]
@@ -64,10 +65,18 @@ def test_the_preparer_runs_commands_with_exit_codes_and_hands_over_its_verifier(
     assert "$ false\nran false\n[exit code 1]" in requests[1][-1]["content"]
 
 
-def test_a_ready_reply_without_a_verifier_is_asked_again(compose_cfg):
-    episode, *_ = play(compose_cfg, [step(ready=True), step(ready=True, verifier="exit 1")])
-    assert episode.stop_reason == base.COMPLETED and len(episode.turns) == 2
-    assert "gave no verifier" in episode.turns[0].observation
+def test_a_ready_reply_without_a_verifier_or_a_solution_is_asked_again(compose_cfg):
+    episode, *_ = play(compose_cfg, [step(ready=True), step(ready=True, verifier="exit 1", solution=""),
+                                     step(ready=True, verifier="exit 1")])
+    assert episode.stop_reason == base.COMPLETED and len(episode.turns) == 3
+    assert '"verifier" is empty' in episode.turns[0].observation
+    assert '"solution" is empty' in episode.turns[1].observation
+
+
+def test_the_repair_message_lists_the_findings(compose_cfg):
+    agent = PreparerAgent(compose_cfg().environment.agent)
+    message = agent.repair_message(["oracle: the verifier fails after the reference solution", "stable: flaky"])
+    assert "- oracle: the verifier fails after the reference solution\n- stable: flaky" in message
 
 
 def test_each_way_an_episode_ends_is_a_reason_in_the_record(compose_cfg):

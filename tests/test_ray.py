@@ -250,7 +250,7 @@ def test_containers_spread_over_the_clusters_docker_nodes(ray_cluster, second_en
 def test_a_killed_driver_leaves_containers_on_the_nodes_that_the_resumed_run_removes(ray_cluster, second_engine, tmp_path,
                                                                                      template_dir):
     def slow_then_ready(turn):
-        return step(["sleep 3"]) if turn < 3 else step(ready=True, verifier="test -f /root/done")
+        return step(["sleep 3"]) if turn < 3 else step(ready=True, verifier="test -f /root/done", solution="touch /root/done")
 
     model = Scripted(slow_then_ready)
     texts = iter(range(10**6))
@@ -263,7 +263,8 @@ def test_a_killed_driver_leaves_containers_on_the_nodes_that_the_resumed_run_rem
     with StubServer(sample_distinct) as server:
         args = [sys.executable, "-m", "litecoder", "stage=[sample,judge,environment]", "run.name=killed-ray-env",
                 f"run.root={tmp_path}", f"backend.url={server.url}", "sample.num_tasks=3", "sample.n=1",
-                "sandbox.max_containers=3", f"sample.tokenizer={template_dir}", *ray_args(ray_cluster)]
+                "sandbox.max_containers=3", f"sample.tokenizer={template_dir}", "certify.repeats=1",
+                *ray_args(ray_cluster)]
         engine = second_engine[1]
         on_both = lambda name: leftovers(name) + engine_leftovers(engine, name)  # noqa: E731
         kill_while_working_then_resume(args, run_id(tmp_path / "killed-ray-env"), leftovers=on_both)

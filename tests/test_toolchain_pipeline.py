@@ -18,7 +18,7 @@ from litecoder.run import execute
 from litecoder.sandboxes.names import run_id
 
 from .stub_openai import StubServer, completion_body
-from .test_environment_stage import ACCEPT, leftovers, step
+from .test_environment_stage import ACCEPT, DOES_NOTHING, leftovers, step, wrong_reply
 from .test_trajectory_stage import terminus
 
 pytestmark = [pytest.mark.docker, pytest.mark.harbor]
@@ -82,8 +82,11 @@ class Pipeline:
             return 200, completion_body([ACCEPT], chat=True), 0
         if "You prepare Linux containers" in first:
             self.environment_prompts.append(first)
-            reply = step(self.case["setup"]) if turn == 0 else step(ready=True, verifier=self.case["verifier"])
+            reply = step(self.case["setup"]) if turn == 0 else step(ready=True, verifier=self.case["verifier"],
+                                                                       solution="".join(self.case["solve"]))
             return 200, completion_body([reply], chat=True), 0
+        if "WRONG solutions" in first:
+            return 200, completion_body([wrong_reply(DOES_NOTHING)], chat=True), 0
         self.teacher_outputs.append(body["messages"][-1]["content"])
         replies = [terminus(*self.case["solve"], duration=3), terminus(complete=True), terminus(complete=True)]
         return 200, completion_body([replies[min(turn, 2)]], chat=True), 0
@@ -94,7 +97,8 @@ def run_case(compose_cfg, run_dir, case):
     with StubServer(model) as server:
         cfg = compose_cfg("stage=all", f"domain={case['domain']}", f"backend.url={server.url}", "sample.num_tasks=1",
                           "sample.n=1", "backend.retry_initial_wait=0.01", "export.formats=[harbor]",
-                          "export.harbor.check_solution=false", "environment.agent.command_timeout=300")
+                          "export.harbor.check_solution=false", "environment.agent.command_timeout=300",
+                          "certify.repeats=1")
         summaries = execute(cfg, run_dir)
     assert leftovers(run_id(run_dir)) == []
     return summaries, model

@@ -17,7 +17,8 @@ from litecoder.sandboxes.docker import DockerSandbox, DockerSandboxConfig
 from litecoder.sandboxes.names import run_id
 
 from .stub_openai import StubServer, completion_body
-from .test_environment_stage import ACCEPT, SETUP_CONFLICT, TASK, VERIFIER, kill_while_working_then_resume, leftovers, step
+from .test_environment_stage import (ACCEPT, DOES_NOTHING, SETUP_CONFLICT, SOLUTION, TASK, TIGHT_VERIFIER,
+                                     kill_while_working_then_resume, leftovers, step, wrong_reply)
 from .test_plugin_guide import guide_module
 
 pytestmark = pytest.mark.docker
@@ -48,11 +49,12 @@ def environment_script(turn):
     """The merge conflict of test_environment_stage, plus a deleted file the export must keep deleted."""
     if turn == 0:
         return step([*SETUP_CONFLICT, "rm /etc/issue.net"], analysis="build a repository with a conflicted merge")
-    return step(ready=True, verifier=VERIFIER, analysis="the conflict is in place")
+    return step(ready=True, verifier=TIGHT_VERIFIER, solution=SOLUTION, analysis="the conflict is in place")
 
 
 class Pipeline:
-    """Plays sampler, judge, environment agent and teacher, each from its own script."""
+    """Plays sampler, judge, environment agent (and its wrong solutions) and teacher, each
+    from its own script."""
 
     def __init__(self, teacher, environment=environment_script):
         self.teacher = teacher
@@ -68,6 +70,8 @@ class Pipeline:
             return 200, completion_body([ACCEPT], chat=True), 0
         if "You prepare Linux containers" in first:
             return 200, completion_body([self.environment(turn)], chat=True), 0
+        if "WRONG solutions" in first:
+            return 200, completion_body([wrong_reply(DOES_NOTHING)], chat=True), 0
         self.teacher_requests.append(body)
         return 200, completion_body([self.teacher(turn)], chat=True), 0
 
@@ -75,8 +79,9 @@ class Pipeline:
 def run_pipeline(compose_cfg, tmp_path, teacher, *overrides, environment=environment_script):
     model = Pipeline(teacher, environment)
     with StubServer(model) as server:
+        # certification has its own tests (test_environment_stage); here one run per state does
         cfg = compose_cfg("stage=all", f"backend.url={server.url}", "sample.num_tasks=1", "sample.n=1",
-                          "backend.retry_initial_wait=0.01", "sandbox.max_containers=2", *overrides)
+                          "backend.retry_initial_wait=0.01", "sandbox.max_containers=2", "certify.repeats=1", *overrides)
         summaries = execute(cfg, tmp_path)
     assert leftovers(run_id(tmp_path)) == []
     return summaries, model
@@ -148,7 +153,7 @@ def test_a_scripted_teacher_solves_the_merge_conflict_and_every_format_is_writte
         # The rebuilt starting state is the prepared one: the conflict, the git identity, the deletion.
         assert check_harbor_task(harbor, "cd /srv/repo && git status --short | grep -q '^UU app.py' && "
                                  "git config user.name | grep -qx Dev && ! test -e /etc/issue.net && "
-                                 "printf 'x = 1\\n' > app.py && git commit -qam merged") == "1"
+                                 "printf 'a = \"hello, world\"\\nb = \"hi\"\\n' > app.py && git commit -qam merged") == "1"
     finally:
         remove_images(tmp_path)
 
@@ -288,7 +293,8 @@ def test_a_killed_trajectory_run_resumes_without_losing_or_repeating_a_rollout(c
 
 def test_a_task_without_starting_state_exports_a_dockerfile_without_an_archive(compose_cfg, tmp_path):
     def nothing_to_prepare(turn):
-        return step(ready=True, verifier="grep -qx 42 /root/answer.txt", analysis="no starting state needed")
+        return step(ready=True, verifier="grep -qx 42 /root/answer.txt", solution="echo 42 > /root/answer.txt\n",
+                    analysis="no starting state needed")
 
     def answer(turn):
         return [terminus("echo 42 > /root/answer.txt\n"), terminus(complete=True)][min(turn, 1)]

@@ -228,7 +228,7 @@ def test_the_real_model_as_teacher_types_into_a_real_terminal(compose_cfg, tmp_p
 
     with StubServer(Pipeline(solving_teacher)) as stub:
         execute(compose_cfg("stage=[sample,judge,environment]", f"backend.url={stub.url}", "sample.num_tasks=1",
-                            "sample.n=1"), tmp_path)
+                            "sample.n=1", "certify.repeats=1"), tmp_path)
     try:
         cfg = compose_cfg("stage=[trajectory,export]", f"backend.url={vllm_url}", "agent.max_turns=2",
                           "agent.max_tokens=300", "agent.max_command_duration=3", "trajectory.rollouts=2")

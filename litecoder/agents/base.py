@@ -87,8 +87,10 @@ class Episode:
     #: free-text detail on the stop (the request error, the loop that was seen)
     detail: Optional[str] = None
     wall_s: float = 0.0
-    #: what the agent hands over besides its work (the preparer's ``verifier``)
+    #: what the agent hands over besides its work (the preparer's ``verifier`` and ``solution``)
     result: dict = field(default_factory=dict)
+    #: the whole conversation, to go on from (the environment stage's repair rounds)
+    messages: list[dict] = field(default_factory=list)
 
     @property
     def malformed_turns(self) -> int:

@@ -90,12 +90,14 @@ class TurnAgent:
         return self.render("malformed", error=error)
 
     async def run(self, task: str, terminal: Terminal, chat: Chat, *, context_limit: int | None = None,
-                  **context: Any) -> Episode:
-        """One episode: ``context`` goes to the first messages' templates."""
+                  messages: list[dict] | None = None, **context: Any) -> Episode:
+        """One episode: ``context`` goes to the first messages' templates. With ``messages``
+        (an earlier episode's, and a new user message) the conversation goes on from there."""
         c = self.config
         started = time.monotonic()
-        messages = self.first_messages(task, await terminal.start(), **context)
-        episode = Episode(prompt=messages[-1]["content"])
+        screen = await terminal.start()
+        messages = list(messages) if messages else self.first_messages(task, screen, **context)
+        episode = Episode(prompt=messages[-1]["content"], messages=messages)
         limit = min(int(c.max_context_tokens), context_limit or int(c.max_context_tokens))
         used_tokens: int | None = None  # prompt + reply tokens of the last request, as counted by the server
         try:

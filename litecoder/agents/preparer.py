@@ -1,9 +1,9 @@
 """The environment preparer: builds a task's starting state and writes its verifier.
 
-Every reply is one JSON object ``{analysis, commands: [bash command], verifier, ready,
-give_up}``. Each command runs to its end (an ``exec`` terminal), and its output and exit code
-come back. The episode is done when a reply is ``ready`` with a verifier; the verifier is the
-episode's ``result``. The wording of every message is config (``conf/agent/preparer.yaml``).
+Every reply is one JSON object ``{analysis, commands: [bash command], verifier, solution,
+ready, give_up}``. Each command runs to its end (an ``exec`` terminal), and its output and
+exit code come back. The episode is done when a reply is ``ready`` with a verifier and a
+reference solution; both are the episode's ``result``. The wording of every message is config (``conf/agent/preparer.yaml``).
 """
 
 from __future__ import annotations
@@ -24,10 +24,11 @@ REPLY_SCHEMA = {
         "analysis": {"type": "string", "maxLength": 2000},
         "commands": {"type": "array", "items": {"type": "string", "maxLength": 8000}, "maxItems": 20},
         "verifier": {"type": "string", "maxLength": 12000},
+        "solution": {"type": "string", "maxLength": 12000},
         "ready": {"type": "boolean"},
         "give_up": {"type": "boolean"},
     },
-    "required": ["analysis", "commands", "verifier", "ready", "give_up"],
+    "required": ["analysis", "commands", "verifier", "solution", "ready", "give_up"],
     "additionalProperties": False,
 }
 
@@ -41,8 +42,12 @@ class PreparerAgentConfig(AgentLoopConfig):
     instruction: str = MISSING
     #: sent after a reply that is not usable; sees ``error``
     malformed: str = MISSING
-    #: sent after a ``ready`` reply without a verifier; sees ``output``
-    no_verifier: str = MISSING
+    #: sent after a ``ready`` reply without a verifier or a solution; sees ``output`` and
+    #: ``missing`` (the names of the empty keys)
+    incomplete: str = MISSING
+    #: sent when certification found problems and the agent may mend the task; sees
+    #: ``findings`` (a list of sentences)
+    repair: str = MISSING
     max_turns: int = 20
     #: seconds per command
     command_timeout: float = 60.0
@@ -58,7 +63,7 @@ class PreparerAgentConfig(AgentLoopConfig):
 
 
 class PreparerAgent(TurnAgent):
-    """Commands with exit codes; done when ready with a verifier, or when it gives up."""
+    """Commands with exit codes; done when ready with a verifier and a solution, or when it gives up."""
 
     name = "preparer"
     reply_schema = REPLY_SCHEMA
@@ -71,6 +76,10 @@ class PreparerAgent(TurnAgent):
         return [{"role": "system", "content": system},
                 {"role": "user", "content": self.render("instruction", task=task.strip())}]
 
+    def repair_message(self, findings: list[str]) -> str:
+        """The message that gives certification's findings back, to go on from the episode."""
+        return self.render("repair", findings=findings)
+
     async def step(self, terminal: Terminal, episode: Episode, reply: dict, started: float) -> tuple[Stop | None, str]:
         c, turn = self.config, episode.turns[-1]
         turn.analysis, turn.task_complete = reply["analysis"], bool(reply["ready"])
@@ -82,9 +91,10 @@ class PreparerAgent(TurnAgent):
         output, _ = clip(await terminal.read_new(), int(c.output_bytes))
         if not reply["ready"]:
             return None, output
-        if not reply["verifier"].strip():
-            return None, self.render("no_verifier", output=output)
-        episode.result = {"verifier": reply["verifier"]}
+        missing = [key for key in ("verifier", "solution") if not reply[key].strip()]
+        if missing:
+            return None, self.render("incomplete", output=output, missing=missing)
+        episode.result = {"verifier": reply["verifier"], "solution": reply["solution"]}
         return Stop(COMPLETED), ""
 
 

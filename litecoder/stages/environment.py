@@ -1,9 +1,12 @@
 """Environment preparation: an agent builds each accepted task's starting state in Docker.
 
 The agent (``environment.agent``, by default the ``preparer``) acts in turns until it
-declares the state ready and hands over a verifier script. The container is then committed as the task's image. The verifier is kept outside
-that image and run once, in a fresh container from it: it must report "not solved" on the
-prepared state, or the task is trivial (or the verifier wrong) and is rejected.
+declares the state ready and hands over a verifier and a reference solution, both kept
+outside the image. The container is then committed as the task's image, and the task is
+certified (``certification.py``): in fresh offline containers from that image the verifier
+must fail on the start state, pass after the reference solution, refuse wrong solutions and
+answer the same every time. What certification finds goes back to the agent for a few
+repair rounds; the task ends ready (certified) or rejected with the findings.
 """
 
 from __future__ import annotations
@@ -19,9 +22,10 @@ from typing import Any, Optional
 from omegaconf import MISSING, OmegaConf
 
 from .. import hookimpl
-from ..agents.base import COMPLETED, GAVE_UP, MAX_TURNS, REQUEST_ERROR, WALL_TIME
+from ..agents.base import COMPLETED, GAVE_UP, MAX_TURNS, REQUEST_ERROR, WALL_TIME, Episode
 from ..agents.loop import bind_chat, chat_params
-from ..errors import ConfigError
+from ..certification import Certifier, certificate, rejection, wrong_solutions
+from ..errors import ConfigError, RequestError
 from ..records import READY, REJECTED, Environment, backend_identity, polars_schema
 from ..runner import Done, open_items, run_items
 from ..sandboxes import packages
@@ -76,6 +80,46 @@ class ItemFailed(Exception):
     """The item ends failed with this reason (not a run failure)."""
 
 
+@dataclass
+class Kit:
+    """What one task's preparation works with."""
+
+    run: Any
+    sandbox: Any
+    agent: Any
+    #: the stage's model client (for requests outside the agent's episode) and the agent's chat
+    client: Any
+    chat: Any
+    #: one per container the stage may run at once (``sandbox.max_containers``)
+    slots: asyncio.Semaphore
+    certifier: Certifier
+
+
+def add_usage(total: dict, usage: dict) -> None:
+    for key in ("requests", "prompt_tokens", "completion_tokens"):
+        total[key] = total.get(key, 0) + usage.get(key, 0)
+
+
+def repairable(cert: dict) -> bool:
+    """Whether the agent could mend what certification found (not: no wrong solutions to try)."""
+    return any(not f.startswith("no wrong solutions") for f in cert["findings"])
+
+
+def merge_changes(earlier: dict | None, changes: list) -> dict:
+    """The changed, added and deleted paths against the run's image, from ``changes`` against
+    the session's image and, for a repair, the paths the task's image had changed already."""
+    added = {c.path for c in changes if c.kind == "added"}
+    deleted = {c.path for c in changes if c.kind == "deleted"}
+    changed = {c.path for c in changes}
+    if earlier is not None:
+        before_added, before_deleted = set(earlier["added_paths"] or []), set(earlier["deleted_paths"] or [])
+        gone_again = deleted & before_added  # made by the first episode, removed by the repair
+        added, deleted = (before_added - deleted) | (added - before_deleted), (before_deleted - added) | (deleted - before_added)
+        changed = (set(earlier["changed_paths"] or []) | changed) - gone_again
+    # the Harbor export rebuilds the state from these
+    return {"changed_paths": sorted(changed), "added_paths": sorted(added), "deleted_paths": sorted(deleted)}
+
+
 class EnvironmentStage:
     name = "environment"
 
@@ -88,7 +132,7 @@ class EnvironmentStage:
         env.pop("backend", None)
         sandbox = OmegaConf.to_container(cfg.sandbox, resolve=True)
         toolchain = OmegaConf.to_container(cfg.domain.toolchain, resolve=True) if sandbox.get("toolchain", True) else None
-        return {"environment": env, "sandbox": {k: sandbox.get(k) for k in ("type", "image", "registries")},
+        return {"environment": env, "certify": OmegaConf.to_container(cfg.certify, resolve=True), "sandbox": {k: sandbox.get(k) for k in ("type", "image", "registries")},
                 "toolchain": toolchain, "backend": backend_identity(backend_config)}
 
     def run(self, run: Any) -> dict:
@@ -116,15 +160,19 @@ class EnvironmentStage:
         backend = run.backend(self.name)
         agent = self.agent(run)
         params = chat_params(agent, backend)
+        limit = int(run.cfg.sandbox.max_containers)
+        slots = asyncio.Semaphore(limit)  # every container of the stage, preparing or checking
+        certifier = Certifier(run.cfg.certify, sandbox, slots, float(run.cfg.environment.verifier_timeout))
 
         async def one(task: dict, client: Any) -> Done:
-            record = await self.prepare(run, sandbox, agent, bind_chat(client, agent, params), task)
+            kit = Kit(run, sandbox, agent, client, bind_chat(client, agent, params), slots, certifier)
+            record = await self.prepare(kit, task)
             state = DONE if record["status"] in (READY, REJECTED) else FAILED
             return Done([(task["task_id"], state, record["status"], record["reason"], record)], record["usage"],
                         record.pop("request_error", None))
 
         await run_items(run, self.name, tasks, one, total=len(tasks), label="environment", unit="task",
-                        limit=int(run.cfg.sandbox.max_containers), table=run.path(ENVIRONMENTS_FILE))
+                        limit=limit, table=run.path(ENVIRONMENTS_FILE))
 
     @staticmethod
     def agent(run: Any) -> Any:
@@ -135,83 +183,136 @@ class EnvironmentStage:
                               "choose another agent with agent@environment.agent=NAME")
         return run.plugins.registry("agent").get(config.type)(config)
 
-    async def prepare(self, run: Any, sandbox: Any, agent: Any, chat: Any, task: dict) -> dict:
+    async def prepare(self, kit: "Kit", task: dict) -> dict:
         """Prepare one task's environment: the agent's episode in a container, the commit,
-        the check of the prepared state; returns its record (``request_error`` when a model
-        request failed)."""
-        env = run.cfg.environment
+        certification (with repair rounds); returns its record (``request_error`` when a
+        model request failed)."""
+        run, env = kit.run, kit.run.cfg.environment
         record: dict[str, Any] = {
             "task_id": task["task_id"], "text": task["text"], "status": FAILED, "reason": None, "commands": [],
             "changed_paths": [], "steps": 0, "model": run.backend(self.name).describe().get("model") or "",
-            "usage": {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0},
+            "usage": {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0}, "wrong_solutions": [],
+            "base_image": getattr(kit.sandbox, "image", None), "network": str(env.network),
         }
         started = time.monotonic()
-        session = None
         try:
-            record["base_image"], record["network"] = getattr(sandbox, "image", None), str(env.network)
-            session = await asyncio.to_thread(sandbox.open, task["task_id"], network=str(env.network))
-            record["host"] = getattr(session, "host", None)  # plugins' sandboxes may not say
-            before = self._baselines.get(record["base_image"])
-            if before is None:  # every container of the run starts from the same image
-                before = self._baselines[record["base_image"]] = await asyncio.to_thread(packages.snapshot, session)
-            verifier = await self._converse(run, agent, chat, session, task, record)
-            await self._capture(run, sandbox, session, task, record, before, verifier)
-            await asyncio.to_thread(session.remove)
-            session = None
-            await self._check(run, sandbox, task, record)
+            messages = await self._episode(kit, task, record)
+            if run.cfg.certify.enabled:
+                await self._certify(kit, task, record, messages)
+            else:
+                await self._check(kit, task, record)
         except ItemFailed as exc:
             record["reason"] = str(exc)
+        except RequestError as exc:
+            record["reason"] = record["request_error"] = f"request failed: {exc}"
         except Exception as exc:  # noqa: BLE001 - sandbox and Docker errors end the item, not the run
             record["reason"] = item_failure(exc)
             if record["reason"] is None:
                 raise
-        finally:
-            if session is not None:
-                await asyncio.to_thread(session.remove)
         record["prompt_tokens"], record["completion_tokens"] = record["usage"]["prompt_tokens"], record["usage"]["completion_tokens"]
         record["wall_s"] = round(time.monotonic() - started, 2)
         record["prepared_at"] = datetime.now(timezone.utc).isoformat()
         return record
 
+    async def _episode(self, kit: "Kit", task: dict, record: dict, messages: list[dict] | None = None) -> list[dict]:
+        """One episode of the agent in a container, then the commit; returns the conversation.
+        The first starts from the run's image; a repair (``messages``) from the task's own."""
+        run, sandbox = kit.run, kit.sandbox
+        name = task["task_id"] if messages is None else f"{task['task_id']}-repair{record['steps']}"
+        async with kit.slots:
+            session = await asyncio.to_thread(sandbox.open, name, image=record.get("image_id"),
+                                              network=str(run.cfg.environment.network))
+            try:
+                record["host"] = getattr(session, "host", None)  # plugins' sandboxes may not say
+                before = self._baselines.get(record["base_image"])
+                if before is None:  # every container of the run starts from the same image
+                    before = self._baselines[record["base_image"]] = await asyncio.to_thread(packages.snapshot, session)
+                episode = await self._converse(kit, session, task, record, messages)
+                await self._capture(run, sandbox, session, task, record, before, episode.result)
+            finally:
+                await asyncio.to_thread(session.remove)
+        return episode.messages
+
+    async def _certify(self, kit: "Kit", task: dict, record: dict, messages: list[dict]) -> None:
+        """Certify the task, giving the findings back to the agent for up to
+        ``certify.max_repairs`` rounds; the task ends ready (certified) or rejected."""
+        config, backend = kit.run.cfg.certify, kit.run.backend(self.name)
+        wrong, usage, wrong_error = await wrong_solutions(kit.client, config, task["text"], record["verifier"],
+                                                          record["solution"], structured=backend.supports_structured_output)
+        add_usage(record["usage"], usage)
+        record["wrong_solutions"] = [asdict(w) for w in wrong]
+        repairs, runs, seconds = 0, 0, 0.0
+        while True:
+            checks = await kit.certifier.checks(task["task_id"], record["image_id"], record["verifier"], record["solution"], wrong)
+            cert = certificate(checks, wrong, wanted_wrong=int(config.wrong_solutions), wrong_error=wrong_error)
+            runs, seconds = runs + len(checks), seconds + sum(c.seconds for c in checks)
+            if cert["certified"] or repairs >= int(config.max_repairs) or not repairable(cert):
+                break
+            repairs += 1
+            try:
+                messages = await self._episode(kit, task, record, [*messages, {"role": "user", "content": kit.agent.repair_message(cert["findings"])}])
+            except ItemFailed as exc:
+                if record.get("request_error"):
+                    raise
+                cert["findings"].append(f"repair failed: {exc}")
+                break
+        cert.update(repairs=repairs, container_runs=runs, seconds=round(seconds, 2))
+        await self._settle(kit, task, record, cert)
+
+    async def _settle(self, kit: "Kit", task: dict, record: dict, cert: dict) -> None:
+        """Record the certificate and the task's outcome; a rejected task's image goes."""
+        record["certificate"] = cert
+        nop = next((c for c in cert["checks"] if c["check"] == "nop"), {})
+        record["verifier_exit_code"], record["verifier_output"] = nop.get("verifier_exit_code"), nop.get("verifier_output")
+        self._save_scripts(kit.run, task["task_id"], record)
+        if cert["certified"]:
+            record["status"] = READY
+        else:
+            record["status"], record["reason"] = REJECTED, rejection(cert)
+            await asyncio.to_thread(kit.sandbox.remove_image, record["image_id"])
+
     async def _capture(self, run: Any, sandbox: Any, session: Any, task: dict, record: dict, before: dict,
-                       verifier: str) -> None:
-        """Commit the prepared container and record its changes and installs."""
-        record["verifier"] = verifier
+                       result: dict) -> None:
+        """Commit the container as the task's image and record its scripts, changes and
+        installs (a repair's changes add to the first episode's)."""
+        record["verifier"], record["solution"] = result["verifier"], result.get("solution")
         owned = await asyncio.to_thread(self._record_installs, session, before, record)
-        record["image"], record["image_id"] = await self._commit(run, sandbox, session, task["task_id"])
+        earlier = {k: record.get(k) for k in ("changed_paths", "added_paths", "deleted_paths")} if "image_id" in record else None
+        record["image"], record["image_id"] = await self._commit(run, sandbox, session, task["task_id"], earlier is None)
         changes = await asyncio.to_thread(session.changes)
         changes = packages.without_package_files([c for c in changes or [] if not c.path.startswith(NOISE)], owned)
-        record["changed_paths"] = sorted(c.path for c in changes)
-        # the Harbor export rebuilds the state from these
-        record["added_paths"] = sorted(c.path for c in changes if c.kind == "added")
-        record["deleted_paths"] = sorted(c.path for c in changes if c.kind == "deleted")
+        record.update(merge_changes(earlier, changes))
 
-    async def _check(self, run: Any, sandbox: Any, task: dict, record: dict) -> None:
-        """The verifier must report the prepared state unsolved, or the task is rejected."""
-        verifier = record["verifier"]
-        exit_code, output = await asyncio.to_thread(self._verify_prepared, sandbox, record["image_id"], task["task_id"],
-                                                    verifier, run.cfg.environment)
+    async def _check(self, kit: "Kit", task: dict, record: dict) -> None:
+        """Without certification: the verifier must report the prepared state unsolved, or
+        the task is rejected."""
+        run, sandbox = kit.run, kit.sandbox
+        async with kit.slots:
+            exit_code, output = await asyncio.to_thread(self._verify_prepared, sandbox, record["image_id"], task["task_id"],
+                                                        record["verifier"], run.cfg.environment)
         record["verifier_exit_code"], record["verifier_output"] = exit_code, output
-        self._save_verifier(run, task["task_id"], verifier)
+        self._save_scripts(run, task["task_id"], record)
         if exit_code == 0:
             record["status"], record["reason"] = REJECTED, "the verifier reports the task solved on the prepared state"
             await asyncio.to_thread(sandbox.remove_image, record["image_id"])
         else:
             record["status"] = READY
 
-    async def _converse(self, run: Any, agent: Any, chat: Any, session: Any, task: dict, record: dict) -> str:
-        """The agent's episode; returns its verifier or raises ``ItemFailed`` with why not."""
+    async def _converse(self, kit: "Kit", session: Any, task: dict, record: dict, messages: list[dict] | None) -> Episode:
+        """The agent's episode; returns it when it handed over a verifier, or raises
+        ``ItemFailed`` with why not."""
+        run, agent = kit.run, kit.agent
         terminal = open_terminal(agent, session)
         context_limit = getattr(run.backend(self.name).config, "max_model_len", None)
-        episode = await agent.run(task["text"], terminal, chat, context_limit=context_limit,
-                                  network=str(run.cfg.environment.network))
+        episode = await agent.run(task["text"], terminal, kit.chat, context_limit=context_limit,
+                                  network=str(run.cfg.environment.network), messages=messages)
         turns = episode.turns
-        record["steps"] = len(turns) + (episode.stop_reason == REQUEST_ERROR)
-        record["commands"] = [asdict(r) for r in getattr(terminal, "runs", [])]
-        record["usage"] = {"requests": len(turns), "prompt_tokens": sum(t.prompt_tokens or 0 for t in turns),
-                           "completion_tokens": sum(t.completion_tokens or 0 for t in turns)}
+        record["steps"] += len(turns) + (episode.stop_reason == REQUEST_ERROR)
+        record["commands"] += [asdict(r) for r in getattr(terminal, "runs", [])]
+        add_usage(record["usage"], {"requests": len(turns), "prompt_tokens": sum(t.prompt_tokens or 0 for t in turns),
+                                    "completion_tokens": sum(t.completion_tokens or 0 for t in turns)})
         if episode.stop_reason == COMPLETED and episode.result.get("verifier", "").strip():
-            return episode.result["verifier"]
+            return episode
         if episode.stop_reason == REQUEST_ERROR:
             record["request_error"] = episode.detail
         raise ItemFailed(unprepared_reason(episode, agent))
@@ -225,14 +326,16 @@ class EnvironmentStage:
         record["apt_history"] = packages.apt_history(session, before["apt_log_bytes"]) if added["debian"] else ""
         return packages.owned_paths(session, added)
 
-    async def _commit(self, run: Any, sandbox: Any, session: Any, task_id: str) -> tuple[str, str]:
-        """Commit the container as the task's image: (name, id). An image under that name is
-        from an earlier attempt at this task in this run (a resume, a changed config); it goes
-        first, or it would be left untagged for ``docker image prune`` to find."""
+    async def _commit(self, run: Any, sandbox: Any, session: Any, task_id: str, replace: bool) -> tuple[str, str]:
+        """Commit the container as the task's image: (name, id). With ``replace``, an image
+        under that name is from an earlier attempt at this task in this run (a resume, a
+        changed config); it goes first, or it would be left untagged for ``docker image prune``
+        to find. A repair's container runs from the task's image, the new one's parent."""
         tag = image_tag(run_id(run.dir), task_id)
         image = f"{IMAGE_REPOSITORY}:{tag}"
         try:
-            await asyncio.to_thread(sandbox.remove_image, image)
+            if replace:
+                await asyncio.to_thread(sandbox.remove_image, image)
         except Exception as exc:  # noqa: BLE001 - an image kept in use is no reason to fail the item
             log.warning("could not remove %s, which task %s replaces: %s", image, task_id, exc)
         labels = {"litecoder.task": task_id, LABEL_RUN_DIR: str(Path(run.dir).resolve())}
@@ -247,11 +350,13 @@ class EnvironmentStage:
             session.remove()
 
     @staticmethod
-    def _save_verifier(run: Any, task_id: str, verifier: str) -> Path:
-        path = run.path("environments") / task_id / "verifier.sh"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(verifier)
-        return path
+    def _save_scripts(run: Any, task_id: str, record: dict) -> None:
+        """``environments/<task>/verifier.sh`` and ``solution.sh``: kept outside the image."""
+        directory = run.path("environments") / task_id
+        directory.mkdir(parents=True, exist_ok=True)
+        for name in ("verifier", "solution"):
+            if record.get(name):
+                (directory / f"{name}.sh").write_text(record[name])
 
     def export(self, run: Any) -> None:
         frame = records_frame([i.record for i in run.store.items(self.name)], SCHEMA, "prepared_at")

@@ -19,14 +19,17 @@ from litecoder_terminal_bench.exporter import RUN_TESTS, TEST_OUTPUTS, pytest_su
 TASK = "Count the lines of /srv/data/input.txt and write the number alone to /root/count.txt."
 CRITERIA = ["complexity_balance", "clarity", "resource_availability", "verifiability", "safety"]
 VERIFIER = '#!/bin/bash\ntest "$(cat /root/count.txt 2>/dev/null)" = 3\n'
+SOLUTION = "wc -l < /srv/data/input.txt > /root/count.txt\n"
+WRONG = [{"mistake": "writes the file name after the number", "script": "wc -l /srv/data/input.txt > /root/count.txt"}]
 
 
 def _environment(turn: int) -> str:
     if turn == 0:
         commands = ["mkdir -p /srv/data && printf 'alpha\\nbeta\\ngamma\\n' > /srv/data/input.txt"]
         return json.dumps({"analysis": "make the input file", "commands": commands, "verifier": "",
-                           "ready": False, "give_up": False})
-    return json.dumps({"analysis": "ready", "commands": [], "verifier": VERIFIER, "ready": True, "give_up": False})
+                           "solution": "", "ready": False, "give_up": False})
+    return json.dumps({"analysis": "ready", "commands": [], "verifier": VERIFIER, "solution": SOLUTION,
+                       "ready": True, "give_up": False})
 
 
 def _teacher(turn: int) -> str:
@@ -35,7 +38,8 @@ def _teacher(turn: int) -> str:
 
 
 def scripted_model(path: str, body: dict):
-    """One task; the judge accepts it, the environment agent makes the input, the teacher solves it."""
+    """One task; the judge accepts it, the environment agent makes the input, certification gets a
+    wrong solution, the teacher solves it."""
     if not path.endswith("chat/completions"):
         return 200, completion_body([TASK] * int(body.get("n", 1))), 0
     system = body["messages"][0]["content"]
@@ -44,6 +48,8 @@ def scripted_model(path: str, body: dict):
         reply = json.dumps({c: {"rationale": "fine", "score": 5} for c in CRITERIA})
     elif "You prepare Linux containers" in system:
         reply = _environment(turn)
+    elif "WRONG solutions" in system:
+        reply = json.dumps({"wrong_solutions": WRONG})
     else:
         reply = _teacher(turn)
     return 200, completion_body([reply], chat=True), 0
@@ -94,7 +100,7 @@ def test_a_solved_task_becomes_a_terminal_bench_task_that_its_solution_passes(li
     run_dir = litecoder_cli.outputs / "tb"
     try:
         made = litecoder_cli("stage=[sample,judge,environment,trajectory]", *common, "sample.num_tasks=1", "sample.n=1",
-                             "sample.template.prefix='{system}\\nTask:'", "sample.template.stop=[END]")
+                             "sample.template.prefix='{system}\\nTask:'", "sample.template.stop=[END]", "certify.repeats=1")
         assert made.returncode == 0, made.stderr[-3000:]
         assert "kept=1" in made.stderr and "solved=1" in made.stderr, made.stderr[-3000:]
 

@@ -1,0 +1,163 @@
+"""Certification: evidence that a prepared task's verifier is right.
+
+Every check runs in a fresh container from the task's image, with no network: ``nop`` (the
+verifier alone, on the untouched start state) must fail, ``oracle`` (the reference solution,
+then the verifier) must pass, each of them ``certify.repeats`` times with the same answer
+every time, and ``wrong`` (a plausible wrong solution the environment model wrote, then the
+verifier) must fail. The environment stage gives the findings back to its agent for repair
+rounds; this module only runs checks and reads their results.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import asdict
+from typing import Any
+
+import jinja2
+
+from .records import CheckRun, WrongSolution
+from .replies import ReplyError, parse_reply
+from .sandboxes.base import clip, run_verifier
+
+NOP, ORACLE, WRONG = "nop", "oracle", "wrong"
+#: where a solution script is copied to run; the ``.litecoder`` prefix keeps it out of diffs
+SOLUTION_PATH = "/tmp/.litecoder-solution.sh"
+#: characters of a verifier's output quoted in a finding
+QUOTED = 600
+
+WRONG_SCHEMA = {
+    "type": "object",
+    "properties": {"wrong_solutions": {"type": "array", "maxItems": 10, "items": {
+        "type": "object",
+        "properties": {"mistake": {"type": "string", "maxLength": 500}, "script": {"type": "string", "maxLength": 8000}},
+        "required": ["mistake", "script"], "additionalProperties": False}}},
+    "required": ["wrong_solutions"],
+    "additionalProperties": False,
+}
+
+
+def run_check(sandbox: Any, image: str, name: str, verifier: str, script: str | None, *,
+              solution_timeout: float, verifier_timeout: float) -> dict:
+    """One check in a fresh offline container: ``script`` (if any), then the verifier. Returns
+    a ``CheckRun``'s fields but ``check`` and ``index``."""
+    started = time.monotonic()
+    session = sandbox.open(name, image=image, network="none")
+    try:
+        solution_exit = None
+        if script is not None:
+            session.write_files({SOLUTION_PATH: script}, mode=0o755)
+            result = session.exec(f"cd /root && bash {SOLUTION_PATH}", timeout=solution_timeout)
+            solution_exit = 124 if result.timed_out else result.exit_code
+        code, output = run_verifier(session, verifier, verifier_timeout)
+    finally:
+        session.remove()
+    return {"solution_exit_code": solution_exit, "verifier_exit_code": code, "verifier_output": output,
+            "seconds": round(time.monotonic() - started, 2)}
+
+
+class Certifier:
+    """Runs a task's checks, at most as many containers at once as ``slots`` allows."""
+
+    def __init__(self, config: Any, sandbox: Any, slots: asyncio.Semaphore, verifier_timeout: float) -> None:
+        self.config, self.sandbox, self.slots = config, sandbox, slots
+        self.verifier_timeout = verifier_timeout
+
+    async def checks(self, task_id: str, image: str, verifier: str, solution: str,
+                     wrong: list[WrongSolution]) -> list[CheckRun]:
+        """Every check of one round, in parallel within the container slots."""
+        repeats = max(1, int(self.config.repeats))
+        jobs = [(NOP, i, None) for i in range(repeats)] + [(ORACLE, i, solution) for i in range(repeats)]
+        jobs += [(WRONG, i, w.script) for i, w in enumerate(wrong)]
+        return list(await asyncio.gather(*(self._one(task_id, image, verifier, *job) for job in jobs)))
+
+    async def _one(self, task_id: str, image: str, verifier: str, check: str, index: int, script: str | None) -> CheckRun:
+        async with self.slots:
+            fields = await asyncio.to_thread(
+                run_check, self.sandbox, image, f"{task_id}-{check}{index}", verifier, script,
+                solution_timeout=float(self.config.solution_timeout), verifier_timeout=self.verifier_timeout)
+        return CheckRun(check=check, index=index, **fields)
+
+
+def solved(run: CheckRun) -> bool:
+    return run.verifier_exit_code == 0
+
+
+def certificate(runs: list[CheckRun], wrong: list[WrongSolution], *, wanted_wrong: int,
+                wrong_error: str | None = None) -> dict:
+    """Read one round's runs: each check's verdict, the findings (in the words the agent
+    and the record get), and whether the task is certified."""
+    nop = [r for r in runs if r.check == NOP]
+    oracle = [r for r in runs if r.check == ORACLE]
+    tried = [(w, r) for w, r in zip(wrong, sorted((r for r in runs if r.check == WRONG), key=lambda r: r.index))]
+    stable = len({solved(r) for r in nop}) <= 1 and len({solved(r) for r in oracle}) <= 1
+    cert = {"nop": not any(solved(r) for r in nop), "oracle": all(solved(r) for r in oracle), "stable": stable,
+            "wrong_total": len(tried), "wrong_caught": sum(not solved(r) for _, r in tried),
+            "checks": [asdict(r) for r in runs]}
+    cert["findings"] = findings(cert, nop, oracle, tried, wanted_wrong, wrong_error)
+    cert["certified"] = not cert["findings"]
+    return cert
+
+
+def findings(cert: dict, nop: list[CheckRun], oracle: list[CheckRun], tried: list[tuple[WrongSolution, CheckRun]],
+             wanted_wrong: int, wrong_error: str | None) -> list[str]:
+    found = []
+    if not cert["stable"]:
+        for state, runs in (("the untouched start state", nop), ("the state after the reference solution", oracle)):
+            codes = [r.verifier_exit_code for r in runs]
+            if len({c == 0 for c in codes}) > 1:
+                found.append(f"unstable: the verifier gave different answers on {state}, exit codes {codes} "
+                             f"over {len(runs)} runs")
+    if cert["stable"] and not cert["nop"]:
+        found.append("nop: the verifier passes (exit 0) on the untouched start state, so it does not check "
+                     "that the exercise was done")
+    failed = next((r for r in oracle if not solved(r)), None)
+    if cert["stable"] and failed is not None:
+        found.append(f"oracle: after the reference solution (exit {failed.solution_exit_code}) the verifier exits "
+                     f"{failed.verifier_exit_code}: {quote(failed.verifier_output)}")
+    for wrong, run in tried:
+        if solved(run):
+            found.append(f"wrong solution accepted: the verifier passes after a wrong solution ({wrong.mistake}):\n"
+                         f"{quote(wrong.script)}")
+    if wanted_wrong and not tried:
+        found.append(f"no wrong solutions to try: {wrong_error or 'the model wrote none'}")
+    return found
+
+
+def quote(text: str | None) -> str:
+    return clip((text or "").strip(), QUOTED)[0] or "(no output)"
+
+
+def rejection(cert: dict) -> str:
+    """The reason a task that was not certified is rejected."""
+    repairs = cert.get("repairs", 0)
+    after = f" (after {repairs} repair round{'s' * (repairs != 1)})" if repairs else ""
+    return f"certification failed{after}: " + "; ".join(f.splitlines()[0] for f in cert["findings"])
+
+
+async def wrong_solutions(client: Any, config: Any, task: str, verifier: str, solution: str, *,
+                          structured: bool) -> tuple[list[WrongSolution], dict, str | None]:
+    """Ask the environment model for ``certify.wrong_solutions`` wrong solutions: (them, the
+    request's usage, why there are none when the reply was unusable). Scripts equal to the
+    reference solution are left out."""
+    count = int(config.wrong_solutions)
+    usage = {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0}
+    if count < 1:
+        return [], usage, None
+    render = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    messages = [{"role": "system", "content": render.from_string(config.wrong_system).render(count=count)},
+                {"role": "user", "content": render.from_string(config.wrong_instruction).render(
+                    task=task.strip(), verifier=verifier, solution=solution, count=count)}]
+    params: dict[str, Any] = {"temperature": float(config.temperature), "max_tokens": int(config.max_tokens)}
+    if structured and config.structured_output == "auto":
+        params["response_format"] = {"type": "json_schema", "json_schema": {"name": "wrong_solutions", "schema": WRONG_SCHEMA}}
+    result = await client.chat(messages, n=1, **params)  # a RequestError fails the item, to be retried
+    usage.update(requests=1, prompt_tokens=result.prompt_tokens or 0, completion_tokens=result.completion_tokens or 0)
+    try:
+        reply = parse_reply(result.choices[0].text if result.choices else "", WRONG_SCHEMA, max_chars=100_000)
+    except ReplyError as exc:
+        return [], usage, f"the reply was not usable: {exc}"
+    wrong = [WrongSolution(w["mistake"].strip(), w["script"]) for w in reply["wrong_solutions"]
+             if w["script"].strip() and w["script"].strip() != solution.strip()]
+    return wrong[:count], usage, None
