@@ -102,9 +102,11 @@ def litecoder_register_exporters(register: Register) -> None:
     """Register dataset exporters for the ``export`` stage.
 
     ``register(name, factory, config=SchemaDataclass, *, replace=False)``; ``factory()``
-    returns an object with ``export(run) -> dict`` that writes under ``run.dir`` and returns counts for the summary.
-    ``export.formats`` lists the names that run; ``litecoder.exporters.base.kept_rollouts``
-    gives the kept trajectories. The config dataclass (optional) becomes ``export.<name>``.
+    returns an object with ``export(run) -> dict`` that writes under ``run.dir`` and returns counts for the summary,
+    and ``needs``, what it reads: ``"trajectories"`` (the default; ``litecoder.exporters.base.kept_rollouts``)
+    or ``"environments"`` (``export_candidates``: ready tasks with certificate, best rollout and pass rate).
+    An exporter whose input the run lacks is skipped with one line.
+    ``export.formats`` lists the names that run. The config dataclass (optional) becomes ``export.<name>``.
     """
 
 

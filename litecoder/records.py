@@ -157,9 +157,11 @@ class Certificate:
     wrong_total: int
     wrong_caught: int
     repairs: int
-    #: containers run and seconds spent on certification, over every round
+    #: containers run and their seconds added up, over every round
     container_runs: int
     seconds: float
+    #: wall-clock seconds of certification (wrong solutions, checks and repairs)
+    wall_s: float
     #: what the last round found (empty when certified)
     findings: list[str]
     #: the last round's runs
@@ -235,7 +237,7 @@ class Rollout:
 
 @dataclass
 class TaskPassRate:
-    """``trajectory_tasks.parquet``: pass@1 and pass@k per task."""
+    """``trajectory_tasks.parquet``: pass@1, pass@k and the difficulty label per task."""
 
     task_id: str
     rollouts: int
@@ -243,3 +245,4 @@ class TaskPassRate:
     kept: int
     pass_at_1: float
     pass_at_k: float
+    difficulty: str

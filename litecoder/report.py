@@ -21,6 +21,7 @@ from omegaconf import OmegaConf
 from plotly.offline import get_plotlyjs
 from plotly.subplots import make_subplots
 
+from .difficulty import LABELS, pass_rates
 from .spend import spend
 from .tallies import judge_scores
 from .store import DONE, FAILED, json_field
@@ -46,6 +47,14 @@ TASK_OUTCOMES_SQL = f"""
 SELECT {json_field("domain", "s.record")}, {json_field("subtopic", "s.record")}, s.state, j.state, j.outcome, COUNT(*)
 FROM items AS s LEFT JOIN items AS j ON j.stage = 'judge' AND j.key = json_extract(s.record, '$.id')
 WHERE s.stage = 'sample' GROUP BY 1, 2, 3, 4, 5
+"""
+#: each prepared task's certificate verdicts (null when preparation did not get that far)
+CERTIFICATES_SQL = """
+SELECT json_extract(record, '$.certificate.nop'), json_extract(record, '$.certificate.oracle'),
+       json_extract(record, '$.certificate.stable'), json_extract(record, '$.certificate.wrong_total'),
+       json_extract(record, '$.certificate.wrong_caught'), json_extract(record, '$.certificate.certified'),
+       json_extract(record, '$.certificate.repairs')
+FROM items WHERE stage = 'environment' AND state = 'done' AND json_extract(record, '$.certificate') IS NOT NULL
 """
 OUTCOME_COLORS = {"accepted": "#2ca02c", "rejected": "#d62728", "duplicate": "#7f7f7f", "judge failed": "#ff7f0e",
                   "sampling failed": "#8c564b", "not judged": "#c7c7c7",
@@ -82,6 +91,8 @@ def render(run: Any) -> str:
         _section("Funnel", "funnel", _funnel(data)),
         _section("Domains and subtopics", "subtopics", _subtopics(data)),
         _section("Judge scores", "judge", _judge_scores(data)),
+        _section("Certification", "certification", _certification(data)),
+        _section("Difficulty", "difficulty", _difficulty(data)),
         _section("Turns and rewards per trajectory", "rollouts", _rollouts(data)),
         _section("Tokens and cost", "usage", _usage(data)),
         _section("Trajectories", "viewer", _viewer(data)),
@@ -108,6 +119,7 @@ class RunData:
         self.task_outcomes: Counter = Counter()
         for domain, subtopic, sampled, judged, outcome, n in store.query(TASK_OUTCOMES_SQL):
             self.task_outcomes[(domain or "?", subtopic or "?", _task_outcome(sampled, judged, outcome))] += n
+        self.certificates = store.query(CERTIFICATES_SQL)
         self.scores, aggregates = judge_scores(store)
         self.aggregates = [a for a in aggregates if a is not None]
         self.scored = len(aggregates)
@@ -249,6 +261,44 @@ def _funnel(data: RunData) -> str:
     fig.update_layout(title="Tasks at each stage (sampled counts failed samples too)")
     note = _empty(f"Not reached yet: {', '.join(missing)}.") if missing else ""
     return _chart(fig, "chart-funnel", 360) + note
+
+
+def certification_funnel(certificates: list[tuple]) -> list[tuple[str, int]]:
+    """Tasks past each check, in order (each step counts tasks that passed it and every
+    earlier one): prepared, nop ok, oracle ok, stable, wrong solutions caught, certified."""
+    steps = [("prepared", lambda c: True), ("nop ok", lambda c: c[0]), ("oracle ok", lambda c: c[1]),
+             ("stable", lambda c: c[2]), ("wrong solutions caught", lambda c: (c[4] or 0) == (c[3] or 0)),
+             ("certified", lambda c: c[5])]
+    passed, funnel = list(certificates), []
+    for name, ok in steps:
+        passed = [c for c in passed if ok(c)]
+        funnel.append((name, len(passed)))
+    return funnel
+
+
+def _certification(data: RunData) -> str:
+    if not data.certificates:
+        return _empty("No certified or rejected task yet: run stage=environment (with certify.enabled=true).")
+    funnel = certification_funnel(data.certificates)
+    fig = go.Figure(go.Funnel(y=[n for n, _ in funnel], x=[v for _, v in funnel], textinfo="value+percent initial",
+                              marker={"color": "#54a24b"}))
+    fig.update_layout(title="Prepared tasks past each certification check")
+    tried = sum(c[3] or 0 for c in data.certificates)
+    caught = sum(c[4] or 0 for c in data.certificates)
+    repaired = sum(1 for c in data.certificates if (c[6] or 0) > 0 and c[5])
+    line = (f"<p>Wrong solutions caught: {caught} of {tried}; tasks certified after a repair round: {repaired}. "
+            "Rejection reasons are in environments.parquet.</p>")
+    return line + _chart(fig, "chart-certification", 340)
+
+
+def _difficulty(data: RunData) -> str:
+    rates = pass_rates((i.record for i in data.done("trajectory")), data.run.cfg.trajectory.difficulty)
+    if not rates:
+        return _empty("No rollouts yet, so no pass rates: run stage=trajectory (trajectory.rollouts=k).")
+    counts = Counter(r["difficulty"] for r in rates)
+    rows = [[name, counts.get(name, 0)] for name in reversed(LABELS)]
+    return (f"<p>Difficulty of {len(rates)} tasks from the teacher's pass rate (pass@1 over their rollouts; "
+            "thresholds: trajectory.difficulty).</p>" + _table(["difficulty", "tasks"], rows, "table-difficulty"))
 
 
 def _task_outcome(sampled: str, judged: str | None, outcome: str | None) -> str:

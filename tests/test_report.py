@@ -181,3 +181,13 @@ def test_every_run_ends_with_its_report_and_a_broken_report_loses_nothing(compos
     assert not (tmp_path / "b" / REPORT_FILE).exists()
     assert "the report was not written: RuntimeError: no ink (rebuild it with stage=report)" in caplog.text
     assert json.loads((tmp_path / "b" / "summary.json").read_text())["status"] == "finished"
+
+
+def test_the_certification_funnel_counts_tasks_past_each_check_in_order():
+    from litecoder.report import certification_funnel
+
+    # (nop, oracle, stable, wrong_total, wrong_caught, certified, repairs) per prepared task
+    certificates = [(1, 1, 1, 2, 2, 1, 0), (1, 1, 1, 2, 1, 0, 2), (1, 0, 1, 2, 2, 0, 2), (0, 1, 1, 2, 2, 0, 0),
+                    (1, 1, 0, 2, 2, 0, 1), (1, 1, 1, 0, 0, 1, 1)]
+    assert certification_funnel(certificates) == [("prepared", 6), ("nop ok", 5), ("oracle ok", 4), ("stable", 3),
+                                                  ("wrong solutions caught", 2), ("certified", 2)]

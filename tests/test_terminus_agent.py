@@ -20,7 +20,7 @@ from litecoder.stages.trajectory import TrajectoryFilters
 from litecoder.errors import TerminalClosed
 from litecoder.exporters.harbor import solve_script, task_toml, top_level
 from litecoder.sandboxes.tmux import is_key
-from litecoder.stages.trajectory import drop_reasons, pass_at_k
+from litecoder.stages.trajectory import drop_reasons
 
 
 class FakeTerminal:
@@ -175,13 +175,6 @@ def test_filters_record_why_a_rollout_is_dropped():
     assert drop_reasons(record(turns=0), filters) == ["empty: the agent made no turn"]
     relaxed = OmegaConf.merge(filters, {"unsuccessful": False, "max_repeats": None, "max_malformed_turns": None})
     assert drop_reasons(record(reward=0, repeated_output=9, malformed_turns=4), relaxed) == []
-
-
-def test_pass_at_k():
-    rows = pass_at_k([{"task_id": "a", "reward": 1, "status": "kept"}, {"task_id": "a", "reward": 0, "status": "dropped"},
-                      {"task_id": "b", "reward": 0, "status": "dropped"}])
-    assert rows == [{"task_id": "a", "rollouts": 2, "solved": 1, "kept": 1, "pass_at_1": 0.5, "pass_at_k": 1.0},
-                    {"task_id": "b", "rollouts": 1, "solved": 0, "kept": 0, "pass_at_1": 0.0, "pass_at_k": 0.0}]
 
 
 def test_atif_round_trip_and_strictness(agent_config):

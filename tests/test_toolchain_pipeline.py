@@ -1,8 +1,9 @@
 """Tasks that need their domain's tools, end to end on the real Docker engine: a build_tools task
 (a C program whose Makefile does not link) and a data_science task (a pandas report), each
 prepared by a scripted environment agent that installs one more package through the registry
-proxy, solved offline by a scripted teacher, exported, rebuilt from a public Debian image with
-no litecoder image, and run by Harbor itself with its oracle agent."""
+proxy and certified. The build task is solved offline by a scripted teacher; the data task is
+exported with no teacher at all (its reference solution becomes solve.sh). Both are rebuilt from
+a public Debian image with no litecoder image and run by Harbor itself with its oracle agent."""
 
 from __future__ import annotations
 
@@ -46,6 +47,7 @@ BUILD = {
                 "test \"$(./crc hello)\" = 907060870\n",
     "solve": ["cd /root/crc && sed -i 's/-o crc main.c/-o crc main.c -lz/' Makefile\n", "make && ./crc hello\n"],
     "installed": ("debian", "zlib1g-dev="),
+    "stage": "all",  # with a teacher: its rollout is the task's solution
 }
 REPORT = ("import pandas as pd; totals = pd.read_csv('/root/sales.csv').groupby('region', as_index=False)['amount'].sum(); "
           "open('/root/summary.md', 'w').write(totals.to_markdown(index=False))")
@@ -62,6 +64,7 @@ DATA = {
                 "grep -qE '[|] *south *[|] *12(\\.0)? *[|]' /root/summary.md\n",
     "solve": [f"python3 -c \"{REPORT}\"\n", "cat /root/summary.md\n"],
     "installed": ("python", "tabulate=="),
+    "stage": "[sample,judge,environment,export]",  # no teacher: the reference solution is the task's
 }
 
 
@@ -95,8 +98,9 @@ class Pipeline:
 def run_case(compose_cfg, run_dir, case):
     model = Pipeline(case)
     with StubServer(model) as server:
-        cfg = compose_cfg("stage=all", f"domain={case['domain']}", f"backend.url={server.url}", "sample.num_tasks=1",
-                          "sample.n=1", "backend.retry_initial_wait=0.01", "export.formats=[harbor]",
+        cfg = compose_cfg(f"stage={case['stage']}", f"domain={case['domain']}", f"backend.url={server.url}",
+                          "sample.num_tasks=1", "sample.n=1", "backend.retry_initial_wait=0.01",
+                          "export.formats=[sharegpt,harbor]",
                           "export.harbor.check_solution=false", "environment.agent.command_timeout=300",
                           "certify.repeats=1")
         summaries = execute(cfg, run_dir)
@@ -129,9 +133,16 @@ def test_domain_tasks_are_prepared_with_packages_solved_offline_and_run_by_harbo
                            for p in env["changed_paths"]), env["changed_paths"]
             assert "install it with" in model.environment_prompts[0]  # the prompt says how
 
-            rollout = pl.read_parquet(run_dir / "trajectories.parquet").row(0, named=True)
-            assert rollout["reward"] == 1 and rollout["status"] == "kept", rollout["reason"]
-            validate_trajectory(run_dir / rollout["trajectory"])  # Harbor's own ATIF model
+            cert = env["certificate"]
+            assert cert["certified"] and cert["wrong_caught"] == cert["wrong_total"] == 1, cert["findings"]
+            if case["stage"] == "all":
+                rollout = pl.read_parquet(run_dir / "trajectories.parquet").row(0, named=True)
+                assert rollout["reward"] == 1 and rollout["status"] == "kept", rollout["reason"]
+                validate_trajectory(run_dir / rollout["trajectory"])  # Harbor's own ATIF model
+                assert summaries["export"]["sharegpt_rows"] == 1
+            else:  # a task-only export: the SFT format has no input and says so, the task format runs
+                assert not (run_dir / "trajectories.parquet").exists() and "trajectory" not in summaries
+                assert summaries["export"]["skipped"] == "sharegpt" and summaries["export"]["harbor_tasks"] == 1
 
             (task,) = [p for p in (run_dir / "harbor").iterdir() if p.is_dir()]
             dockerfile = (task / "environment" / "Dockerfile").read_text()
@@ -139,6 +150,16 @@ def test_domain_tasks_are_prepared_with_packages_solved_offline_and_run_by_harbo
             config = tomllib.loads((task / "task.toml").read_text())
             assert config["environment"]["network_mode"] == "no-network"
             assert config["metadata"]["toolchain_image"] == env["base_image"]
+            metadata = config["metadata"]
+            if case["stage"] == "all":  # one rollout, solved: pass rate 1
+                assert (metadata["difficulty"], metadata["teacher_pass_rate"], metadata["solution"]) == (
+                    "easy", 1.0, "teacher rollout")
+            else:
+                assert (metadata["difficulty"], metadata["solution"]) == ("unknown", "reference solution")
+                assert "summary.md" in (task / "solution" / "solve.sh").read_text()
+            assert metadata["certificate"] == {"certified": True, "nop": True, "oracle": True, "stable": True,
+                                               "wrong_solutions_tried": 1, "wrong_solutions_caught": 1,
+                                               "repairs": 0, "container_runs": 3}
             pinned = config["metadata"][f"{kind}_packages"]
             assert any(p.startswith(prefix) and p != prefix for p in pinned), pinned
             parsed = parse_task_toml(task / "task.toml")  # Harbor's task schema accepts it

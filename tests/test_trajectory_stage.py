@@ -103,7 +103,7 @@ def test_a_scripted_teacher_solves_the_merge_conflict_and_every_format_is_writte
         assert row["stop_reason"] == "completed" and row["turns"] == 4 and row["commands"] == len(SOLVE)
         assert row["prompt_tokens"] > 0 and row["completion_tokens"] > 0 and row["wall_s"] > 0
         tasks = pl.read_parquet(tmp_path / "trajectory_tasks.parquet")
-        assert tasks.select("rollouts", "solved", "pass_at_1", "pass_at_k").row(0) == (2, 2, 1.0, 1.0)
+        assert tasks.select("rollouts", "solved", "pass_at_1", "pass_at_k", "difficulty").row(0) == (2, 2, 1.0, 1.0, "easy")
 
         # The teacher saw real terminal output: the conflict, then its own commit.
         by_turn = {}
@@ -154,6 +154,15 @@ def test_a_scripted_teacher_solves_the_merge_conflict_and_every_format_is_writte
         assert check_harbor_task(harbor, "cd /srv/repo && git status --short | grep -q '^UU app.py' && "
                                  "git config user.name | grep -qx Dev && ! test -e /etc/issue.net && "
                                  "printf 'a = \"hello, world\"\\nb = \"hi\"\\n' > app.py && git commit -qam merged") == "1"
+        assert toml["metadata"]["difficulty"] == "easy" and toml["metadata"]["certificate"]["certified"]
+        page = (tmp_path / "report.html").read_text()
+        assert "chart-certification" in page and "table-difficulty" in page
+
+        # RL wants tasks the teacher neither always nor never solves: this one (pass rate 1) is left out.
+        execute(compose_cfg("stage=export", "export.formats=[harbor]", "export.harbor.pass_rate=[0.1,0.9]"), tmp_path)
+        (index,) = [json.loads(line) for line in (tmp_path / "harbor" / "index.jsonl").read_text().splitlines()]
+        assert index["status"] == "skipped" and index["detail"] == "pass rate 1 outside export.harbor.pass_rate [0.1, 0.9]"
+        assert not (tmp_path / "harbor" / task_id).exists()
     finally:
         remove_images(tmp_path)
 

@@ -1,4 +1,5 @@
-"""What exporters read: the kept rollouts, with their ATIF trajectories loaded."""
+"""What exporters read: the kept rollouts with their ATIF trajectories (SFT formats), or the
+ready environments with their certificates, best rollouts and pass rates (task formats)."""
 
 from __future__ import annotations
 
@@ -6,16 +7,40 @@ import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Optional, Protocol
 
+from ..difficulty import UNKNOWN, in_band, pass_rates
+from ..records import READY
 from ..sandboxes.base import SandboxError, item_failure
 from ..store import DONE
 from ..tables import write_text_atomic
 
 
+#: what an exporter reads: the kept rollouts (SFT data) or the ready environments (tasks)
+TRAJECTORIES, ENVIRONMENTS = "trajectories", "environments"
+
+
 class Exporter(Protocol):
+    #: ``TRAJECTORIES`` (the default when an exporter does not say) or ``ENVIRONMENTS``
+    needs: str
+
     def export(self, run: Any) -> dict:
         """Write files under the run directory; returns counts for the summary (``{"rows": 12}``)."""
+
+
+def needs(exporter: Any) -> str:
+    return getattr(exporter, "needs", TRAJECTORIES)
+
+
+def missing_input(run: Any, what: str) -> str | None:
+    """Why an exporter that needs ``what`` has nothing to read in this run (None: it has)."""
+    if what == ENVIRONMENTS:
+        if not any(i.outcome == READY for i in run.store.items("environment", DONE)):
+            return "no ready environments (run stage=environment)"
+        return None
+    if not kept_rollouts(run, load=False):
+        return "no kept trajectories (run stage=trajectory)"
+    return None
 
 
 @dataclass
@@ -24,14 +49,15 @@ class Rollout:
     trajectory: dict
 
 
-def kept_rollouts(run: Any) -> list[Rollout]:
-    """Rollouts the trajectory filters kept, in the order they finished."""
+def kept_rollouts(run: Any, *, load: bool = True) -> list[Rollout]:
+    """Rollouts the trajectory filters kept, in the order they finished (``load=False``:
+    without reading their trajectory files)."""
     rollouts = []
     for item in run.store.items("trajectory", DONE):
         if item.outcome != "kept" or not item.record.get("trajectory"):
             continue
         path = run.dir / item.record["trajectory"]
-        rollouts.append(Rollout(item.record, json.loads(path.read_text(encoding="utf-8"))))
+        rollouts.append(Rollout(item.record, json.loads(path.read_text(encoding="utf-8")) if load else {}))
     return rollouts
 
 
@@ -47,41 +73,95 @@ def solved_rollouts(run: Any) -> dict[str, Rollout]:
     return best
 
 
+@dataclass
+class ExportTask:
+    """One ready environment as a task exporter sees it."""
+
+    task_id: str
+    environment: dict
+    judged: dict
+    #: the shortest kept rollout with reward 1, if the teacher solved it
+    rollout: Optional[Rollout]
+    #: the task's entry of ``trajectory_tasks.parquet`` (None: no trajectory stage yet)
+    pass_rate: Optional[dict]
+
+    @property
+    def difficulty(self) -> str:
+        return self.pass_rate["difficulty"] if self.pass_rate else UNKNOWN
+
+    @property
+    def certificate(self) -> dict:
+        return self.environment.get("certificate") or {}
+
+
 #: how one task's export went: ``(directory written, solution check)``; the check is None
 #: when it is off, else ``(passed, detail)``
 TaskResult = tuple[Path, "tuple[bool, str] | None"]
 
 
-def export_tasks(run: Any, root: Path, write: Callable[[str, Rollout], TaskResult]) -> dict:
-    """Write one directory per solved task under ``root`` with ``write(task_id, rollout)``, and
-    ``root/index.jsonl`` with one entry per task. A task whose export fails (a sandbox error, a
-    bad state, a Docker API error) is recorded as failed and the others go on; directories of
-    tasks no longer solved are removed. Returns the counts for the summary."""
+def export_candidates(run: Any) -> list[ExportTask]:
+    """Every ready environment (certified, when certification ran), with its best rollout
+    and pass rate when the trajectory stage ran."""
+    judged = {i.key: i.record for i in run.store.items("judge", DONE)}
+    solved = solved_rollouts(run)
+    rates = {r["task_id"]: r for r in pass_rates(
+        (i.record for i in run.store.items("trajectory", DONE)), run.cfg.trajectory.difficulty)}
+    return [ExportTask(i.key, i.record, judged.get(i.key, {}), solved.get(i.key), rates.get(i.key))
+            for i in run.store.items("environment", DONE) if i.outcome == READY]
+
+
+def left_out(task: ExportTask, band: Any) -> str | None:
+    """Why a ready task is not exported (None: it is)."""
+    if task.rollout is None and not (task.environment.get("solution") or "").strip():
+        return "no solution: the teacher did not solve it and it has no reference solution"
+    rate = task.pass_rate["pass_at_1"] if task.pass_rate else None
+    if not in_band(rate, band):
+        shown = "unknown (no rollouts)" if rate is None else f"{rate:g}"
+        return f"pass rate {shown} outside export.harbor.pass_rate {list(band)}"
+    return None
+
+
+def export_tasks(run: Any, root: Path, write: Callable[[ExportTask], TaskResult]) -> dict:
+    """Write one directory per exportable task under ``root`` with ``write(task)``, and
+    ``root/index.jsonl`` with one entry per ready task. A task whose export fails (a sandbox
+    error, a bad state, a Docker API error) is recorded as failed and the others go on; one
+    left out (outside the pass-rate band, no solution) is recorded as skipped; directories of
+    tasks no longer exported are removed. Returns the counts for the summary."""
+    band = run.cfg.export.harbor.pass_rate
     entries = []
-    for task_id, rollout in solved_rollouts(run).items():
-        entry = {"task_id": task_id, "rollout_id": rollout.record["rollout_id"], "path": None,
-                 "status": "failed", "solution_check": "skipped", "detail": None}
-        try:
-            directory, check = write(task_id, rollout)
-            entry["path"], entry["status"] = str(directory.relative_to(run.dir)), "exported"
-            if check is not None:
-                entry["solution_check"] = "passed" if check[0] else "failed"
-                entry["detail"] = check[1]
-        except (SandboxError, ValueError, OSError) as exc:
-            entry["detail"] = str(exc)
-        except Exception as exc:  # noqa: BLE001 - a Docker API error fails this task's export only
-            entry["detail"] = item_failure(exc)
-            if entry["detail"] is None:
-                raise
+    for task in export_candidates(run):
+        entry = {"task_id": task.task_id, "rollout_id": task.rollout.record["rollout_id"] if task.rollout else None,
+                 "path": None, "status": "failed", "solution_check": "skipped", "detail": left_out(task, band),
+                 "difficulty": task.difficulty, "certified": task.certificate.get("certified")}
+        if entry["detail"] is not None:
+            entry["status"] = "skipped"
+        else:
+            _write_one(run, task, write, entry)
         entries.append(entry)
     wanted = {e["task_id"] for e in entries if e["status"] == "exported"}
     for stale in [p for p in root.iterdir() if p.is_dir() and p.name not in wanted] if root.is_dir() else []:
-        shutil.rmtree(stale)  # tasks no longer solved (filters changed) and unfinished partials
+        shutil.rmtree(stale)  # tasks no longer exported (filters changed) and unfinished partials
     write_text_atomic(root / "index.jsonl", jsonl(entries))
-    counts = {"tasks": len(wanted), "failed": sum(e["status"] == "failed" for e in entries)}
+    counts = {"tasks": len(wanted), "failed": sum(e["status"] == "failed" for e in entries),
+              "skipped": sum(e["status"] == "skipped" for e in entries)}
     if run.cfg.export.harbor.check_solution:
         counts["solution_checked"] = sum(e["solution_check"] == "passed" for e in entries)
     return counts
+
+
+def _write_one(run: Any, task: ExportTask, write: Callable[[ExportTask], TaskResult], entry: dict) -> None:
+    try:
+        directory, check = write(task)
+        entry["path"], entry["status"] = str(directory.relative_to(run.dir)), "exported"
+        if check is not None:
+            entry["solution_check"] = "passed" if check[0] else "failed"
+            entry["detail"] = check[1]
+    except (SandboxError, ValueError, OSError) as exc:
+        entry["detail"] = str(exc)
+    except Exception as exc:  # noqa: BLE001 - a Docker API error fails this task's export only
+        entry["detail"] = item_failure(exc)
+        if entry["detail"] is None:
+            raise
 
 
 def jsonl(rows: list[dict]) -> str:

@@ -1,11 +1,13 @@
-"""Harbor task directories: every solved task becomes an evaluation or RL environment.
+"""Harbor task directories: every ready (certified) task becomes an evaluation or RL environment.
 
 ``harbor/<task-id>/`` holds ``instruction.md``, ``task.toml``, ``environment/Dockerfile``
 (a public Debian image, the packages the task's image had at their versions, see
 ``rebuild``, then ``state.tar``, the files the environment agent created, and the removal
 of what it deleted), ``tests/test.sh`` (runs the task's verifier and writes the
 reward to ``/logs/verifier/reward.txt``) and ``solution/solve.sh`` (the keystrokes of the
-shortest kept successful rollout, replayed as a script). With
+shortest kept successful rollout, replayed as a script, or the environment agent's reference
+solution when no rollout succeeded). ``task.toml``'s ``[metadata]`` carries the difficulty
+label and pass rate, ``[metadata.certificate]`` the certification verdicts. With
 ``export.harbor.check_solution`` each directory is built and its solution run against its
 test; ``harbor/index.jsonl`` records every task's outcome.
 """
@@ -26,7 +28,7 @@ from ..sandboxes.base import shell_quote
 from ..sandboxes.names import LABEL_RUN, run_id
 from ..sandboxes.tmux import is_key
 from ..store import DONE
-from .base import TaskResult, export_tasks
+from .base import ENVIRONMENTS, ExportTask, TaskResult, export_tasks
 from .rebuild import dockerfile_lines, pins, public_base
 
 log = logging.getLogger(__name__)
@@ -50,6 +52,10 @@ class HarborExportConfig:
     #: what the check's image build reaches for its package installs (``registries``,
     #: ``none``: only packages the base image has, ``full``)
     check_network: str = "registries"
+    #: keep only tasks whose teacher pass rate (pass@1 over ``trajectory.rollouts``) lies in
+    #: ``[low, high]``, e.g. ``[0.1, 0.9]`` for RL; null: every certified task. Also applies to
+    #: the other task formats
+    pass_rate: Optional[list[float]] = None
 
 HARBOR_DIR = "harbor"
 STATE_TAR = "state.tar"
@@ -108,6 +114,25 @@ def solve_script(trajectory: dict) -> str:
     return header + body
 
 
+def solution_script(task: ExportTask) -> str:
+    """The shortest successful rollout replayed, or else the environment agent's reference
+    solution (which certification ran against the verifier)."""
+    if task.rollout is not None:
+        return solve_script(task.rollout.trajectory)
+    body = task.environment["solution"]
+    if body.startswith("#!"):
+        body = body.split("\n", 1)[1] if "\n" in body else ""
+    header = f"#!/bin/bash\n# The reference solution of task {task.task_id}, written with its verifier.\ncd /root\n"
+    return header + body + ("" if body.endswith("\n") else "\n")
+
+
+def certificate_metadata(cert: dict) -> dict:
+    """The certificate's verdicts for ``[metadata.certificate]`` (empty: none was made)."""
+    keys = ("certified", "nop", "oracle", "stable", "wrong_total", "wrong_caught", "repairs", "container_runs")
+    names = {"wrong_total": "wrong_solutions_tried", "wrong_caught": "wrong_solutions_caught"}
+    return {names.get(k, k): cert[k] for k in keys if cert.get(k) is not None}
+
+
 def _toml(value: Any) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
@@ -126,7 +151,9 @@ def task_toml(sections: dict[str, dict]) -> str:
     """``task.toml`` in Harbor's schema: ``schema_version`` at the root, then the sections."""
     lines = [f'schema_version = "{SCHEMA_VERSION}"']
     for name, values in sections.items():
-        lines += ["", f"[{name}]"] + [f"{k} = {_toml(v)}" for k, v in values.items() if v is not None]
+        kept = [f"{k} = {_toml(v)}" for k, v in values.items() if v is not None]
+        if kept:
+            lines += ["", f"[{name}]"] + kept
     return "\n".join(lines) + "\n"
 
 
@@ -139,13 +166,13 @@ def memory_mb(text: str) -> int:
 
 
 class HarborExporter:
+    needs = ENVIRONMENTS
+
     def export(self, run: Any) -> dict:
         root = run.path(HARBOR_DIR)
-        environments = {i.key: i.record for i in run.store.items("environment", DONE)}
-        judged = {i.key: i.record for i in run.store.items("judge", DONE)}
 
-        def write(task_id: str, rollout: Any) -> TaskResult:
-            directory = self.write_task(run, root, task_id, rollout, environments[task_id], judged.get(task_id, {}))
+        def write(task: ExportTask) -> TaskResult:
+            directory = self.write_task(run, root, task)
             if not run.cfg.export.harbor.check_solution:
                 return directory, None
             reward, detail = self.check(run, directory)
@@ -153,9 +180,9 @@ class HarborExporter:
 
         return export_tasks(run, root, write)
 
-    def write_task(self, run: Any, root: Path, task_id: str, rollout: Any, env: dict, judged: dict) -> Path:
+    def write_task(self, run: Any, root: Path, task: ExportTask) -> Path:
         """Write one task's Harbor directory under ``root`` (other task formats start from it)."""
-        cfg = run.cfg
+        cfg, task_id, env = run.cfg, task.task_id, task.environment
         building = root / f".{task_id}.partial"
         shutil.rmtree(building, ignore_errors=True)
         (building / "environment").mkdir(parents=True)
@@ -177,19 +204,34 @@ class HarborExporter:
         (building / "instruction.md").write_text(env["text"].strip() + "\n")
         (building / "tests" / "test.sh").write_text(TEST_SH)
         (building / "tests" / "verifier.sh").write_text(env["verifier"])
-        (building / "solution" / "solve.sh").write_text(solve_script(rollout.trajectory))
+        (building / "solution" / "solve.sh").write_text(solution_script(task))
         for script in ("tests/test.sh", "tests/verifier.sh", "solution/solve.sh"):
             (building / script).chmod(0o755)
+        (building / "task.toml").write_text(task_toml(self.sections(run, task, packages)))
+        final = root / task_id
+        shutil.rmtree(final, ignore_errors=True)
+        building.rename(final)
+        return final
+
+    def sections(self, run: Any, task: ExportTask, packages: Any) -> dict[str, dict]:
+        """``task.toml``'s tables: the task, its metadata (difficulty, certificate, teacher,
+        toolchain), and the limits the run's sandbox had."""
+        cfg, judged, rollout = run.cfg, task.judged, task.rollout
         domain = judged.get("domain") or cfg.domain.name
         sandbox = cfg.sandbox
-        (building / "task.toml").write_text(task_toml({
-            "task": {"name": f"litecoder/{task_id}", "description": f"litecoder task from run {run.name}"},
-            "metadata": {"author_name": "litecoder", "difficulty": "unknown", "category": domain,
+        rate = task.pass_rate or {}
+        return {
+            "task": {"name": f"litecoder/{task.task_id}", "description": f"litecoder task from run {run.name}"},
+            "metadata": {"author_name": "litecoder", "difficulty": task.difficulty, "category": domain,
                          "tags": [t for t in (domain, judged.get("subtopic"), "synthetic") if t],
-                         "source_run": run.name, "teacher_model": rollout.record.get("model"),
-                         "teacher_turns": rollout.record.get("turns"), "toolchain_image": env.get("base_image"),
+                         "source_run": run.name, "solution": "teacher rollout" if rollout else "reference solution",
+                         "teacher_pass_rate": rate.get("pass_at_1"), "teacher_rollouts": rate.get("rollouts"),
+                         "teacher_model": rollout.record.get("model") if rollout else None,
+                         "teacher_turns": rollout.record.get("turns") if rollout else None,
+                         "toolchain_image": task.environment.get("base_image"),
                          "debian_packages": packages.debian, "python_packages": packages.python,
                          "npm_packages": packages.npm},
+            "metadata.certificate": certificate_metadata(task.certificate),
             "verifier": {"timeout_sec": float(cfg.trajectory.verifier_timeout)},
             "agent": {"timeout_sec": float(cfg.agent.get("max_wall_time", 1800.0))},
             "environment": {"build_timeout_sec": float(cfg.export.harbor.check_timeout),
@@ -198,11 +240,7 @@ class HarborExporter:
                             "storage_mb": int(sandbox.get("max_disk_bytes", 4 << 30)) >> 20,
                             # the agent's network in the run; "registries" is not expressible
                             "network_mode": "no-network" if cfg.trajectory.network == "none" else "public"},
-        }))
-        final = root / task_id
-        shutil.rmtree(final, ignore_errors=True)
-        building.rename(final)
-        return final
+        }
 
     def _archive_state(self, run: Any, env: dict, target: Path) -> list[str]:
         """Write the environment's added and changed files to ``target`` (nothing when there are

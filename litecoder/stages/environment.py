@@ -237,6 +237,7 @@ class EnvironmentStage:
         """Certify the task, giving the findings back to the agent for up to
         ``certify.max_repairs`` rounds; the task ends ready (certified) or rejected."""
         config, backend = kit.run.cfg.certify, kit.run.backend(self.name)
+        started = time.monotonic()
         wrong, usage, wrong_error = await wrong_solutions(kit.client, config, task["text"], record["verifier"],
                                                           record["solution"], structured=backend.supports_structured_output)
         add_usage(record["usage"], usage)
@@ -256,7 +257,8 @@ class EnvironmentStage:
                     raise
                 cert["findings"].append(f"repair failed: {exc}")
                 break
-        cert.update(repairs=repairs, container_runs=runs, seconds=round(seconds, 2))
+        cert.update(repairs=repairs, container_runs=runs, seconds=round(seconds, 2),
+                    wall_s=round(time.monotonic() - started, 2))
         await self._settle(kit, task, record, cert)
 
     async def _settle(self, kit: "Kit", task: dict, record: dict, cert: dict) -> None:

@@ -1,6 +1,10 @@
-"""The export stage: the kept trajectories become datasets, one exporter per format.
+"""The export stage: kept trajectories become SFT datasets, ready tasks become task
+directories, one exporter per format.
 
 Exporters are plugins (``litecoder_register_exporters``); ``export.formats`` picks which run.
+Each declares what it reads (``needs``: trajectories or environments); one whose input this
+run does not have is skipped with a line saying why, and the others still run, so
+``stage=[sample,judge,environment,export]`` writes RL environments with no teacher at all.
 Every file is rebuilt from the run store and the trajectory files on each run, so an export
 always matches the current filters.
 """
@@ -13,6 +17,7 @@ from typing import Any
 
 from .. import hookimpl
 from ..errors import ConfigError
+from ..exporters.base import missing_input, needs
 
 log = logging.getLogger(__name__)
 
@@ -32,12 +37,22 @@ class ExportStage:
         formats = list(run.cfg.export.formats)
         registry = run.plugins.registry("exporter")
         exporters = {name: registry.get(name) for name in formats}  # unknown names fail before any work
-        if not run.store.stage_started("trajectory"):
-            raise ConfigError(f"no trajectories in {run.dir}; run stage=trajectory first")
+        if not (run.store.stage_started("environment") or run.store.stage_started("trajectory")):
+            raise ConfigError(f"nothing to export in {run.dir}: no environments and no trajectories; "
+                              "run stage=environment or stage=trajectory first")
         summary: dict[str, Any] = {}
+        skipped = []
         for name, factory in exporters.items():
-            counts = factory().export(run) or {}
+            exporter = factory()
+            why = missing_input(run, needs(exporter))
+            if why is not None:
+                log.warning("export: %s skipped: %s", name, why)
+                skipped.append(name)
+                continue
+            counts = exporter.export(run) or {}
             summary.update({f"{name}_{k}": v for k, v in counts.items()})
+        if skipped:
+            summary["skipped"] = ",".join(skipped)
         return summary
 
 

@@ -23,6 +23,7 @@ import polars as pl
 from omegaconf import OmegaConf
 
 from .. import atif, hookimpl
+from ..difficulty import DifficultyConfig, pass_rates
 from ..agents.base import LOOPING, REQUEST_ERROR, Episode, repeats
 from ..agents.loop import bind_chat, chat_params
 from ..budget import request_cost
@@ -66,6 +67,8 @@ class TrajectoryConfig:
     #: always runs with the container's networks taken away
     network: str = "none"
     filters: TrajectoryFilters = field(default_factory=TrajectoryFilters)
+    #: pass-rate thresholds of each task's difficulty label
+    difficulty: DifficultyConfig = field(default_factory=DifficultyConfig)
     backend: Optional[Any] = None
 
 TRAJECTORIES_FILE = "trajectories.parquet"
@@ -103,20 +106,6 @@ def drop_reasons(record: dict, filters: Any) -> list[str]:
     return reasons
 
 
-def pass_at_k(records: list[dict]) -> list[dict]:
-    """Per task: rollouts, solved rollouts, pass@1 (solved / rollouts) and pass@k (any solved)."""
-    tasks: dict[str, dict] = {}
-    for record in records:
-        entry = tasks.setdefault(record["task_id"], {"task_id": record["task_id"], "rollouts": 0, "solved": 0, "kept": 0})
-        entry["rollouts"] += 1
-        entry["solved"] += int(record.get("reward") == 1)
-        entry["kept"] += int(record.get("status") == KEPT)
-    for entry in tasks.values():
-        entry["pass_at_1"] = entry["solved"] / entry["rollouts"]
-        entry["pass_at_k"] = float(entry["solved"] > 0)
-    return list(tasks.values())
-
-
 class TrajectoryStage:
     name = "trajectory"
 
@@ -124,6 +113,7 @@ class TrajectoryStage:
         trajectory = OmegaConf.to_container(cfg.trajectory, resolve=True)
         trajectory.pop("backend", None)
         trajectory.pop("filters", None)  # re-applied to finished rollouts; never a reason to redo them
+        trajectory.pop("difficulty", None)  # labels are recomputed from the rollouts
         trajectory.pop("rollouts", None)  # more rollouts add items; fewer retire the extra ones
         sandbox = OmegaConf.to_container(cfg.sandbox, resolve=True)
         return {"agent": OmegaConf.to_container(cfg.agent, resolve=True), "trajectory": trajectory,
@@ -150,7 +140,7 @@ class TrajectoryStage:
         finally:
             self.export(run)
         counts = store.counts(self.name)
-        tasks = pass_at_k([i.record for i in store.items(self.name, DONE)])
+        tasks = pass_rates([i.record for i in store.items(self.name, DONE)], cfg.trajectory.difficulty)
         summary = {"environments": len(ready), "rollouts": len(jobs),
                    **{k: v for k, v in counts.items() if k != DONE},
                    "solved": sum(t["solved"] for t in tasks)}
@@ -269,7 +259,7 @@ class TrajectoryStage:
         records = [i.record for i in run.store.items(self.name)]
         write_parquet_atomic(records_frame(records, SCHEMA, "finished_at"), run.path(TRAJECTORIES_FILE))
         done = [r for r in records if r["status"] != FAILED]
-        write_parquet_atomic(pl.DataFrame(pass_at_k(done), schema=TASK_SCHEMA), run.path(TASKS_FILE))
+        write_parquet_atomic(pl.DataFrame(pass_rates(done, run.cfg.trajectory.difficulty), schema=TASK_SCHEMA), run.path(TASKS_FILE))
 
 
 @hookimpl

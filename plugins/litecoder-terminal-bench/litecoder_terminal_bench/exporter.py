@@ -26,13 +26,14 @@ from typing import Any
 
 import yaml
 
-from litecoder.exporters.base import TaskResult, export_tasks
+from litecoder.exporters.base import ENVIRONMENTS, ExportTask, TaskResult, export_tasks
 from litecoder.exporters.harbor import HarborExporter
 from litecoder.sandboxes.names import LABEL_RUN, run_id
-from litecoder.store import DONE
 
 TBENCH_DIR = "tbench"
 STAGING = ".harbor-staging"
+#: Terminal-Bench's difficulty words for litecoder's labels (a task no rollout solved is hard)
+TB_DIFFICULTY = {"easy": "easy", "medium": "medium", "hard": "hard", "unsolved": "hard"}
 TEST_NAME = "test_outputs.py::test_task_is_solved"
 
 COMPOSE = """services:
@@ -121,19 +122,16 @@ class TerminalBenchExporter:
     #: task.yaml's author fields; subclass and register with ``replace=True`` to change them
     author_name = "litecoder"
     author_email = "litecoder@localhost"
-    difficulty = "unknown"
+    needs = ENVIRONMENTS
 
     def export(self, run: Any) -> dict:
         root = run.path(TBENCH_DIR)
         root.mkdir(parents=True, exist_ok=True)
         staging = root / STAGING
-        environments = {i.key: i.record for i in run.store.items("environment", DONE)}
-        judged = {i.key: i.record for i in run.store.items("judge", DONE)}
 
-        def write(task_id: str, rollout: Any) -> TaskResult:
-            harbor = HarborExporter().write_task(run, staging, task_id, rollout, environments[task_id],
-                                                  judged.get(task_id, {}))
-            directory = self._write_task(run, root, harbor, rollout, judged.get(task_id, {}))
+        def write(task: ExportTask) -> TaskResult:
+            harbor = HarborExporter().write_task(run, staging, task)
+            directory = self._write_task(run, root, harbor, task)
             return directory, (self.check(run, directory) if run.cfg.export.harbor.check_solution else None)
 
         try:
@@ -141,8 +139,8 @@ class TerminalBenchExporter:
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
-    def _write_task(self, run: Any, root: Path, harbor: Path, rollout: Any, judged: dict) -> Path:
-        cfg = run.cfg
+    def _write_task(self, run: Any, root: Path, harbor: Path, task: ExportTask) -> Path:
+        cfg, judged, rollout = run.cfg, task.judged, task.rollout
         task_id = harbor.name
         building = root / f".{task_id}.partial"
         shutil.rmtree(building, ignore_errors=True)
@@ -156,13 +154,17 @@ class TerminalBenchExporter:
         (building / "run-tests.sh").chmod(0o755)
         (building / "docker-compose.yaml").write_text(COMPOSE + (OFFLINE if cfg.trajectory.network == "none" else ""))
         domain = judged.get("domain") or cfg.domain.name
-        header = (f"# Made by litecoder from run {run.name}, rollout {rollout.record['rollout_id']} "
-                  f"({rollout.record.get('model')}, {rollout.record.get('turns')} turns).\n")
+        made = (f"rollout {rollout.record['rollout_id']} ({rollout.record.get('model')}, "
+                f"{rollout.record.get('turns')} turns)") if rollout else "the reference solution"
+        cert = task.certificate
+        certified = (f"; certified: wrong solutions caught {cert.get('wrong_caught')}/{cert.get('wrong_total')}, "
+                     f"{cert.get('repairs')} repairs") if cert.get("certified") else ""
+        header = f"# Made by litecoder from run {run.name}, {made}{certified}.\n"
         (building / "task.yaml").write_text(task_yaml({
             "instruction": (harbor / "instruction.md").read_text(),
             "author_name": self.author_name,
             "author_email": self.author_email,
-            "difficulty": self.difficulty,
+            "difficulty": TB_DIFFICULTY.get(task.difficulty, "unknown"),
             "category": domain,
             "tags": [t for t in (domain, judged.get("subtopic"), "synthetic", "litecoder") if t],
             "parser_name": "pytest",
