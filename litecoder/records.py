@@ -104,6 +104,10 @@ class Judgment:
     scores: list[Score]
     duplicate_of: Optional[str]
     duplicate_kind: Optional[str]
+    #: the benchmark task a contaminated task copies, and how (``ngram``, ``near``)
+    contaminated_by: Optional[str]
+    contamination_kind: Optional[str]
+    #: of the duplicate or the contamination
     similarity: Optional[float]
     model: Optional[str]
     prompt_tokens: Optional[int]

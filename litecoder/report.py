@@ -56,7 +56,7 @@ SELECT json_extract(record, '$.certificate.nop'), json_extract(record, '$.certif
        json_extract(record, '$.certificate.repairs')
 FROM items WHERE stage = 'environment' AND state = 'done' AND json_extract(record, '$.certificate') IS NOT NULL
 """
-OUTCOME_COLORS = {"accepted": "#2ca02c", "rejected": "#d62728", "duplicate": "#7f7f7f", "judge failed": "#ff7f0e",
+OUTCOME_COLORS = {"accepted": "#2ca02c", "rejected": "#d62728", "duplicate": "#7f7f7f", "contaminated": "#9467bd", "judge failed": "#ff7f0e",
                   "sampling failed": "#8c564b", "not judged": "#c7c7c7",
                   "solved": "#2ca02c", "unsolved": "#d62728", "failed": "#ff7f0e"}
 
@@ -242,7 +242,8 @@ def _funnel(data: RunData) -> str:
         return _empty("Nothing sampled yet: run stage=sample.")
     steps: list[tuple[str, int | None]] = [("sampled", data.total("sample"))]
     judged = data.started["judge"]
-    steps.append(("unique", data.total("judge") - data.counts["judge"].get("duplicate", 0) if judged else None))
+    left_out = data.counts["judge"].get("duplicate", 0) + data.counts["judge"].get("contaminated", 0)
+    steps.append(("unique, not in a benchmark", data.total("judge") - left_out if judged else None))
     steps.append(("accepted", data.counts["judge"].get("accepted", 0) if judged else None))
     steps.append(("environment ready", len(data.done("environment", "ready")) if data.started["environment"] else None))
     solved = {i.record["task_id"] for i in data.done("trajectory") if i.record.get("reward") == 1}

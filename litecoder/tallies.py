@@ -7,7 +7,7 @@ from collections import Counter
 
 from .store import DONE, FAILED, RunStore
 
-ACCEPTED, REJECTED, DUPLICATE = "accepted", "rejected", "duplicate"
+ACCEPTED, REJECTED, DUPLICATE, CONTAMINATED = "accepted", "rejected", "duplicate", "contaminated"
 
 
 #: every score the judge gave, as (criterion, score, how many tasks got it)
@@ -36,8 +36,9 @@ def reconcile(store: RunStore) -> str:
     sampled = sample.get(DONE, 0) + sample.get(FAILED, 0)
     judged = judge.get(DONE, 0) + judge.get(FAILED, 0)
     not_started = sample.get(DONE, 0) - judged
+    contaminated = f"{judge[CONTAMINATED]} contaminated + " if judge.get(CONTAMINATED) else ""
     return (
         f"{sampled} sampled = {judge.get(ACCEPTED, 0)} accepted + {judge.get(REJECTED, 0)} rejected + "
-        f"{judge.get(DUPLICATE, 0)} duplicate + {sample.get(FAILED, 0) + judge.get(FAILED, 0)} failed "
+        f"{judge.get(DUPLICATE, 0)} duplicate + {contaminated}{sample.get(FAILED, 0) + judge.get(FAILED, 0)} failed "
         f"({sample.get(FAILED, 0)} sampling, {judge.get(FAILED, 0)} judging) + {not_started} not judged yet"
     )

@@ -88,7 +88,7 @@ def test_a_run_that_only_sampled_and_judged_gets_charts_and_notes_through_the_cl
     assert "Not reached yet: environment ready, solved, exported." in page
     assert "No trajectories yet: run stage=trajectory." in page
     funnel = figure_data(page, "chart-funnel")[0]
-    assert funnel["y"] == ["sampled", "unique", "accepted"] and funnel["x"] == [7, 6, 6]
+    assert funnel["y"] == ["sampled", "unique, not in a benchmark", "accepted"] and funnel["x"] == [7, 6, 6]
     assert re.search(r"<td>per accepted task \(6\)</td>", page)
     # counted inside SQLite: each sampled task once, by its judge outcome; each criterion's scores
     subtopics = {trace["name"]: sum(trace["y"]) for trace in figure_data(page, "chart-subtopics")}

@@ -1,4 +1,5 @@
-"""Feasibility judging: de-duplicate the sampled tasks, then let an LLM score the rest.
+"""Feasibility judging: keep benchmark copies out, de-duplicate the sampled tasks, then let
+an LLM score the rest.
 
 Criteria, scales, the aggregation rule and the threshold are config (``conf/judge/``). The
 judge replies with one JSON object that must fit a schema built from the criteria; where
@@ -19,12 +20,13 @@ import jinja2
 from omegaconf import MISSING, OmegaConf
 
 from .. import hookimpl
+from ..decontaminate import DecontaminateConfig, find_contaminated
 from ..dedup import find_duplicates
 from ..errors import ConfigError, RequestError
 from ..replies import ReplyError, parse_reply
 from ..records import TASK_ORDER, Judgment, SampledTask, backend_identity, polars_schema
 from ..runner import Done, open_items, run_items
-from ..tallies import ACCEPTED, DUPLICATE, REJECTED
+from ..tallies import ACCEPTED, CONTAMINATED, DUPLICATE, REJECTED
 from ..store import DONE, FAILED
 from ..tables import write_records_parquet
 
@@ -62,6 +64,8 @@ class JudgeConfig:
     structured_output: str = "auto"
     #: cap on each rationale (JSON-schema maxLength); null for APIs whose strict mode lacks it
     rationale_max_chars: Optional[int] = 400
+    #: benchmark collections whose tasks are kept out (``decontaminate.py``)
+    decontaminate: DecontaminateConfig = field(default_factory=DecontaminateConfig)
     backend: Optional[Any] = None
 
 JUDGMENTS_FILE = "judgments.parquet"
@@ -161,12 +165,19 @@ class JudgeStage:
             raise ConfigError(f"no sampled tasks in {run.dir}; run stage=sample first (or stage=[sample,judge])")
         finished = open_items(run, self, set(ids))
         duplicates = find_duplicates(((t["id"], t["text"]) for t in sampled()), cfg.dedup)
+        contaminated = find_contaminated(((t["id"], t["text"]) for t in sampled() if t["id"] not in finished),
+                                         cfg.judge.decontaminate, int(cfg.dedup.shingle_size))
         prefiltered: list[tuple] = []
         to_judge: set[str] = set()
         for task in sampled():
             if task["id"] in finished:
                 continue
-            if task["id"] in duplicates:
+            if task["id"] in contaminated:
+                match = contaminated[task["id"]]
+                record = self._record(task, CONTAMINATED, match.reason(), contaminated_by=match.benchmark_task,
+                                      contamination_kind=match.kind, similarity=match.similarity)
+                prefiltered.append((task["id"], DONE, CONTAMINATED, record["reason"], record))
+            elif task["id"] in duplicates:
                 dup = duplicates[task["id"]]
                 record = self._record(task, DUPLICATE, f"{dup.kind} duplicate of {dup.of}", duplicate_of=dup.of,
                                       duplicate_kind=dup.kind, similarity=dup.similarity)
