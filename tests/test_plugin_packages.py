@@ -91,7 +91,7 @@ def test_the_new_domain_runs_through_sample_and_judge_on_the_real_server(install
     assert judgments["aggregate"].drop_nulls().len() >= 1  # the model judged at least one task
     assert "3 sampled = " in result.stderr and "+ 0 not judged yet" in result.stderr
 
-    # The installed exporter is a name export.formats accepts; this run has no trajectories yet.
+    # The installed exporter is a name export.formats accepts; this run has no environments yet.
     export = run(installed, "-m", "litecoder", "stage=export", "run.name=db", f"run.root={outputs}",
                  "export.formats=[terminal_bench]")
-    assert export.returncode != 0 and export.stderr.strip().endswith("run stage=trajectory first"), export.stderr
+    assert export.returncode != 0 and export.stderr.strip().endswith("run stage=environment first"), export.stderr

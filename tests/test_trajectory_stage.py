@@ -195,7 +195,12 @@ def test_a_looping_teacher_is_dropped_with_the_reason(compose_cfg, tmp_path, plu
         assert any(f.startswith("looping: the same commands 8 times in a row") for f in row["filters"])
         assert row["reason"] == "; ".join(row["filters"])
         assert (tmp_path / "sft" / "sharegpt.jsonl").read_text() == ""
-        assert not any(p.is_dir() for p in (tmp_path / "harbor").iterdir())
+        # The task is still an RL environment: unsolved by the teacher, it ships its reference solution.
+        (task,) = [p for p in (tmp_path / "harbor").iterdir() if p.is_dir()]
+        metadata = tomllib.loads((task / "task.toml").read_text())["metadata"]
+        assert (metadata["difficulty"], metadata["teacher_pass_rate"], metadata["solution"]) == (
+            "unsolved", 0.0, "reference solution")
+        assert "The reference solution of task" in (task / "solution" / "solve.sh").read_text()
         # Relaxing the filters re-labels the rollout without running it again.
         requests = len(model.teacher_requests)
         plugins.register(guide_module(), "guide-examples")  # its exporter

@@ -33,14 +33,12 @@ def needs(exporter: Any) -> str:
 
 
 def missing_input(run: Any, what: str) -> str | None:
-    """Why an exporter that needs ``what`` has nothing to read in this run (None: it has)."""
+    """Why an exporter that needs ``what`` cannot run: the stage that makes its input has not
+    run (None: it has; with nothing kept the exporter still runs, so its files match the
+    current filters)."""
     if what == ENVIRONMENTS:
-        if not any(i.outcome == READY for i in run.store.items("environment", DONE)):
-            return "no ready environments (run stage=environment)"
-        return None
-    if not kept_rollouts(run, load=False):
-        return "no kept trajectories (run stage=trajectory)"
-    return None
+        return None if run.store.stage_started("environment") else "no environments (run stage=environment)"
+    return None if run.store.stage_started("trajectory") else "no trajectories (run stage=trajectory)"
 
 
 @dataclass
@@ -49,15 +47,14 @@ class Rollout:
     trajectory: dict
 
 
-def kept_rollouts(run: Any, *, load: bool = True) -> list[Rollout]:
-    """Rollouts the trajectory filters kept, in the order they finished (``load=False``:
-    without reading their trajectory files)."""
+def kept_rollouts(run: Any) -> list[Rollout]:
+    """Rollouts the trajectory filters kept, in the order they finished."""
     rollouts = []
     for item in run.store.items("trajectory", DONE):
         if item.outcome != "kept" or not item.record.get("trajectory"):
             continue
         path = run.dir / item.record["trajectory"]
-        rollouts.append(Rollout(item.record, json.loads(path.read_text(encoding="utf-8")) if load else {}))
+        rollouts.append(Rollout(item.record, json.loads(path.read_text(encoding="utf-8"))))
     return rollouts
 
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from .. import hookimpl
 from ..errors import ConfigError
-from ..exporters.base import missing_input, needs
+from ..exporters.base import ENVIRONMENTS, missing_input, needs
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +30,15 @@ class ExportConfig:
     formats: list[str] = field(default_factory=lambda: ["sharegpt", "messages", "harbor"])
 
 
+def first_stage(wanted: set[str]) -> str:
+    """What to run before exporting formats that need ``wanted``."""
+    if wanted == {ENVIRONMENTS}:
+        return "run stage=environment first"
+    if ENVIRONMENTS in wanted:
+        return "for task formats run stage=environment, for SFT data run stage=trajectory first"
+    return "run stage=trajectory first"
+
+
 class ExportStage:
     name = "export"
 
@@ -37,16 +46,16 @@ class ExportStage:
         formats = list(run.cfg.export.formats)
         registry = run.plugins.registry("exporter")
         exporters = {name: registry.get(name) for name in formats}  # unknown names fail before any work
-        if not (run.store.stage_started("environment") or run.store.stage_started("trajectory")):
-            raise ConfigError(f"nothing to export in {run.dir}: no environments and no trajectories; "
-                              "run stage=environment or stage=trajectory first")
+        made = {name: factory() for name, factory in exporters.items()}
+        missing = {name: missing_input(run, needs(exporter)) for name, exporter in made.items()}
+        if made and all(missing.values()):
+            raise ConfigError(f"nothing to export in {run.dir}: " + "; ".join(f"{n} has {why}" for n, why in missing.items())
+                              + "; " + first_stage({needs(exporter) for exporter in made.values()}))
         summary: dict[str, Any] = {}
         skipped = []
-        for name, factory in exporters.items():
-            exporter = factory()
-            why = missing_input(run, needs(exporter))
-            if why is not None:
-                log.warning("export: %s skipped: %s", name, why)
+        for name, exporter in made.items():
+            if missing[name] is not None:
+                log.warning("export: %s skipped: %s", name, missing[name])
                 skipped.append(name)
                 continue
             counts = exporter.export(run) or {}
