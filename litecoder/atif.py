@@ -3,11 +3,15 @@
 One file per rollout: a ``user`` step with the first prompt, then one ``agent`` step per
 turn. An agent step's ``message`` is the reply exactly as the model wrote it (the text SFT
 trains on), its commands are ``tool_calls``, and the message the agent got back is its
-``observation``. So every dataset layout can be rebuilt from these files alone.
+``observation``. For a text-reply agent (Terminus) the calls are ``send_keystrokes`` read out
+of the reply; for a native tool-calling agent they are the model's own calls, each with its
+own result, and the tool list is in ``agent.extra``. So every dataset layout can be rebuilt
+from these files alone.
 """
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import jsonschema
@@ -124,31 +128,33 @@ def validate(trajectory: dict) -> None:
 
 
 def from_episode(episode: Episode, *, session_id: str, agent_name: str, model: str, started_at: str,
-                 extra: dict[str, Any]) -> dict:
+                 extra: dict[str, Any], tools: list[dict] | None = None) -> dict:
+    """The episode as ATIF; ``tools`` (the tool list of a native tool-calling agent) goes into
+    ``agent.extra``, which is how exports know the calls are the model's own."""
     steps: list[dict] = [{"step_id": 1, "timestamp": started_at, "source": "user", "message": episode.prompt}]
     for turn in episode.turns:
         step: dict[str, Any] = {"step_id": len(steps) + 1, "timestamp": turn.started_at, "source": "agent",
                                 "model_name": model, "message": turn.reply}
         if turn.analysis or turn.plan:
             step["reasoning_content"] = f"{turn.analysis}\n\n{turn.plan}".strip()
-        calls = [{"tool_call_id": f"call_{turn.index}_{i}", "function_name": KEYSTROKES,
-                  "arguments": {"keystrokes": c.keystrokes, "duration": c.duration}} for i, c in enumerate(turn.commands, 1)]
+        calls, results = _native_calls(turn) if turn.tool_calls else _keystroke_calls(turn)
         if calls:
             step["tool_calls"] = calls
-        if turn.observation is not None:
-            source = calls[-1]["tool_call_id"] if calls else None
-            step["observation"] = {"results": [{"source_call_id": source, "content": turn.observation}]}
+        if results:
+            step["observation"] = {"results": results}
         step["metrics"] = {"prompt_tokens": turn.prompt_tokens, "completion_tokens": turn.completion_tokens,
                            "cached_tokens": turn.cached_tokens, "cost_usd": turn.cost_usd}
         step["extra"] = {"task_complete": turn.task_complete, "malformed": turn.malformed, "error": turn.error,
                          "latency_s": turn.latency_s}
         steps.append(step)
+    agent_extra: dict[str, Any] = {"framework": "litecoder"}
+    if tools:
+        agent_extra.update(tool_calling=True, tools=tools)
     turns = episode.turns
     return {
         "schema_version": SCHEMA_VERSION,
         "session_id": session_id,
-        "agent": {"name": agent_name, "version": __version__, "model_name": model,
-                  "extra": {"framework": "litecoder"}},
+        "agent": {"name": agent_name, "version": __version__, "model_name": model, "extra": agent_extra},
         "steps": steps,
         "final_metrics": {
             "total_prompt_tokens": sum(t.prompt_tokens or 0 for t in turns),
@@ -160,6 +166,66 @@ def from_episode(episode: Episode, *, session_id: str, agent_name: str, model: s
         },
         "extra": extra,
     }
+
+
+def _keystroke_calls(turn: Any) -> tuple[list[dict], list[dict]]:
+    """A text-reply turn: its commands as ``send_keystrokes`` calls, one observation for all."""
+    calls = [{"tool_call_id": f"call_{turn.index}_{i}", "function_name": KEYSTROKES,
+              "arguments": {"keystrokes": c.keystrokes, "duration": c.duration}} for i, c in enumerate(turn.commands, 1)]
+    if turn.observation is None:
+        return calls, []
+    return calls, [{"source_call_id": calls[-1]["tool_call_id"] if calls else None, "content": turn.observation}]
+
+
+def _native_calls(turn: Any) -> tuple[list[dict], list[dict]]:
+    """A tool-calling turn: the model's calls, and what each returned (the correction for each
+    when the calls were unusable)."""
+    calls = [{"tool_call_id": c["id"], "function_name": c["name"], "arguments": _arguments(c["arguments"])}
+             for c in turn.tool_calls]
+    outputs = turn.tool_results or ([turn.observation] * len(calls) if turn.observation is not None else [])
+    return calls, [{"source_call_id": call["tool_call_id"], "content": output} for call, output in zip(calls, outputs)]
+
+
+def _arguments(text: str) -> dict:
+    """Tool-call arguments as an object; text that is not a JSON object is kept under ``raw``."""
+    try:
+        value = json.loads(text or "{}")
+    except json.JSONDecodeError:
+        return {"raw": text}
+    return value if isinstance(value, dict) else {"raw": text}
+
+
+def tool_messages(trajectory: dict) -> list[dict]:
+    """A tool-calling trajectory in the OpenAI chat layout: assistant messages with
+    ``tool_calls`` (arguments as JSON strings), one ``tool`` message per call, ending with the
+    last assistant message."""
+    messages: list[dict] = []
+    for step in trajectory["steps"]:
+        if step["source"] != "agent":
+            if not messages:
+                messages.append({"role": "user", "content": step["message"]})
+            continue
+        calls = step.get("tool_calls") or []
+        message: dict[str, Any] = {"role": "assistant", "content": (step["message"] or None) if calls else step["message"]}
+        if calls:
+            message["tool_calls"] = [{"id": c["tool_call_id"], "type": "function",
+                                      "function": {"name": c["function_name"], "arguments": json.dumps(c["arguments"])}}
+                                     for c in calls]
+        messages.append(message)
+        for result in (step.get("observation") or {}).get("results") or []:
+            if calls:
+                messages.append({"role": "tool", "tool_call_id": result.get("source_call_id"), "content": result.get("content") or ""})
+            else:
+                messages.append({"role": "user", "content": result.get("content") or ""})
+    while messages and messages[-1]["role"] != "assistant":
+        messages.pop()
+    return messages
+
+
+def tools_of(trajectory: dict) -> list[dict] | None:
+    """The tool list of a native tool-calling trajectory (None for text-reply agents)."""
+    extra = trajectory.get("agent", {}).get("extra") or {}
+    return extra.get("tools") if extra.get("tool_calling") else None
 
 
 def conversation(trajectory: dict) -> list[tuple[str, str]]:

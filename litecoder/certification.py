@@ -64,11 +64,13 @@ class Certifier:
         self.config, self.sandbox, self.slots = config, sandbox, slots
         self.verifier_timeout = verifier_timeout
 
-    async def checks(self, task_id: str, image: str, verifier: str, solution: str,
+    async def checks(self, task_id: str, image: str, verifier: str, solution: str | None,
                      wrong: list[WrongSolution]) -> list[CheckRun]:
-        """Every check of one round, in parallel within the container slots."""
+        """Every check of one round, in parallel within the container slots (no oracle
+        checks without a solution: an imported task may have none)."""
         repeats = max(1, int(self.config.repeats))
-        jobs = [(NOP, i, None) for i in range(repeats)] + [(ORACLE, i, solution) for i in range(repeats)]
+        jobs = [(NOP, i, None) for i in range(repeats)]
+        jobs += [(ORACLE, i, solution) for i in range(repeats) if solution is not None]
         jobs += [(WRONG, i, w.script) for i, w in enumerate(wrong)]
         return list(await asyncio.gather(*(self._one(task_id, image, verifier, *job) for job in jobs)))
 

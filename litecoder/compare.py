@@ -37,7 +37,18 @@ SHOWN = {
     "tokens_per_accepted": "tokens/accepted",
     "cost_usd": "cost $",
     "cost_per_accepted": "$/accepted",
+    "teacher_pass_rate": "teacher pass rate",
+    "turns_per_rollout": "turns/rollout",
+    "tokens_per_kept": "tokens/kept trajectory",
+    "eval_model": "eval model",
+    "eval_tasks": "eval tasks",
+    "eval_pass_at_1": "pass@1",
+    "eval_pass_at_k": "pass@k",
+    "eval_tokens_per_rollout": "tokens/rollout",
+    "eval_wall_s": "eval wall s",
 }
+#: columns shown even when no run has a figure for them
+ALWAYS_SHOWN = ("job", "status")
 
 
 def run_dirs(root: Path) -> list[Path]:
@@ -77,6 +88,7 @@ def run_figures(run_dir: Path) -> dict[str, Any]:
         scores, scored = judge_scores(store)
         aggregates = [float(a) for a in scored if a is not None]
         spent = spend(store)
+        rollouts = rollout_figures(store)
     finally:
         store.close()
     status_file = run_dir / "summary.json"
@@ -101,7 +113,36 @@ def run_figures(run_dir: Path) -> dict[str, Any]:
     }
     for criterion, counts in sorted(scores.items()):
         figures[f"mean_{criterion}"] = sum(int(score) * n for score, n in counts.items()) / sum(counts.values())
+    if not sampled:  # a run that sampled nothing (an eval of tasks made elsewhere) has no sampling figures
+        figures = {k: v for k, v in figures.items() if k in ("status", "requests", "tokens", "cost_usd")}
+    return {**figures, **rollouts}
+
+
+def rollout_figures(store: RunStore) -> dict[str, Any]:
+    """The teacher's pass rate, turns and tokens per kept trajectory (stage=trajectory), and
+    the evaluated model's pass@1 and pass@k, tokens and wall time (stage=eval)."""
+    figures: dict[str, Any] = {}
+    if store.stage_started("trajectory"):
+        done = [i.record for i in store.items("trajectory", DONE)]
+        kept = [r for r in done if r.get("status") == "kept"]
+        figures.update(teacher_pass_rate=_mean([float(r.get("reward") == 1) for r in done]),
+                       turns_per_rollout=_mean([r.get("turns") or 0 for r in done]),
+                       tokens_per_kept=_mean([_tokens(r) for r in kept]))
+    if store.stage_started("eval"):
+        done = [i.record for i in store.items("eval", DONE)]
+        by_task: dict[str, list[float]] = {}
+        for record in done:
+            by_task.setdefault(record["task_id"], []).append(float(record.get("reward") == 1))
+        figures.update(eval_model=next((r.get("model") for r in done if r.get("model")), None), eval_tasks=len(by_task),
+                       eval_pass_at_1=_mean([_mean(v) for v in by_task.values()]),
+                       eval_pass_at_k=_mean([float(max(v)) for v in by_task.values()]),
+                       eval_tokens_per_rollout=_mean([_tokens(r) for r in done]),
+                       eval_wall_s=round(sum(r.get("wall_s") or 0.0 for r in done), 1) if done else None)
     return figures
+
+
+def _tokens(record: dict) -> int:
+    return (record.get("prompt_tokens") or 0) + (record.get("completion_tokens") or 0)
 
 
 def _ratio(part: int, whole: int) -> float | None:
@@ -122,20 +163,26 @@ def comparison(root: Path) -> pl.DataFrame:
     if not rows:
         return pl.DataFrame()
     frame = pl.DataFrame(rows, infer_schema_length=None)
-    order = [c for c in ("acceptance_rate", "mean_aggregate") if c in frame.columns]
+    order = [c for c in ("eval_pass_at_1", "acceptance_rate", "mean_aggregate") if c in frame.columns]
     return frame.sort(order, descending=True, nulls_last=True)
 
 
 def markdown(frame: pl.DataFrame) -> str:
-    """The main columns as a Markdown table; criteria means follow the mean aggregate."""
+    """The main columns as a Markdown table; criteria means follow the mean aggregate. Columns
+    no run has a figure for (the sampling columns of an eval sweep) are left out."""
     criteria = [c for c in frame.columns if c.startswith("mean_") and c != "mean_aggregate"]
-    columns = [c for c in SHOWN if c in frame.columns]
-    columns[columns.index("mean_aggregate") + 1:columns.index("mean_aggregate") + 1] = criteria
+    columns = [c for c in SHOWN if c in frame.columns and (c in ALWAYS_SHOWN or _has_figures(frame[c]))]
+    at = columns.index("mean_aggregate") + 1 if "mean_aggregate" in columns else len(columns)
+    columns[at:at] = [c for c in criteria if _has_figures(frame[c])]
     headers = [SHOWN.get(c, c.removeprefix("mean_")) for c in columns]
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
     for row in frame.select(columns).iter_rows(named=True):
         lines.append("| " + " | ".join(_cell(c, row[c]) for c in columns) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _has_figures(column: pl.Series) -> bool:
+    return column.null_count() < len(column)
 
 
 def _cell(column: str, value: Any) -> str:

@@ -8,6 +8,7 @@ registered with it; ``root_schema`` joins the core keys with the stages' and exp
 
 from __future__ import annotations
 
+import keyword
 from dataclasses import dataclass, field, fields, make_dataclass
 from datetime import datetime
 from typing import Any, Optional
@@ -145,6 +146,9 @@ def root_schema(stages: dict[str, type], exporters: dict[str, type]) -> type:
     for name, schema in stages.items():
         if name in core:
             raise PluginError(f"stage {name!r} brings a config, but {name!r} is a core config key; rename the stage")
+        if keyword.iskeyword(name) or not name.isidentifier():
+            raise PluginError(f"stage {name!r} brings a config, but its config node must be named like a Python "
+                              f"identifier that is not a keyword; rename the stage")
         if name == "export" and exporters:
             schema = _with_nodes(schema, exporters, "exporter")
         added.append((name, schema, field(default_factory=schema)))

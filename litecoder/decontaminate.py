@@ -17,13 +17,11 @@ from pathlib import Path
 from typing import Any, Iterable
 
 import numpy as np
-import yaml
 from datasketch import MinHash, MinHashLSH
 
 from .dedup import normalize, shingles
 from .errors import ConfigError
-
-HARBOR_INSTRUCTION, TB1_TASK = "instruction.md", "task.yaml"
+from .task_dirs import HARBOR_INSTRUCTION, TB1_TASK, find_task_dirs, instruction, task_name
 
 
 @dataclass
@@ -62,15 +60,6 @@ class Contamination:
         return f"contaminated: a near copy (similarity {self.similarity:.2f}) of benchmark task {self.benchmark_task}"
 
 
-def tb1_instruction(task_yaml: Path) -> str:
-    data = yaml.safe_load(task_yaml.read_text(encoding="utf-8")) or {}
-    if isinstance(data.get("instruction"), str):
-        return data["instruction"]
-    # older Terminal-Bench tasks list their descriptions instead
-    descriptions = data.get("descriptions") or []
-    return "\n".join(d.get("description", "") for d in descriptions if isinstance(d, dict))
-
-
 def read_collections(paths: Iterable[str]) -> list[BenchmarkTask]:
     """Every benchmark task below ``paths``; a path that does not exist or holds no task is a
     config error (a typo would otherwise let every copy through)."""
@@ -79,14 +68,12 @@ def read_collections(paths: Iterable[str]) -> list[BenchmarkTask]:
         root = Path(raw).expanduser()
         if not root.exists():
             raise ConfigError(f"judge.decontaminate.paths: {raw} does not exist")
-        found = [(p, p.read_text(encoding="utf-8")) for p in sorted(root.rglob(HARBOR_INSTRUCTION))]
-        found += [(p, tb1_instruction(p)) for p in sorted(root.rglob(TB1_TASK))]
+        found = find_task_dirs(root)
         if not found:
             raise ConfigError(f"judge.decontaminate.paths: no task directory (with {HARBOR_INSTRUCTION} or "
                               f"{TB1_TASK}) below {raw}")
-        for file, text in found:
-            name = root.name if file.parent == root else f"{root.name}/{file.parent.relative_to(root)}"
-            tasks.append(BenchmarkTask(name, str(file.parent), text))
+        for kind, directory in found:
+            tasks.append(BenchmarkTask(task_name(root, directory), str(directory), instruction(kind, directory)))
     return tasks
 
 

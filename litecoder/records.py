@@ -173,8 +173,25 @@ class Certificate:
 
 
 @dataclass
+class Origin:
+    """Where an imported task came from (``stage=ingest``)."""
+
+    #: ``harbor`` or ``terminal_bench``
+    format: str
+    #: the collection's directory name and the task directory below it
+    name: str
+    path: str
+    #: the build context its image was built from, or the prebuilt image it names
+    context: Optional[str]
+    image: Optional[str]
+    #: the difficulty its own metadata gives
+    difficulty: Optional[str]
+    tags: list[str]
+
+
+@dataclass
 class Environment:
-    """``environments.parquet``: one per accepted task."""
+    """``environments.parquet``: one per accepted task (``imported.parquet``: one per imported task)."""
 
     task_id: str
     text: str
@@ -205,6 +222,11 @@ class Environment:
     completion_tokens: int
     wall_s: float
     prepared_at: datetime
+    #: an imported task's origin, category, working directory and verifier time limit
+    origin: Optional[Origin] = None
+    category: Optional[str] = None
+    workdir: Optional[str] = None
+    verifier_timeout: Optional[float] = None
 
 
 @dataclass
@@ -250,3 +272,22 @@ class TaskPassRate:
     pass_at_1: float
     pass_at_k: float
     difficulty: str
+
+
+@dataclass
+class EvalTask:
+    """``eval.parquet``: one per task of the evaluated set, over its ``eval.rollouts`` rollouts."""
+
+    task_id: str
+    category: str
+    model: str
+    rollouts: int
+    solved: int
+    pass_at_1: float
+    pass_at_k: float
+    prompt_tokens: int
+    completion_tokens: int
+    #: mean turns per rollout
+    turns: float
+    #: seconds of all its rollouts together
+    wall_s: float

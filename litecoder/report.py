@@ -17,12 +17,14 @@ from typing import Any
 
 import plotly.graph_objects as go
 import plotly.io as pio
+import polars as pl
 from omegaconf import OmegaConf
 from plotly.offline import get_plotlyjs
 from plotly.subplots import make_subplots
 
 from .difficulty import LABELS, pass_rates
 from .spend import spend
+from .stages.eval import EVAL_FILE, per_category
 from .tallies import judge_scores
 from .store import DONE, FAILED, json_field
 from .tables import write_text_atomic
@@ -93,6 +95,7 @@ def render(run: Any) -> str:
         _section("Judge scores", "judge", _judge_scores(data)),
         _section("Certification", "certification", _certification(data)),
         _section("Difficulty", "difficulty", _difficulty(data)),
+        _section("Evaluation", "eval", _evaluation(data)),
         _section("Turns and rewards per trajectory", "rollouts", _rollouts(data)),
         _section("Tokens and cost", "usage", _usage(data)),
         _section("Trajectories", "viewer", _viewer(data)),
@@ -302,6 +305,19 @@ def _difficulty(data: RunData) -> str:
             "thresholds: trajectory.difficulty).</p>" + _table(["difficulty", "tasks"], rows, "table-difficulty"))
 
 
+def _evaluation(data: RunData) -> str:
+    path = data.run.path(EVAL_FILE)
+    tasks = pl.read_parquet(path).to_dicts() if path.is_file() else []
+    if not tasks:
+        return _empty("No evaluation: run stage=eval (eval.rollouts=k, eval.tasks=a run directory).")
+    models = ", ".join(sorted({t["model"] for t in tasks if t["model"]})) or "?"
+    rows = [[name, row["tasks"], f"{row['pass_at_1']:.3f}", f"{row['pass_at_k']:.3f}", row["tokens"], row["wall_s"]]
+            for name, row in per_category(tasks).items()]
+    return (f"<p>{escape(models)} on {len(tasks)} tasks, {tasks[0]['rollouts']} rollouts each "
+            "(per task in eval.parquet, per rollout in eval_rollouts.parquet).</p>"
+            + _table(["category", "tasks", "pass@1", "pass@k", "tokens", "wall s"], rows, "table-eval"))
+
+
 def _task_outcome(sampled: str, judged: str | None, outcome: str | None) -> str:
     """Where a sampled task ended, from its sample state and its judge item's state and outcome."""
     if sampled == FAILED:
@@ -466,7 +482,8 @@ def _trajectory(data: RunData, record: dict, open_: bool) -> str:
 
 def _turn(number: int, step: dict) -> str:
     analysis, plan = _thoughts(step)
-    keystrokes = [c.get("arguments", {}).get("keystrokes", "") for c in step.get("tool_calls") or []]
+    arguments = [c.get("arguments") or {} for c in step.get("tool_calls") or []]
+    keystrokes = [a.get("keystrokes") or (a.get("command", "") + "\n") for a in arguments]
     output = "\n".join(r.get("content") or "" for r in (step.get("observation") or {}).get("results") or [])
     extra = step.get("extra") or {}
     metrics = step.get("metrics") or {}
@@ -482,7 +499,8 @@ def _turn(number: int, step: dict) -> str:
         parts.append(f"<div class='reply'><span class='label'>Reply:</span><pre>{escape(step['message'])}</pre></div>")
     if keystrokes:
         typed = "\n".join(k[:-1] if k.endswith("\n") else k for k in keystrokes)
-        parts.append(f"<div><span class='label'>Keystrokes:</span><pre class='keystrokes'>{escape(typed)}</pre></div>")
+        label = "Commands" if any("command" in a for a in arguments) else "Keystrokes"
+        parts.append(f"<div><span class='label'>{label}:</span><pre class='keystrokes'>{escape(typed)}</pre></div>")
     if output:
         parts.append(f"<div><span class='label'>Terminal output:</span><pre class='output'>{escape(output)}</pre></div>")
     return f"<div class='turn'>{''.join(parts)}</div>"

@@ -76,8 +76,8 @@ class Pipeline:
         return 200, completion_body([self.teacher(turn)], chat=True), 0
 
 
-def run_pipeline(compose_cfg, tmp_path, teacher, *overrides, environment=environment_script):
-    model = Pipeline(teacher, environment)
+def run_pipeline(compose_cfg, tmp_path, teacher, *overrides, environment=environment_script, pipeline=None):
+    model = pipeline or Pipeline(teacher, environment)
     with StubServer(model) as server:
         # certification has its own tests (test_environment_stage); here one run per state does
         cfg = compose_cfg("stage=all", f"backend.url={server.url}", "sample.num_tasks=1", "sample.n=1",

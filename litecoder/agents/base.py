@@ -57,6 +57,10 @@ class Turn:
     index: int
     #: the reply text exactly as the model wrote it (what SFT trains on)
     reply: str
+    #: the reply's native tool calls (``{"id", "name", "arguments"}``, arguments as written)
+    tool_calls: list[dict] = field(default_factory=list)
+    #: what each tool call returned, in the order of ``tool_calls``
+    tool_results: list[str] = field(default_factory=list)
     #: the message the agent sent back (terminal output or a correction); None after the last turn
     observation: Optional[str] = None
     commands: list[Command] = field(default_factory=list)

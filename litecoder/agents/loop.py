@@ -89,6 +89,22 @@ class TurnAgent:
         """The message that answers an unusable reply."""
         return self.render("malformed", error=error)
 
+    def parse(self, turn: Turn) -> dict:
+        """The usable content of the turn's reply; raises ``ReplyError`` when there is none."""
+        return parse_reply(turn.reply, self.reply_schema, max_chars=int(self.config.max_reply_chars))
+
+    def assistant_message(self, turn: Turn) -> dict:
+        """The turn's reply as it goes into the conversation."""
+        return {"role": "assistant", "content": turn.reply}
+
+    def answer_messages(self, turn: Turn, text: str) -> list[dict]:
+        """What goes back to the model after a turn: ``text`` is the observation or the correction."""
+        return [{"role": "user", "content": text}]
+
+    def request_params(self) -> dict:
+        """Request fields of the agent's own (the ``tools`` of a tool-calling agent)."""
+        return {}
+
     async def run(self, task: str, terminal: Terminal, chat: Chat, *, context_limit: int | None = None,
                   messages: list[dict] | None = None, **context: Any) -> Episode:
         """One episode: ``context`` goes to the first messages' templates. With ``messages``
@@ -114,11 +130,11 @@ class TurnAgent:
                     break
                 used_tokens = _take_result(turn, result) or used_tokens
                 episode.turns.append(turn)
-                messages.append({"role": "assistant", "content": turn.reply})
+                messages.append(self.assistant_message(turn))
                 stop, observation = await self._turn(terminal, episode, started)
                 if stop is not None:
                     break
-                messages.append({"role": "user", "content": observation})
+                messages.extend(self.answer_messages(turn, observation))
             else:
                 stop = Stop(MAX_TURNS, f"agent.max_turns={c.max_turns} reached")
         except TerminalClosed as exc:  # the agent's own keystrokes ended its terminal, and so its episode
@@ -144,7 +160,7 @@ class TurnAgent:
         """Parse the last reply and act on it, or answer it with a correction."""
         c, turn = self.config, episode.turns[-1]
         try:
-            reply = parse_reply(turn.reply, self.reply_schema, max_chars=int(c.max_reply_chars))
+            reply = self.parse(turn)
         except ReplyError as exc:
             turn.malformed, turn.error = True, str(exc)
             in_row = _malformed_in_row(episode.turns)
@@ -176,7 +192,7 @@ def chat_params(agent: TurnAgent, backend: Any) -> dict:
     """The request parameters an agent's turns share: its temperature, and its reply schema
     as constrained decoding where the backend has it and the agent's config allows."""
     config = agent.config
-    params: dict[str, Any] = {"temperature": config.get("temperature")}
+    params: dict[str, Any] = {"temperature": config.get("temperature"), **agent.request_params()}
     if agent.reply_schema and config.get("structured_output", "auto") == "auto" and backend.supports_structured_output:
         params["response_format"] = {"type": "json_schema",
                                      "json_schema": {"name": f"{agent.name}_turn", "schema": agent.reply_schema}}
@@ -209,6 +225,7 @@ def _malformed_in_row(turns: list[Turn]) -> int:
 def _take_result(turn: Turn, result: Any) -> int | None:
     """Put a reply and its token counts on the turn; the tokens the conversation now holds."""
     turn.reply = result.choices[0].text if result.choices else ""
+    turn.tool_calls = list(result.choices[0].tool_calls) if result.choices else []
     turn.prompt_tokens, turn.completion_tokens = result.prompt_tokens, result.completion_tokens
     turn.cached_tokens = getattr(result, "cached_tokens", None)
     turn.latency_s = round(result.latency_s, 3)
@@ -221,5 +238,16 @@ def _estimate_tokens(messages: list[dict], used_tokens: int | None) -> int:
     """Prompt tokens of the next request: the server's count so far plus ~3 characters per
     token for the message added since (all messages when the server reports no usage)."""
     if used_tokens is None:
-        return sum(len(m["content"]) for m in messages) // 3
-    return used_tokens + len(messages[-1]["content"]) // 3
+        return sum(_chars(m) for m in messages) // 3
+    added = 0
+    for message in reversed(messages):
+        if message["role"] == "assistant":
+            break
+        added += _chars(message)
+    return used_tokens + added // 3
+
+
+def _chars(message: dict) -> int:
+    """Characters a message puts in the prompt: its text and its tool calls' arguments."""
+    calls = message.get("tool_calls") or []
+    return len(message.get("content") or "") + sum(len(c["function"]["arguments"]) + 20 for c in calls)

@@ -60,6 +60,9 @@ class Choice:
     finish_reason: Optional[str]
     #: tokens of this choice, when the server reports them per choice
     completion_tokens: Optional[int]
+    #: native tool calls (the ``tools`` API), each ``{"id", "name", "arguments"}`` with the
+    #: arguments as the JSON string the model wrote
+    tool_calls: list[dict] = field(default_factory=list)
 
 
 @dataclass

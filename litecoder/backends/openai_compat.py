@@ -9,6 +9,7 @@ config, so the key itself never lands in a config, a log or an output file.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import time
 from dataclasses import dataclass, field
@@ -79,13 +80,12 @@ def parse_completion(data: Any, *, n: int, latency: float, attempts: int) -> Com
     usage = data.get("usage") or {}
     choices = []
     for raw in sorted(data["choices"], key=lambda c: c.get("index", 0)):
-        if "message" in raw:
-            text = (raw.get("message") or {}).get("content") or ""
-        else:
-            text = raw.get("text") or ""
+        message = raw.get("message") or {}
+        text = (message.get("content") or "") if "message" in raw else (raw.get("text") or "")
         tokens = raw.get("token_ids")
         per_choice = len(tokens) if isinstance(tokens, list) else None
-        choices.append(Choice(text=text, finish_reason=raw.get("finish_reason"), completion_tokens=per_choice))
+        choices.append(Choice(text=text, finish_reason=raw.get("finish_reason"), completion_tokens=per_choice,
+                              tool_calls=_tool_calls(message.get("tool_calls"))))
     if n == 1 and len(choices) == 1 and choices[0].completion_tokens is None:
         choices[0].completion_tokens = usage.get("completion_tokens")
     return Completion(
@@ -97,6 +97,20 @@ def parse_completion(data: Any, *, n: int, latency: float, attempts: int) -> Com
         attempts=attempts,
         cached_tokens=(usage.get("prompt_tokens_details") or {}).get("cached_tokens"),
     )
+
+
+def _tool_calls(raw: Any) -> list[dict]:
+    """A message's ``tool_calls`` as ``{"id", "name", "arguments"}``; arguments stay the string
+    the model wrote (a server may hand over an object: it is serialized)."""
+    calls = []
+    for index, call in enumerate(raw if isinstance(raw, list) else []):
+        function = (call or {}).get("function") or {}
+        arguments = function.get("arguments")
+        if not isinstance(arguments, str):
+            arguments = json.dumps(arguments if arguments is not None else {})
+        calls.append({"id": str(call.get("id") or f"call_{index}"), "name": str(function.get("name") or ""),
+                      "arguments": arguments})
+    return calls
 
 
 def make_client(config: dict, base_urls: list[str], model: str, headers: dict[str, str]) -> "OpenAIClient":

@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Protocol
 
 from ..difficulty import UNKNOWN, in_band, pass_rates
-from ..records import READY
 from ..sandboxes.base import SandboxError, item_failure
 from ..store import DONE
 from ..tables import write_text_atomic
+from ..task_set import has_environments, ready_items
 
 
 #: what an exporter reads: the kept rollouts (SFT data) or the ready environments (tasks)
@@ -37,7 +37,7 @@ def missing_input(run: Any, what: str) -> str | None:
     run (None: it has; with nothing kept the exporter still runs, so its files match the
     current filters)."""
     if what == ENVIRONMENTS:
-        return None if run.store.stage_started("environment") else "no environments (run stage=environment)"
+        return None if has_environments(run.store) else "no environments (run stage=environment or stage=ingest)"
     return None if run.store.stage_started("trajectory") else "no trajectories (run stage=trajectory)"
 
 
@@ -104,7 +104,7 @@ def export_candidates(run: Any) -> list[ExportTask]:
     rates = {r["task_id"]: r for r in pass_rates(
         (i.record for i in run.store.items("trajectory", DONE)), run.cfg.trajectory.difficulty)}
     return [ExportTask(i.key, i.record, judged.get(i.key, {}), solved.get(i.key), rates.get(i.key))
-            for i in run.store.items("environment", DONE) if i.outcome == READY]
+            for i in ready_items(run.store)]
 
 
 def left_out(task: ExportTask, band: Any) -> str | None:

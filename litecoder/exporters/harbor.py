@@ -4,7 +4,7 @@
 (a public Debian image, the packages the task's image had at their versions, see
 ``rebuild``, then ``state.tar``, the files the environment agent created, and the removal
 of what it deleted), ``tests/test.sh`` (runs the task's verifier and writes the
-reward to ``/logs/verifier/reward.txt``) and ``solution/solve.sh`` (the keystrokes of the
+reward to ``/logs/verifier/reward.txt``) and ``solution/solve.sh`` (the commands of the
 shortest kept successful rollout, replayed as a script, or the environment agent's reference
 solution when no rollout succeeded). ``task.toml``'s ``[metadata]`` carries the difficulty
 label and pass rate, ``[metadata.certificate]`` the certification verdicts. With
@@ -29,7 +29,7 @@ from ..sandboxes.names import LABEL_RUN, run_id
 from ..sandboxes.tmux import is_key
 from ..store import DONE
 from .base import ENVIRONMENTS, ExportTask, TaskResult, export_tasks
-from .rebuild import dockerfile_lines, pins, public_base
+from .rebuild import Pins, dockerfile_lines, pins, public_base
 
 log = logging.getLogger(__name__)
 
@@ -99,13 +99,18 @@ def top_level(paths: list[str]) -> list[str]:
 
 
 def solve_script(trajectory: dict) -> str:
-    """What the agent typed, as a bash script; lone key presses (C-c, Escape) are left out."""
+    """What the agent ran, as a bash script: the keystrokes it typed (lone key presses such as
+    C-c are left out), or each ``bash`` tool call in a subshell that starts in /root, as the
+    call did."""
     typed = []
     for step in trajectory["steps"]:
         for call in step.get("tool_calls") or []:
             keystrokes = call["arguments"].get("keystrokes", "")
+            command = call["arguments"].get("command", "") if call["function_name"] == "bash" else ""
             if keystrokes and not is_key(keystrokes):
                 typed.append(keystrokes)
+            elif command.strip():
+                typed.append(f"(\n{command.rstrip()}\n)\n")
     body = "".join(typed)
     if body and not body.endswith("\n"):
         body += "\n"
@@ -124,6 +129,26 @@ def solution_script(task: ExportTask) -> str:
         body = body.split("\n", 1)[1] if "\n" in body else ""
     header = f"#!/bin/bash\n# The reference solution of task {task.task_id}, written with its verifier.\ncd /root\n"
     return header + body + ("" if body.endswith("\n") else "\n")
+
+
+#: files of a Terminal-Bench task directory that are not its build context's business
+NOT_CONTEXT = ("task.yaml", "run-tests.sh", "solution.sh", "solution.yaml", "tests")
+
+
+def copy_origin_environment(origin: dict, environment: Path) -> Any:
+    """An imported task's own build context into ``environment/`` (a Dockerfile that starts
+    from its prebuilt image when it named one instead); returns no pinned packages."""
+    if origin.get("context"):
+        source = Path(origin["context"])
+        skipped = NOT_CONTEXT if origin["format"] == "terminal_bench" else ()
+        for path in source.iterdir():
+            if path.name in skipped:
+                continue
+            target = environment / path.name
+            shutil.copytree(path, target, symlinks=True) if path.is_dir() else shutil.copy2(path, target)
+    else:
+        (environment / "Dockerfile").write_text(f"FROM {origin['image']}\n")
+    return Pins()
 
 
 def certificate_metadata(cert: dict) -> dict:
@@ -182,25 +207,16 @@ class HarborExporter:
 
     def write_task(self, run: Any, root: Path, task: ExportTask) -> Path:
         """Write one task's Harbor directory under ``root`` (other task formats start from it)."""
-        cfg, task_id, env = run.cfg, task.task_id, task.environment
+        task_id, env = task.task_id, task.environment
         building = root / f".{task_id}.partial"
         shutil.rmtree(building, ignore_errors=True)
         (building / "environment").mkdir(parents=True)
         (building / "tests").mkdir()
         (building / "solution").mkdir()
-        state = building / "environment" / STATE_TAR
-        deleted = self._archive_state(run, env, state)
-        packages = pins(cfg, env)
-        dockerfile = [f"# Starting state of task {task_id}: Debian with the packages the task's image had, pinned,",
-                      f"# then what the environment agent changed (made by litecoder {__version__})."]
-        dockerfile += dockerfile_lines(public_base(cfg), packages, building / "environment",
-                                       bool(cfg.export.harbor.local_ca_certs))
-        if deleted:
-            dockerfile.append("RUN rm -rf -- " + " ".join(shell_quote(p) for p in deleted))
-        if state.exists():  # a task that needs no starting state has no archive
-            dockerfile.append(f"ADD {STATE_TAR} /")
-        dockerfile += ["WORKDIR /root", ""]
-        (building / "environment" / "Dockerfile").write_text("\n".join(dockerfile))
+        if env.get("origin"):  # an imported task keeps the environment it came with
+            packages = copy_origin_environment(env["origin"], building / "environment")
+        else:
+            packages = self._write_environment(run, task, building / "environment")
         (building / "instruction.md").write_text(env["text"].strip() + "\n")
         (building / "tests" / "test.sh").write_text(TEST_SH)
         (building / "tests" / "verifier.sh").write_text(env["verifier"])
@@ -213,17 +229,38 @@ class HarborExporter:
         building.rename(final)
         return final
 
+    def _write_environment(self, run: Any, task: ExportTask, environment: Path) -> Any:
+        """``environment/``: a public Debian image, the packages the task's image had, pinned,
+        then the files the environment agent created and the removal of what it deleted;
+        returns the pinned packages."""
+        cfg, task_id = run.cfg, task.task_id
+        state = environment / STATE_TAR
+        deleted = self._archive_state(run, task.environment, state)
+        packages = pins(cfg, task.environment)
+        dockerfile = [f"# Starting state of task {task_id}: Debian with the packages the task's image had, pinned,",
+                      f"# then what the environment agent changed (made by litecoder {__version__})."]
+        dockerfile += dockerfile_lines(public_base(cfg), packages, environment, bool(cfg.export.harbor.local_ca_certs))
+        if deleted:
+            dockerfile.append("RUN rm -rf -- " + " ".join(shell_quote(p) for p in deleted))
+        if state.exists():  # a task that needs no starting state has no archive
+            dockerfile.append(f"ADD {STATE_TAR} /")
+        dockerfile += ["WORKDIR /root", ""]
+        (environment / "Dockerfile").write_text("\n".join(dockerfile))
+        return packages
+
     def sections(self, run: Any, task: ExportTask, packages: Any) -> dict[str, dict]:
         """``task.toml``'s tables: the task, its metadata (difficulty, certificate, teacher,
         toolchain), and the limits the run's sandbox had."""
         cfg, judged, rollout = run.cfg, task.judged, task.rollout
-        domain = judged.get("domain") or cfg.domain.name
+        origin = task.environment.get("origin") or {}
+        domain = task.environment.get("category") or judged.get("domain") or cfg.domain.name
         sandbox = cfg.sandbox
         rate = task.pass_rate or {}
         return {
             "task": {"name": f"litecoder/{task.task_id}", "description": f"litecoder task from run {run.name}"},
             "metadata": {"author_name": "litecoder", "difficulty": task.difficulty, "category": domain,
-                         "tags": [t for t in (domain, judged.get("subtopic"), "synthetic") if t],
+                         "tags": origin.get("tags") or [t for t in (domain, judged.get("subtopic"), "synthetic") if t],
+                         "imported_from": origin.get("name"), "source_format": origin.get("format"),
                          "source_run": run.name, "solution": "teacher rollout" if rollout else "reference solution",
                          "teacher_pass_rate": rate.get("pass_at_1"), "teacher_rollouts": rate.get("rollouts"),
                          "teacher_model": rollout.record.get("model") if rollout else None,
@@ -232,7 +269,7 @@ class HarborExporter:
                          "debian_packages": packages.debian, "python_packages": packages.python,
                          "npm_packages": packages.npm},
             "metadata.certificate": certificate_metadata(task.certificate),
-            "verifier": {"timeout_sec": float(cfg.trajectory.verifier_timeout)},
+            "verifier": {"timeout_sec": float(task.environment.get("verifier_timeout") or cfg.trajectory.verifier_timeout)},
             "agent": {"timeout_sec": float(cfg.agent.get("max_wall_time", 1800.0))},
             "environment": {"build_timeout_sec": float(cfg.export.harbor.check_timeout),
                             "cpus": max(1, math.ceil(float(sandbox.cpus))),  # the schema's cpus are whole

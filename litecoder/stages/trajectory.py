@@ -27,12 +27,13 @@ from ..difficulty import DifficultyConfig, pass_rates
 from ..agents.base import LOOPING, REQUEST_ERROR, Episode, repeats
 from ..agents.loop import bind_chat, chat_params
 from ..budget import request_cost
-from ..records import READY, Rollout, TaskPassRate, backend_identity, polars_schema
+from ..records import Rollout, TaskPassRate, backend_identity, polars_schema
 from ..runner import Done, open_items, run_items
 from ..errors import ConfigError
 from ..sandboxes.base import check_network, item_failure, run_verifier
 from ..sandboxes.terminals import open_terminal
 from ..store import DONE, FAILED
+from ..task_set import has_environments, ready_environments
 from ..tables import records_frame, write_parquet_atomic, write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -107,31 +108,43 @@ def drop_reasons(record: dict, filters: Any) -> list[str]:
 
 
 class TrajectoryStage:
+    """Rollouts of the configured agent on every ready environment; ``eval`` shares the machinery
+    and changes where its tasks come from, how a finished rollout is classified and what it writes."""
+
     name = "trajectory"
+    #: per-rollout table and ATIF directory under the run
+    rollouts_file, trajectory_dir, tasks_file = TRAJECTORIES_FILE, TRAJECTORY_DIR, TASKS_FILE
+
+    def settings(self, cfg: Any) -> Any:
+        return cfg[self.name]
 
     def identity(self, cfg: Any, backend_config: Any) -> dict:
-        trajectory = OmegaConf.to_container(cfg.trajectory, resolve=True)
-        trajectory.pop("backend", None)
-        trajectory.pop("filters", None)  # re-applied to finished rollouts; never a reason to redo them
-        trajectory.pop("difficulty", None)  # labels are recomputed from the rollouts
-        trajectory.pop("rollouts", None)  # more rollouts add items; fewer retire the extra ones
+        own = OmegaConf.to_container(self.settings(cfg), resolve=True)
+        for key in ("backend", "filters", "difficulty", "rollouts"):
+            # filters are re-applied and labels recomputed from finished rollouts; more rollouts
+            # add items, fewer retire the extra ones: none of them is a reason to redo rollouts
+            own.pop(key, None)
         sandbox = OmegaConf.to_container(cfg.sandbox, resolve=True)
-        return {"agent": OmegaConf.to_container(cfg.agent, resolve=True), "trajectory": trajectory,
+        return {"agent": OmegaConf.to_container(cfg.agent, resolve=True), self.name: own,
                 "sandbox": {k: sandbox.get(k) for k in ("type", "cpus", "memory")},
                 "backend": backend_identity(backend_config)}
 
+    def environments(self, run: Any) -> list[dict]:
+        """The ready environments to roll out on."""
+        if not has_environments(run.store):
+            raise ConfigError(f"no prepared environments in {run.dir}; run stage=environment (or stage=ingest) first")
+        return ready_environments(run.store)
+
     def run(self, run: Any) -> dict:
-        cfg, store = run.cfg, run.store
-        if int(cfg.trajectory.rollouts) < 1:
-            raise ConfigError(f"trajectory.rollouts must be at least 1, got {cfg.trajectory.rollouts}")
-        run.plugins.registry("agent").get(cfg.agent.type)  # a wrong agent name fails before any work
-        check_network(cfg.trajectory.network, "trajectory.network")
-        if not store.stage_started("environment"):
-            raise ConfigError(f"no prepared environments in {run.dir}; run stage=environment first")
-        ready = [i.record for i in store.items("environment", DONE) if i.outcome == READY]
-        jobs = [(env, r) for env in ready for r in range(int(cfg.trajectory.rollouts))]
+        settings = self.settings(run.cfg)
+        if int(settings.rollouts) < 1:
+            raise ConfigError(f"{self.name}.rollouts must be at least 1, got {settings.rollouts}")
+        run.plugins.registry("agent").get(run.cfg.agent.type)  # a wrong agent name fails before any work
+        check_network(settings.network, f"{self.name}.network")
+        ready = self.environments(run)
+        jobs = [(env, r) for env in ready for r in range(int(settings.rollouts))]
         finished = open_items(run, self, {rollout_key(env["task_id"], r) for env, r in jobs}, what="rollouts")
-        self._refilter(run)
+        self._reclassify(run)
         todo = [(env, r) for env, r in jobs if rollout_key(env["task_id"], r) not in finished]
         stopped = None
         try:
@@ -139,24 +152,31 @@ class TrajectoryStage:
                 stopped = asyncio.run(self._roll_all(run, run.sandbox(), todo))
         finally:
             self.export(run)
-        counts = store.counts(self.name)
-        tasks = pass_rates([i.record for i in store.items(self.name, DONE)], cfg.trajectory.difficulty)
-        summary = {"environments": len(ready), "rollouts": len(jobs),
-                   **{k: v for k, v in counts.items() if k != DONE},
-                   "solved": sum(t["solved"] for t in tasks)}
-        if tasks:
-            summary[f"pass@{cfg.trajectory.rollouts}"] = round(sum(t["pass_at_k"] for t in tasks) / len(tasks), 3)
+        summary = {"environments": len(ready), "rollouts": len(jobs), **self.summary(run)}
         if stopped:
             summary["stopped_by"] = stopped
         return summary
 
-    def _refilter(self, run: Any) -> None:
+    def summary(self, run: Any) -> dict:
+        settings = self.settings(run.cfg)
+        counts = run.store.counts(self.name)
+        tasks = pass_rates([i.record for i in run.store.items(self.name, DONE)], settings.difficulty)
+        summary = {**{k: v for k, v in counts.items() if k != DONE}, "solved": sum(t["solved"] for t in tasks)}
+        if tasks:
+            summary[f"pass@{settings.rollouts}"] = round(sum(t["pass_at_k"] for t in tasks) / len(tasks), 3)
+        return summary
+
+    def classify(self, run: Any, record: dict) -> tuple[str, list[str]]:
+        """A finished rollout's status and the reasons for it: the filters keep or drop it."""
+        reasons = drop_reasons(record, self.settings(run.cfg).filters)
+        return (DROPPED if reasons else KEPT), reasons
+
+    def _reclassify(self, run: Any) -> None:
         """Apply the current filters to rollouts finished earlier."""
         changed = []
         for item in run.store.items(self.name, DONE):
             record = dict(item.record)
-            reasons = drop_reasons(record, run.cfg.trajectory.filters)
-            status = DROPPED if reasons else KEPT
+            status, reasons = self.classify(run, record)
             if status != item.outcome or reasons != record.get("filters"):
                 record.update(status=status, filters=reasons, reason="; ".join(reasons) or None)
                 changed.append((item.key, DONE, status, record["reason"], record))
@@ -178,12 +198,12 @@ class TrajectoryStage:
             return Done([(record["rollout_id"], state, record["status"], record["reason"], record)], record["usage"],
                         failed, tally={record["status"]: 1, "solved": record["reward"] == 1})
 
-        return await run_items(run, self.name, jobs, one, total=len(jobs), label="trajectory", unit="rollout",
-                               limit=int(cfg.sandbox.max_containers), table=run.path(TRAJECTORIES_FILE))
+        return await run_items(run, self.name, jobs, one, total=len(jobs), label=self.name, unit="rollout",
+                               limit=int(cfg.sandbox.max_containers), table=run.path(self.rollouts_file))
 
     async def _rollout(self, run: Any, sandbox: Any, agent: Any, chat: Any, context_limit: int | None,
                        env: dict, index: int) -> dict:
-        cfg = run.cfg
+        cfg, settings = run.cfg, self.settings(run.cfg)
         rollout_id = rollout_key(env["task_id"], index)
         started_at = datetime.now(timezone.utc).isoformat()
         record: dict[str, Any] = {
@@ -195,15 +215,16 @@ class TrajectoryStage:
         session = None
         try:
             session = await asyncio.to_thread(sandbox.open, rollout_id, image=env.get("image_id") or env["image"],
-                                              network=str(cfg.trajectory.network))
+                                              network=str(settings.network))
             record["host"] = getattr(session, "host", None)  # plugins' sandboxes may not say
             episode = await agent.run(env["text"], open_terminal(agent, session), chat, context_limit=context_limit)
             if episode.stop_reason == REQUEST_ERROR:
                 record["reason"] = f"request failed: {episode.detail}"
             else:
-                if cfg.trajectory.network != "none":
+                if settings.network != "none":
                     await asyncio.to_thread(session.go_offline)
-                code, output = await asyncio.to_thread(run_verifier, session, env["verifier"], float(cfg.trajectory.verifier_timeout))
+                timeout = float(env.get("verifier_timeout") or settings.verifier_timeout)  # an imported task's own
+                code, output = await asyncio.to_thread(run_verifier, session, env["verifier"], timeout)
                 record["verifier_exit_code"], record["verifier_output"] = code, output
                 record["reward"] = 1 if code == 0 else 0
         except Exception as exc:  # noqa: BLE001 - sandbox and Docker errors end the rollout, not the run
@@ -223,18 +244,17 @@ class TrajectoryStage:
         if episode.prompt:
             trajectory = atif.from_episode(
                 episode, session_id=f"{run.name}/{rollout_id}", agent_name=f"litecoder-{cfg.agent.type}", model=model,
-                started_at=started_at,
+                started_at=started_at, tools=agent.request_params().get("tools"),
                 extra={"task_id": env["task_id"], "rollout": index, "reward": record["reward"],
                        "verifier_exit_code": record.get("verifier_exit_code"), "run": run.name},
             )
             atif.validate(trajectory)
-            path = run.path(TRAJECTORY_DIR) / f"{rollout_id}.json"
+            path = run.path(self.trajectory_dir) / f"{rollout_id}.json"
             write_text_atomic(path, json.dumps(trajectory, indent=1, ensure_ascii=False))
             record["trajectory"] = str(path.relative_to(run.dir))
         if record["reason"] is None:  # finished: the filters decide
-            reasons = drop_reasons(record, cfg.trajectory.filters)
-            record["status"], record["filters"] = (DROPPED if reasons else KEPT), reasons
-            record["reason"] = "; ".join(reasons) or None
+            record["status"], record["filters"] = self.classify(run, record)
+            record["reason"] = "; ".join(record["filters"]) or None
         return record
 
     @staticmethod
@@ -257,9 +277,10 @@ class TrajectoryStage:
 
     def export(self, run: Any) -> None:
         records = [i.record for i in run.store.items(self.name)]
-        write_parquet_atomic(records_frame(records, SCHEMA, "finished_at"), run.path(TRAJECTORIES_FILE))
+        write_parquet_atomic(records_frame(records, SCHEMA, "finished_at"), run.path(self.rollouts_file))
         done = [r for r in records if r["status"] != FAILED]
-        write_parquet_atomic(pl.DataFrame(pass_rates(done, run.cfg.trajectory.difficulty), schema=TASK_SCHEMA), run.path(TASKS_FILE))
+        frame = pl.DataFrame(pass_rates(done, self.settings(run.cfg).difficulty), schema=TASK_SCHEMA)
+        write_parquet_atomic(frame, run.path(self.tasks_file))
 
 
 @hookimpl

@@ -3,7 +3,7 @@
 Each request is answered by ``handler(path, body) -> (status, json_or_text, delay_s)``; the
 handler can be swapped while the server runs (``server.handler = ...``). The server records
 every request and the peak number handled at once. ``completion_body`` builds the JSON of a
-completion or chat completion reply.
+completion or chat completion reply, ``tool_call`` one native tool call in it.
 """
 
 from __future__ import annotations
@@ -16,14 +16,26 @@ from typing import Any, Callable
 
 Handler = Callable[[str, dict], "tuple[int, Any, float]"]
 
-__all__ = ["Handler", "StubServer", "completion_body", "echo_handler"]
+__all__ = ["Handler", "StubServer", "completion_body", "echo_handler", "tool_call"]
 
 
-def completion_body(texts: list[str], *, finish: str = "stop", model: str = "stub-model", chat: bool = False) -> dict:
+def tool_call(name: str, arguments: Any, call_id: str) -> dict:
+    """One native tool call as a chat completion carries it (``arguments`` serialized unless a string)."""
+    text = arguments if isinstance(arguments, str) else json.dumps(arguments)
+    return {"id": call_id, "type": "function", "function": {"name": name, "arguments": text}}
+
+
+def completion_body(texts: list[str], *, finish: str = "stop", model: str = "stub-model", chat: bool = False,
+                    tool_calls: list[dict] | None = None) -> dict:
+    """A reply with one choice per text; ``tool_calls`` (see ``tool_call``) go on the first choice
+    of a chat reply, whose finish reason is then ``tool_calls``."""
     choices = []
     for i, text in enumerate(texts):
         tokens = list(range(len(text.split()) + 1))
-        if chat:
+        if chat and i == 0 and tool_calls:
+            message = {"role": "assistant", "content": text or None, "tool_calls": tool_calls}
+            choices.append({"index": i, "message": message, "finish_reason": "tool_calls"})
+        elif chat:
             choices.append({"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": finish})
         else:
             choices.append({"index": i, "text": text, "finish_reason": finish, "token_ids": tokens})

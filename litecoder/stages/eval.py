@@ -1,0 +1,151 @@
+"""Evaluating a model on a task set: ``k`` rollouts per task, pass@1 and pass@k per task and category.
+
+The model is ``eval.backend`` (else the run's ``backend``), the agent is ``agent=`` as for the
+teacher; the tasks are this run's ready environments, or those of the run directory named
+by ``eval.tasks`` (so a sweep over models evaluates every model on the same held-out tasks,
+each job in its own directory). Rollouts run exactly as the teacher's do (fresh container,
+verifier after the agent stops, one ATIF file each, resumable) but nothing is filtered:
+every rollout counts. ``eval.parquet`` holds one row per task, ``eval_rollouts.parquet`` one
+per rollout; the summary and the report show pass rates per category.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+import polars as pl
+
+from .. import hookimpl
+from ..errors import ConfigError
+from ..records import EvalTask, polars_schema
+from ..store import DONE, RunStore
+from ..task_set import has_environments, ready_environments
+from ..tables import records_frame, write_parquet_atomic
+from .trajectory import SCHEMA, TrajectoryStage
+
+EVAL_FILE = "eval.parquet"
+EVAL_ROLLOUTS_FILE = "eval_rollouts.parquet"
+EVAL_DIR = "eval"
+SOLVED, UNSOLVED = "solved", "unsolved"
+EVAL_SCHEMA = polars_schema(EvalTask)
+
+
+@dataclass
+class EvalConfig:
+    """A model with the configured agent on a task set."""
+
+    #: rollouts per task (the k of pass@k)
+    rollouts: int = 1
+    #: a run directory whose ready environments are the task set; null: this run's
+    tasks: Optional[str] = None
+    #: seconds for the task's verifier after the agent stopped
+    verifier_timeout: float = 300.0
+    #: what the agent's container reaches (``none``, ``registries``, ``full``)
+    network: str = "none"
+    backend: Optional[Any] = None
+
+
+class EvalStage(TrajectoryStage):
+    name = "eval"
+    rollouts_file, trajectory_dir, tasks_file = EVAL_ROLLOUTS_FILE, EVAL_DIR, EVAL_FILE
+
+    def identity(self, cfg: Any, backend_config: Any) -> dict:
+        identity = super().identity(cfg, backend_config)
+        identity["eval"]["tasks"] = str(Path(cfg.eval.tasks).resolve()) if cfg.eval.tasks else None
+        return identity
+
+    def environments(self, run: Any) -> list[dict]:
+        """The ready environments of this run or of ``eval.tasks``, each with its category."""
+        source = run.cfg.eval.tasks
+        if not source:
+            return with_categories(run.store, super().environments(run))
+        path = Path(source)
+        if not (path / "store.sqlite").is_file():
+            raise ConfigError(f"eval.tasks={source}: no run directory there (no store.sqlite); "
+                              "name a run directory that ran stage=environment")
+        store = RunStore(path / "store.sqlite")
+        try:
+            if not has_environments(store):
+                raise ConfigError(f"eval.tasks={source}: no prepared environments there; run stage=environment "
+                                  "(or stage=ingest) in it first")
+            return with_categories(store, ready_environments(store))
+        finally:
+            store.close()
+
+    def classify(self, run: Any, record: dict) -> tuple[str, list[str]]:
+        """Every finished rollout counts: it solved the task or it did not."""
+        return (SOLVED if record.get("reward") == 1 else UNSOLVED), []
+
+    def summary(self, run: Any) -> dict:
+        tasks = self.task_rows(run)
+        counts = run.store.counts(self.name)
+        summary: dict[str, Any] = {"tasks": len(tasks), **{k: v for k, v in counts.items() if k != DONE}}
+        if tasks:
+            summary["pass@1"] = round(statistics.mean(t["pass_at_1"] for t in tasks), 3)
+            summary[f"pass@{run.cfg.eval.rollouts}"] = round(statistics.mean(t["pass_at_k"] for t in tasks), 3)
+            summary["by_category"] = {name: {"tasks": row["tasks"], "pass@1": round(row["pass_at_1"], 3),
+                                             "pass@k": round(row["pass_at_k"], 3)}
+                                      for name, row in per_category(tasks).items()}
+        return summary
+
+    def task_rows(self, run: Any) -> list[dict]:
+        """One row per task over its finished rollouts (``EvalTask``)."""
+        categories = {env["task_id"]: env.get("category") for env in self._known_environments(run)}
+        by_task: dict[str, list[dict]] = defaultdict(list)
+        for item in run.store.items(self.name, DONE):
+            by_task[item.record["task_id"]].append(item.record)
+        rows = []
+        for task_id, records in sorted(by_task.items()):
+            solved = sum(r.get("reward") == 1 for r in records)
+            rows.append({"task_id": task_id, "category": categories.get(task_id) or "uncategorized",
+                         "model": records[0].get("model") or "", "rollouts": len(records), "solved": solved,
+                         "pass_at_1": solved / len(records), "pass_at_k": float(solved > 0),
+                         "prompt_tokens": sum(r.get("prompt_tokens") or 0 for r in records),
+                         "completion_tokens": sum(r.get("completion_tokens") or 0 for r in records),
+                         "turns": statistics.mean(r.get("turns") or 0 for r in records),
+                         "wall_s": round(sum(r.get("wall_s") or 0.0 for r in records), 2)})
+        return rows
+
+    def _known_environments(self, run: Any) -> list[dict]:
+        try:
+            return self.environments(run)
+        except ConfigError:
+            return []
+
+    def export(self, run: Any) -> None:
+        records = [i.record for i in run.store.items(self.name)]
+        write_parquet_atomic(records_frame(records, SCHEMA, "finished_at"), run.path(self.rollouts_file))
+        write_parquet_atomic(pl.DataFrame(self.task_rows(run), schema=EVAL_SCHEMA), run.path(self.tasks_file))
+
+
+def with_categories(store: RunStore, environments: list[dict]) -> list[dict]:
+    """Environments with a ``category``: their own (an imported task's), else the sampled
+    task's domain and subtopic."""
+    judged = {i.key: i.record for i in store.items("judge", DONE)}
+    out = []
+    for env in environments:
+        task = judged.get(env["task_id"], {})
+        sampled = "/".join(str(p) for p in (task.get("domain"), task.get("subtopic")) if p) or None
+        out.append({**env, "category": env.get("category") or sampled})
+    return out
+
+
+def per_category(tasks: list[dict]) -> dict[str, dict]:
+    """Mean pass@1 and pass@k, tasks, tokens and wall time per category."""
+    groups: dict[str, list[dict]] = defaultdict(list)
+    for task in tasks:
+        groups[task["category"]].append(task)
+    return {name: {"tasks": len(rows), "pass_at_1": statistics.mean(r["pass_at_1"] for r in rows),
+                   "pass_at_k": statistics.mean(r["pass_at_k"] for r in rows),
+                   "tokens": sum(r["prompt_tokens"] + r["completion_tokens"] for r in rows),
+                   "wall_s": round(sum(r["wall_s"] for r in rows), 2)}
+            for name, rows in sorted(groups.items())}
+
+
+@hookimpl
+def litecoder_register_stages(register):
+    register("eval", EvalStage, config=EvalConfig)

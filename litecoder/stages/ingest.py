@@ -1,0 +1,204 @@
+"""``stage=ingest``: existing task collections become this run's task set.
+
+``ingest.paths`` names Harbor and Terminal-Bench 1 task directories (or directories holding
+them). Each task's image is built from its own Dockerfile through the sandbox's
+``build_image`` (so it works under Ray too), its tests become its verifier and its solution,
+if it has one, its reference solution (``litecoder.task_dirs``). Then it is certified like a
+prepared task, in fresh offline containers: the verifier must fail on the start state and,
+with a solution, pass after it, every time over ``certify.repeats`` runs (wrong solutions are
+written only for synthesized tasks). A task that cannot be read or built ends failed with the
+reason, one that fails its checks rejected; the rest are ready, with their origin recorded,
+and flow through trajectory, eval and export like synthesized tasks. ``imported.parquet``
+holds one row per task.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import tarfile
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from .. import hookimpl
+from ..certification import Certifier, certificate, rejection
+from ..errors import ConfigError
+from ..progress import Progress
+from ..records import READY, REJECTED, Environment, polars_schema
+from ..runner import open_items
+from ..sandboxes.base import SandboxError, check_network
+from ..sandboxes.names import LABEL_RUN_DIR, image_tag, run_id, tag_safe
+from ..store import DONE, FAILED
+from ..tables import records_frame, write_parquet_atomic
+from ..task_dirs import ForeignTask, read_collections
+from .environment import IMAGE_REPOSITORY
+
+log = logging.getLogger(__name__)
+
+IMPORTED_FILE = "imported.parquet"
+SCHEMA = polars_schema(Environment)
+
+
+@dataclass
+class IngestConfig:
+    """Existing task collections to take in as this run's tasks."""
+
+    #: Harbor or Terminal-Bench 1 task directories, or directories holding them
+    paths: list[str] = field(default_factory=list)
+    #: seconds for one task's image build
+    build_timeout: float = 1800.0
+    #: what a build's RUN steps reach (``registries``, ``full``, ``none``)
+    build_network: str = "registries"
+    #: tests and solution files of one task, at most (they travel inside its scripts)
+    max_file_bytes: int = 8 << 20
+    #: seconds for the verifier when the task's own metadata sets none
+    verifier_timeout: float = 600.0
+
+
+def task_ids(names: list[str]) -> list[str]:
+    """A stable, tag-safe id per task name; repeated names get ``-2``, ``-3``... in order."""
+    ids, seen = [], {}
+    for name in names:
+        base = tag_safe(name.replace("/", "-"), 100) or "task"
+        seen[base] = seen.get(base, 0) + 1
+        ids.append(base if seen[base] == 1 else f"{base}-{seen[base]}")
+    return ids
+
+
+class IngestStage:
+    name = "ingest"
+
+    def identity(self, cfg: Any, backend_config: Any) -> dict:
+        own = OmegaConf.to_container(cfg.ingest, resolve=True)
+        own["paths"] = sorted(str(Path(p).expanduser().resolve()) for p in own["paths"])
+        return {"ingest": own, "certify": {k: cfg.certify.get(k) for k in ("enabled", "repeats", "solution_timeout")}}
+
+    def run(self, run: Any) -> dict:
+        settings = run.cfg.ingest
+        if not settings.paths:
+            raise ConfigError("ingest.paths is empty; name Harbor or Terminal-Bench task directories, "
+                              "e.g. ingest.paths=[path/to/tasks]")
+        check_network(settings.build_network, "ingest.build_network")
+        found = read_collections(list(settings.paths), "ingest.paths", max_bytes=int(settings.max_file_bytes))
+        items = dict(zip(task_ids([name for _, name, _ in found]), found))
+        finished = open_items(run, self, set(items), what="imported tasks")
+        todo = [(key, item) for key, item in items.items() if key not in finished]
+        try:
+            if todo:
+                asyncio.run(self._ingest_all(run, todo))
+        finally:
+            self.export(run)
+        counts = run.store.counts(self.name)
+        return {"tasks": len(items), **{k: v for k, v in counts.items() if k != DONE}}
+
+    async def _ingest_all(self, run: Any, todo: list[tuple[str, tuple]]) -> None:
+        sandbox = run.sandbox()
+        limit = int(run.cfg.sandbox.max_containers)
+        slots = asyncio.Semaphore(limit)
+        certifier = Certifier(run.cfg.certify, sandbox, slots, float(run.cfg.ingest.verifier_timeout))
+        bar = Progress(run, "ingest", len(todo), "task", concurrency=limit)
+
+        async def one(key: str, task: ForeignTask | None, name: str, problem: str) -> None:
+            started = time.monotonic()
+            record = await self._ingest(run, sandbox, certifier, key, task, name, problem)
+            state = FAILED if record["status"] == FAILED else DONE
+            run.store.put(self.name, [(key, state, record["status"], record["reason"], record)])
+            bar.update(seconds=time.monotonic() - started, **{record["status"]: 1})
+
+        try:
+            await asyncio.gather(*(one(key, *item) for key, item in todo))
+        finally:
+            bar.close()
+
+    async def _ingest(self, run: Any, sandbox: Any, certifier: Certifier, key: str, task: ForeignTask | None,
+                      name: str, problem: str) -> dict:
+        """One task: build its image, certify it; returns its record."""
+        started = time.monotonic()
+        record = blank_record(key, task, name)
+        if task is None:
+            record["reason"] = f"cannot read the task: {problem}"
+            return record
+        try:
+            record["image"], record["image_id"] = await self._build(run, sandbox, key, task)
+        except SandboxError as exc:
+            record["reason"] = f"image build failed: {str(exc).removeprefix('docker: ')[:1500]}"
+            log.warning("ingest: %s: %s", name, record["reason"])
+            return record
+        if run.cfg.certify.enabled:
+            await self._certify(sandbox, certifier, record)
+        else:
+            record["status"] = READY
+        record["wall_s"] = round(time.monotonic() - started, 2)
+        return record
+
+    async def _build(self, run: Any, sandbox: Any, key: str, task: ForeignTask) -> tuple[str, str]:
+        settings = run.cfg.ingest
+        tag = image_tag(run_id(run.dir), key)
+        context: Any = Path(task.context) if task.context else from_image(task.image)
+        labels = {"litecoder.task": key, LABEL_RUN_DIR: str(Path(run.dir).resolve())}
+        image_id = await asyncio.to_thread(sandbox.build_image, context, tag=f"{IMAGE_REPOSITORY}:{tag}", labels=labels,
+                                           timeout=float(settings.build_timeout), network=str(settings.build_network))
+        return f"{IMAGE_REPOSITORY}:{tag}", image_id
+
+    @staticmethod
+    async def _certify(sandbox: Any, certifier: Certifier, record: dict) -> None:
+        """nop (and oracle, with a solution) over ``certify.repeats`` runs; ready or rejected."""
+        started = time.monotonic()
+        checks = await certifier.checks(record["task_id"], record["image_id"], record["verifier"], record["solution"], [])
+        cert = certificate(checks, [], wanted_wrong=0)
+        ready = cert["certified"]
+        if record["solution"] is None:  # nothing to prove the oracle with; the teacher may still solve it
+            cert["oracle"], cert["certified"] = None, False
+        cert.update(repairs=0, container_runs=len(checks), seconds=round(sum(c.seconds for c in checks), 2),
+                    wall_s=round(time.monotonic() - started, 2))
+        nop = next((c for c in cert["checks"] if c["check"] == "nop"), {})
+        record.update(certificate=cert, verifier_exit_code=nop.get("verifier_exit_code"),
+                      verifier_output=nop.get("verifier_output"))
+        if ready:
+            record["status"] = READY
+        else:
+            record["status"], record["reason"] = REJECTED, rejection(cert)
+            await asyncio.to_thread(sandbox.remove_image, record["image_id"])
+
+    def export(self, run: Any) -> None:
+        frame = records_frame([i.record for i in run.store.items(self.name)], SCHEMA, "prepared_at")
+        write_parquet_atomic(frame, run.path(IMPORTED_FILE))
+
+
+def from_image(image: str | None) -> bytes:
+    """A build context (a tar) whose Dockerfile only starts from ``image``."""
+    dockerfile = f"FROM {image}\n".encode()
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        info = tarfile.TarInfo("Dockerfile")
+        info.size = len(dockerfile)
+        tar.addfile(info, io.BytesIO(dockerfile))
+    return buffer.getvalue()
+
+
+def blank_record(key: str, task: ForeignTask | None, name: str) -> dict:
+    """An imported task's record before its build: failed until it is proven otherwise."""
+    origin = None
+    if task is not None:
+        origin = {"format": task.format, "name": task.name, "path": task.path, "context": task.context,
+                  "image": task.image, "difficulty": task.difficulty, "tags": task.tags}
+    return {"task_id": key, "text": task.instruction if task else "", "status": FAILED, "reason": None,
+            "image": None, "image_id": None, "base_image": None, "network": None, "installed_debian": [],
+            "installed_python": [], "apt_history": None, "host": None, "changed_paths": [], "added_paths": [],
+            "deleted_paths": [], "commands": [], "verifier": task.verifier if task else None,
+            "verifier_exit_code": None, "verifier_output": None, "solution": task.solution if task else None,
+            "certificate": None, "wrong_solutions": [], "steps": 0, "model": "", "prompt_tokens": 0,
+            "completion_tokens": 0, "wall_s": 0.0, "prepared_at": datetime.now(timezone.utc).isoformat(),
+            "origin": origin, "category": task.category if task else None, "workdir": task.workdir if task else None,
+            "verifier_timeout": task.verifier_timeout if task else None, "name": name}
+
+
+@hookimpl
+def litecoder_register_stages(register):
+    register("ingest", IngestStage, config=IngestConfig)
