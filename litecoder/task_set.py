@@ -26,4 +26,12 @@ def ready_items(store: Any) -> list[Any]:
 
 
 def ready_environments(store: Any) -> list[dict]:
-    return [i.record for i in ready_items(store)]
+    """The ready environments' records, each with a ``category``: its own (an imported
+    task's), else the sampled task's domain and subtopic."""
+    judged = {i.key: i.record for i in store.items("judge", DONE)}
+    out = []
+    for item in ready_items(store):
+        task = judged.get(item.key, {})
+        sampled = "/".join(str(p) for p in (task.get("domain"), task.get("subtopic")) if p) or None
+        out.append({**item.record, "category": item.record.get("category") or sampled})
+    return out

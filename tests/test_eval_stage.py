@@ -14,6 +14,7 @@ from litecoder.errors import ConfigError
 from litecoder.run import execute
 
 from .stub_openai import StubServer, completion_body
+from .test_tool_agent import ToolPipeline
 from .test_trajectory_stage import SOLVE, Pipeline, remove_images, solving_teacher, terminus
 
 pytestmark = pytest.mark.docker
@@ -104,3 +105,28 @@ def test_eval_names_what_is_missing(compose_cfg, tmp_path):
         execute(compose_cfg("stage=eval", f"eval.tasks={tmp_path / 'nowhere'}"), tmp_path / "run")
     with pytest.raises(ConfigError, match=r"run stage=environment \(or stage=ingest\) first"):
         execute(compose_cfg("stage=eval"), tmp_path / "empty")
+
+
+def scaffolds(path, body):
+    """Solves the merge conflict in either scaffold: Terminus JSON replies or native tool calls."""
+    if "tools" in body:
+        return ToolPipeline()(path, body)
+    turn = sum(1 for m in body["messages"] if m["role"] == "assistant")
+    return 200, completion_body([solving_teacher(turn)], chat=True), 0
+
+
+def test_a_sweep_over_agents_compares_the_scaffolds_on_one_task_set(cli, task_set):
+    with StubServer(scaffolds) as server:
+        result = cli("-m", "stage=[trajectory,export]", "export.formats=[messages]", "run.name=scaffolds",
+                     f"trajectory.tasks={task_set}",
+                     f"backend.url={server.url}", "agent=terminus,bash_tool", "run.report=false")
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = pl.read_csv(cli.outputs / "scaffolds" / "comparison.csv").sort("job")
+    assert table["job"].to_list() == ["agent=bash_tool", "agent=terminus"]
+    assert table["teacher_pass_rate"].to_list() == [1.0, 1.0]
+    assert table["turns_per_rollout"].to_list() == [4.0, 4.0] and (table["tokens_per_kept"] > 0).all()
+    header = (cli.outputs / "scaffolds" / "comparison.md").read_text().splitlines()[0]
+    assert "teacher pass rate | turns/rollout | tokens/kept trajectory" in header
+    bash_tool = cli.outputs / "scaffolds" / table.row(0, named=True)["dir"]
+    (row,) = [json.loads(line) for line in (bash_tool / "sft" / "messages.jsonl").read_text().splitlines()]
+    assert row["messages"][1]["tool_calls"][0]["function"]["name"] == "bash"

@@ -218,7 +218,8 @@ def test_the_whole_chain_on_the_real_server_records_every_item_and_leaves_no_con
 @pytest.mark.docker
 def test_the_real_model_as_teacher_types_into_a_real_terminal(compose_cfg, tmp_path, vllm_url, model_dir):
     """The environment is prepared by a scripted agent (the merge conflict); SmolLM2 then works
-    on it as the teacher through tmux, with constrained JSON replies, and its verifier runs."""
+    on it as the teacher through tmux, with constrained JSON replies, and its verifier runs;
+    then stage=eval scores it on the same task."""
     from litecoder import atif
     from litecoder.run import execute
 
@@ -242,6 +243,18 @@ def test_the_real_model_as_teacher_types_into_a_real_terminal(compose_cfg, tmp_p
             trajectory = json.loads((tmp_path / path).read_text())
             atif.validate(trajectory)
             assert trajectory["steps"][1]["metrics"]["prompt_tokens"] > 100
+
+        # The same model evaluated on the same task: every rollout recorded, scored per task.
+        summaries = execute(compose_cfg("stage=eval", f"backend.url={vllm_url}", "agent.max_turns=1",
+                                        "agent.max_tokens=160", "agent.min_reply_tokens=64", "agent.max_command_duration=3",
+                                        "eval.rollouts=2"), tmp_path)
+        assert summaries["eval"]["rollouts"] == 2 and summaries["eval"]["tasks"] == 1
+        evaluated = pl.read_parquet(tmp_path / "eval_rollouts.parquet")
+        assert set(evaluated["status"]) <= {"solved", "unsolved"}, evaluated["reason"].to_list()
+        assert evaluated["trajectory"].is_not_null().all() and evaluated["completion_tokens"].min() > 0
+        (task,) = pl.read_parquet(tmp_path / "eval.parquet").to_dicts()
+        assert task["model"] == "SmolLM2-135M-Instruct" and task["rollouts"] == 2
+        assert task["pass_at_1"] == evaluated["reward"].mean() and summaries["eval"]["pass@1"] == round(task["pass_at_1"], 3)
         assert leftovers(run_id(tmp_path)) == []
     finally:
         for image in pl.read_parquet(tmp_path / "environments.parquet")["image"].drop_nulls():

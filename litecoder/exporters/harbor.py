@@ -27,7 +27,6 @@ from .. import __version__, hookimpl
 from ..sandboxes.base import shell_quote
 from ..sandboxes.names import LABEL_RUN, run_id
 from ..sandboxes.tmux import is_key
-from ..store import DONE
 from .base import ENVIRONMENTS, ExportTask, TaskResult, export_tasks
 from .rebuild import Pins, dockerfile_lines, pins, public_base
 

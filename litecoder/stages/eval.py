@@ -14,7 +14,6 @@ from __future__ import annotations
 import statistics
 from collections import defaultdict
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Optional
 
 import polars as pl
@@ -22,8 +21,7 @@ import polars as pl
 from .. import hookimpl
 from ..errors import ConfigError
 from ..records import EvalTask, polars_schema
-from ..store import DONE, RunStore
-from ..task_set import has_environments, ready_environments
+from ..store import DONE
 from ..tables import records_frame, write_parquet_atomic
 from .trajectory import SCHEMA, TrajectoryStage
 
@@ -52,29 +50,6 @@ class EvalConfig:
 class EvalStage(TrajectoryStage):
     name = "eval"
     rollouts_file, trajectory_dir, tasks_file = EVAL_ROLLOUTS_FILE, EVAL_DIR, EVAL_FILE
-
-    def identity(self, cfg: Any, backend_config: Any) -> dict:
-        identity = super().identity(cfg, backend_config)
-        identity["eval"]["tasks"] = str(Path(cfg.eval.tasks).resolve()) if cfg.eval.tasks else None
-        return identity
-
-    def environments(self, run: Any) -> list[dict]:
-        """The ready environments of this run or of ``eval.tasks``, each with its category."""
-        source = run.cfg.eval.tasks
-        if not source:
-            return with_categories(run.store, super().environments(run))
-        path = Path(source)
-        if not (path / "store.sqlite").is_file():
-            raise ConfigError(f"eval.tasks={source}: no run directory there (no store.sqlite); "
-                              "name a run directory that ran stage=environment")
-        store = RunStore(path / "store.sqlite")
-        try:
-            if not has_environments(store):
-                raise ConfigError(f"eval.tasks={source}: no prepared environments there; run stage=environment "
-                                  "(or stage=ingest) in it first")
-            return with_categories(store, ready_environments(store))
-        finally:
-            store.close()
 
     def classify(self, run: Any, record: dict) -> tuple[str, list[str]]:
         """Every finished rollout counts: it solved the task or it did not."""
@@ -120,18 +95,6 @@ class EvalStage(TrajectoryStage):
         records = [i.record for i in run.store.items(self.name)]
         write_parquet_atomic(records_frame(records, SCHEMA, "finished_at"), run.path(self.rollouts_file))
         write_parquet_atomic(pl.DataFrame(self.task_rows(run), schema=EVAL_SCHEMA), run.path(self.tasks_file))
-
-
-def with_categories(store: RunStore, environments: list[dict]) -> list[dict]:
-    """Environments with a ``category``: their own (an imported task's), else the sampled
-    task's domain and subtopic."""
-    judged = {i.key: i.record for i in store.items("judge", DONE)}
-    out = []
-    for env in environments:
-        task = judged.get(env["task_id"], {})
-        sampled = "/".join(str(p) for p in (task.get("domain"), task.get("subtopic")) if p) or None
-        out.append({**env, "category": env.get("category") or sampled})
-    return out
 
 
 def per_category(tasks: list[dict]) -> dict[str, dict]:

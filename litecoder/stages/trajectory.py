@@ -15,6 +15,7 @@ import asyncio
 import json
 import logging
 import time
+from pathlib import Path
 from datetime import datetime, timezone
 from dataclasses import dataclass, field
 from typing import Any, Optional
@@ -32,7 +33,7 @@ from ..runner import Done, open_items, run_items
 from ..errors import ConfigError
 from ..sandboxes.base import check_network, item_failure, run_verifier
 from ..sandboxes.terminals import open_terminal
-from ..store import DONE, FAILED
+from ..store import DONE, FAILED, RunStore
 from ..task_set import has_environments, ready_environments
 from ..tables import records_frame, write_parquet_atomic, write_text_atomic
 
@@ -62,6 +63,8 @@ class TrajectoryConfig:
 
     #: independent rollouts per task (pass@k is recorded per task)
     rollouts: int = 1
+    #: a run directory whose ready environments are the tasks; null: this run's
+    tasks: Optional[str] = None
     #: seconds for the task's verifier after the agent stopped
     verifier_timeout: float = 300.0
     #: what the teacher's container reaches (``none``, ``registries``, ``full``); the verifier
@@ -124,16 +127,32 @@ class TrajectoryStage:
             # filters are re-applied and labels recomputed from finished rollouts; more rollouts
             # add items, fewer retire the extra ones: none of them is a reason to redo rollouts
             own.pop(key, None)
+        if own.get("tasks"):
+            own["tasks"] = str(Path(own["tasks"]).resolve())
         sandbox = OmegaConf.to_container(cfg.sandbox, resolve=True)
         return {"agent": OmegaConf.to_container(cfg.agent, resolve=True), self.name: own,
                 "sandbox": {k: sandbox.get(k) for k in ("type", "cpus", "memory")},
                 "backend": backend_identity(backend_config)}
 
     def environments(self, run: Any) -> list[dict]:
-        """The ready environments to roll out on."""
-        if not has_environments(run.store):
-            raise ConfigError(f"no prepared environments in {run.dir}; run stage=environment (or stage=ingest) first")
-        return ready_environments(run.store)
+        """The ready environments to roll out on: this run's, or those of the run directory
+        that ``<stage>.tasks`` names (so a sweep's jobs share one task set)."""
+        source = self.settings(run.cfg).get("tasks")
+        if not source:
+            if not has_environments(run.store):
+                raise ConfigError(f"no prepared environments in {run.dir}; run stage=environment (or stage=ingest) first")
+            return ready_environments(run.store)
+        key, path = f"{self.name}.tasks={source}", Path(source)
+        if not (path / "store.sqlite").is_file():
+            raise ConfigError(f"{key}: no run directory there (no store.sqlite); name a run directory that ran "
+                              "stage=environment or stage=ingest")
+        store = RunStore(path / "store.sqlite")
+        try:
+            if not has_environments(store):
+                raise ConfigError(f"{key}: no prepared environments there; run stage=environment (or stage=ingest) in it first")
+            return ready_environments(store)
+        finally:
+            store.close()
 
     def run(self, run: Any) -> dict:
         settings = self.settings(run.cfg)
