@@ -151,3 +151,24 @@ def pytest_terminal_summary(terminalreporter):
         terminalreporter.write_line(f"{generated:>8,.0f} generated {prompt:>9,.0f} prompt  {nodeid}")
     terminalreporter.write_line(f"{sum(row[2] for row in SERVED):>8,.0f} generated in all "
                                 f"({sum(row[1] for row in SERVED):,.0f} prompt)")
+
+
+@pytest.fixture(scope="session")
+def _base_image():
+    """The sandbox's base image, built once per session when the engine lacks it."""
+    from litecoder.plugins import get_plugins
+    from litecoder.sandboxes.docker import DockerSandbox, DockerSandboxConfig
+
+    sandbox = DockerSandbox(OmegaConf.structured(DockerSandboxConfig), "test-base-image")
+    try:
+        sandbox.ensure_image(get_plugins().registry("image_builder"))
+    finally:
+        sandbox.close()
+
+
+@pytest.fixture(autouse=True)
+def _docker_tests_have_the_base_image(request):
+    """Docker tests may open containers straight from the base image, so any of them can run
+    alone, not only after a test that happened to build it."""
+    if request.node.get_closest_marker("docker"):
+        request.getfixturevalue("_base_image")

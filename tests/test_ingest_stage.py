@@ -67,7 +67,8 @@ def tb_task(root: Path, name: str) -> Path:
     })
 
 
-SOLVES = {"notes.txt": "echo final > /app/notes.txt\n", "data.txt": "wc -l < /app/data.txt > /app/count.txt\n",
+#: relative paths: they work only when the teacher's shell starts in the task's WORKDIR (/app)
+SOLVES = {"notes.txt": "echo final > notes.txt\n", "data.txt": "wc -l < data.txt > count.txt\n",
           "Resolve the merge conflict": None}
 
 

@@ -29,7 +29,8 @@ TOOL_NAME = "bash"
 @dataclass
 class BashToolAgentConfig(AgentLoopConfig):
     type: str = "bash_tool"
-    #: Jinja template of the first user message; sees ``task``, ``max_turns``, ``command_timeout``
+    #: Jinja template of the first user message; sees ``task``, ``max_turns``, ``command_timeout``,
+    #: ``workdir`` (where each command starts)
     prompt: str = MISSING
     #: the ``bash`` tool's description, as the model reads it in the tool list
     tool_description: str = MISSING
@@ -60,7 +61,8 @@ class BashToolAgent(TurnAgent):
 
     def first_messages(self, task: str, screen: str, **context: Any) -> list[dict]:
         c = self.config
-        prompt = self.render("prompt", task=task.strip(), max_turns=c.max_turns, command_timeout=c.command_timeout)
+        prompt = self.render("prompt", task=task.strip(), max_turns=c.max_turns, command_timeout=c.command_timeout,
+                             workdir=context.get("workdir", "/root"))
         return [{"role": "user", "content": prompt}]
 
     def parse(self, turn: Turn) -> dict:

@@ -18,6 +18,7 @@ import json
 import logging
 import math
 import re
+import shlex
 import shutil
 from pathlib import Path
 from dataclasses import dataclass
@@ -97,10 +98,10 @@ def top_level(paths: list[str]) -> list[str]:
     return kept
 
 
-def solve_script(trajectory: dict) -> str:
+def solve_script(trajectory: dict, workdir: str = "/root") -> str:
     """What the agent ran, as a bash script: the keystrokes it typed (lone key presses such as
-    C-c are left out), or each ``bash`` tool call in a subshell that starts in /root, as the
-    call did."""
+    C-c are left out), or each ``bash`` tool call in a subshell; all start in ``workdir``, where
+    the agent's shell started."""
     typed = []
     for step in trajectory["steps"]:
         for call in step.get("tool_calls") or []:
@@ -114,19 +115,21 @@ def solve_script(trajectory: dict) -> str:
     if body and not body.endswith("\n"):
         body += "\n"
     header = (f"#!/bin/bash\n# Replays what the teacher typed in rollout {trajectory['extra'].get('task_id')}"
-              f" #{trajectory['extra'].get('rollout')} (reward 1).\ncd /root\n")
+              f" #{trajectory['extra'].get('rollout')} (reward 1).\ncd {shlex.quote(workdir)}\n")
     return header + body
 
 
 def solution_script(task: ExportTask) -> str:
     """The shortest successful rollout replayed, or else the environment agent's reference
     solution (which certification ran against the verifier)."""
+    workdir = task.environment.get("workdir") or "/root"
     if task.rollout is not None:
-        return solve_script(task.rollout.trajectory)
+        return solve_script(task.rollout.trajectory, workdir)
     body = task.environment["solution"]
     if body.startswith("#!"):
         body = body.split("\n", 1)[1] if "\n" in body else ""
-    header = f"#!/bin/bash\n# The reference solution of task {task.task_id}, written with its verifier.\ncd /root\n"
+    header = f"#!/bin/bash\n# The reference solution of task {task.task_id}, written with its verifier.\n"
+    header += f"cd {shlex.quote(workdir)}\n"
     return header + body + ("" if body.endswith("\n") else "\n")
 
 

@@ -8,6 +8,7 @@ command run to its end in a fresh shell, its output and exit code read back
 from __future__ import annotations
 
 import asyncio
+import shlex
 from typing import Any
 
 from ..errors import ConfigError
@@ -18,9 +19,11 @@ from .tmux import TmuxTerminal
 class CommandTerminal:
     """Runs each sent text as one bash command with a time limit (``session.exec``)."""
 
-    def __init__(self, session: Any, *, timeout: float) -> None:
+    def __init__(self, session: Any, *, timeout: float, workdir: str | None = None) -> None:
         self.session = session
         self.timeout = timeout
+        #: where each command starts (an imported task's WORKDIR; default: the session's, /root)
+        self.workdir = workdir
         #: every command run, in order
         self.runs: list[CommandRun] = []
         self._pending: list[str] = []
@@ -29,7 +32,8 @@ class CommandTerminal:
         return ""
 
     async def send(self, command: str) -> None:
-        outcome = await asyncio.to_thread(self.session.exec, command, timeout=self.timeout)
+        shell = f"cd {shlex.quote(self.workdir)} || exit 1\n{command}" if self.workdir else command
+        outcome = await asyncio.to_thread(self.session.exec, shell, timeout=self.timeout)
         self.runs.append(CommandRun(command, outcome.exit_code, outcome.timed_out, round(outcome.duration_s, 2)))
         self._pending.append(f"$ {command}\n{outcome.output}\n[exit code {outcome.exit_code}]")
 
@@ -38,13 +42,14 @@ class CommandTerminal:
         return text
 
 
-def open_terminal(agent: Any, session: Any) -> Any:
-    """The terminal ``agent`` declares, on ``session``, sized by the agent's config."""
+def open_terminal(agent: Any, session: Any, workdir: str | None = None) -> Any:
+    """The terminal ``agent`` declares, on ``session``, sized by the agent's config, starting in
+    ``workdir`` (default: the session's own, /root)."""
     config = agent.config
     if agent.terminal == "tmux":
         return TmuxTerminal(session, width=int(config.get("terminal_width", 160)),
                             height=int(config.get("terminal_height", 40)),
-                            output_bytes=int(config.get("output_bytes", 10_000)))
+                            output_bytes=int(config.get("output_bytes", 10_000)), workdir=workdir)
     if agent.terminal == "exec":
-        return CommandTerminal(session, timeout=float(config.get("command_timeout", 60.0)))
+        return CommandTerminal(session, timeout=float(config.get("command_timeout", 60.0)), workdir=workdir)
     raise ConfigError(f"agent {agent.name!r} asks for terminal {agent.terminal!r}; litecoder has 'tmux' and 'exec'")

@@ -36,8 +36,10 @@ class TmuxTerminal:
     """One tmux session in a container; blocking Docker calls run in worker threads."""
 
     def __init__(self, session: Any, *, width: int = 160, height: int = 40, history: int = 100_000,
-                 output_bytes: int = 10_000) -> None:
+                 output_bytes: int = 10_000, workdir: str | None = None) -> None:
         self.session = session
+        #: where the shell starts (an imported task's WORKDIR; default: the session's, /root)
+        self.workdir = workdir
         self.width, self.height, self.history = width, height, history
         self.output_bytes = output_bytes
         self._position = 0
@@ -65,7 +67,8 @@ class TmuxTerminal:
         # takes the terminal back even from a shell killed with ``kill -9 $$``; without it the
         # next shell starts in the background, cannot read, and the loop spins.
         start = (f"tmux start-server \\; set-option -g history-limit {self.history} \\; "
-                 f"new-session -d -s {SESSION} -x {self.width} -y {self.height} 'set -m; while :; do bash -l; done'")
+                 f"new-session -d -s {SESSION} -x {self.width} -y {self.height}"
+                 f"{' -c ' + shlex.quote(self.workdir) if self.workdir else ''} 'set -m; while :; do bash -l; done'")
         await asyncio.to_thread(self._run, start)
         screen = ""
         for _ in range(50):  # the shell prints its prompt shortly after the session starts

@@ -236,7 +236,9 @@ class TrajectoryStage:
             session = await asyncio.to_thread(sandbox.open, rollout_id, image=env.get("image_id") or env["image"],
                                               network=str(settings.network))
             record["host"] = getattr(session, "host", None)  # plugins' sandboxes may not say
-            episode = await agent.run(env["text"], open_terminal(agent, session), chat, context_limit=context_limit)
+            workdir = env.get("workdir")  # an imported task starts where its own harness starts it
+            episode = await agent.run(env["text"], open_terminal(agent, session, workdir), chat,
+                                      context_limit=context_limit, workdir=workdir or "/root")
             if episode.stop_reason == REQUEST_ERROR:
                 record["reason"] = f"request failed: {episode.detail}"
             else:
