@@ -119,12 +119,18 @@ class Run:
         self.store.close()
 
 
+#: other names users type for a stage: ``import`` is the ingest stage (its config is
+#: ``ingest.*``, since a Python keyword cannot name a config node)
+STAGE_ALIASES = {"import": "ingest"}
+
+
 def stage_names(value: Any, known: list[str]) -> list[str]:
     """Normalize ``stage=...`` (a name, ``all``, or a list) and check every name."""
     if isinstance(value, (list, tuple, ListConfig)):
         names = [str(v) for v in value]
     else:
         names = [s.strip() for s in str(value).split(",") if s.strip()]
+    names = [STAGE_ALIASES.get(n, n) if STAGE_ALIASES.get(n) in known else n for n in names]
     if names == ["all"]:
         return [s for s in PIPELINE if s in known]
     unknown = [n for n in names if n not in known]

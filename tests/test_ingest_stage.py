@@ -153,7 +153,8 @@ def test_litecoders_own_exports_imported_again_are_solved(compose_cfg, tmp_path)
         assert (source / "harbor").is_dir() and (source / "tbench").is_dir()
         again = tmp_path / "again"
         with StubServer(Teacher()) as server:
-            cfg = compose_cfg("stage=[ingest,trajectory]", f"ingest.paths=[{source / 'harbor'},{source / 'tbench'}]",
+            # ``import``, the name the stage goes by, is an alias of ``ingest``
+            cfg = compose_cfg("stage=[import,trajectory]", f"ingest.paths=[{source / 'harbor'},{source / 'tbench'}]",
                               f"backend.url={server.url}", "certify.repeats=1")
             summaries = execute(cfg, again)
         imported = pl.read_parquet(again / "imported.parquet")
@@ -161,7 +162,7 @@ def test_litecoders_own_exports_imported_again_are_solved(compose_cfg, tmp_path)
         assert sorted(imported["origin"].struct.field("format")) == ["harbor", "terminal_bench"]
         rollouts = pl.read_parquet(again / "trajectories.parquet")
         assert rollouts["reward"].to_list() == [1, 1], rollouts["verifier_output"].to_list()
-        assert summaries["trajectory"]["solved"] == 2
+        assert summaries["trajectory"]["solved"] == 2 and "ingest" in summaries
     finally:
         remove_images(source)
         remove_imported(tmp_path / "again")

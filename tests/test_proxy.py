@@ -10,6 +10,7 @@ knows, and the proxy refuses it before resolving it (its log says so).
 from __future__ import annotations
 
 import io
+import ipaddress
 import os
 import re
 import socket
@@ -244,7 +245,9 @@ def test_the_network_reaches_neither_out_nor_the_host_and_apt_without_the_proxy_
     gateways = {config["Gateway"].split("/")[0] for config in network.attrs["IPAM"]["Config"] if config.get("Gateway")}
     gateways |= {socket.inet_ntoa(bytes.fromhex(row[2])[::-1]) for row in default}
     # the host: the default bridge's gateway, and what an unsealed internal bridge would hold
-    host = {config["Gateway"] for config in client.networks.get("bridge").attrs["IPAM"]["Config"]}
+    # (an engine may leave the Gateway out of IPAM; it is then the subnet's first address)
+    host = {config.get("Gateway") or str(next(ipaddress.ip_network(config["Subnet"]).hosts()))
+            for config in client.networks.get("bridge").attrs["IPAM"]["Config"] if "Subnet" in config}
     port, seen = host_listener
     for address in sorted(gateways | host):
         code, output = sh(client, box, f"timeout 3 bash -c 'exec 3<>/dev/tcp/{address}/{port}' "

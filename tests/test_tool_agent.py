@@ -14,6 +14,7 @@ import pytest
 from litecoder import atif
 from litecoder.agents.bash_tool import BashToolAgent
 from litecoder.backends.base import Choice, Completion
+from litecoder.errors import ConfigError
 from litecoder.exporters.harbor import solve_script
 from litecoder.testing.stub_openai import tool_call
 
@@ -69,7 +70,11 @@ def test_tool_calls_run_in_order_and_a_reply_without_calls_ends_the_episode(comp
     assert [(m["role"], m["tool_call_id"]) for m in second[2:]] == [("tool", "c0"), ("tool", "c1")]
     assert "[exit code 0]" in second[2]["content"]
     params = BashToolAgent(config).request_params()
-    assert params["tools"][0]["function"]["parameters"]["required"] == ["command"]
+    assert params["tools"][0]["function"]["parameters"]["required"] == ["command"] and params["tool_choice"] == "auto"
+    assert BashToolAgent(compose_cfg("agent=bash_tool", "agent.tool_choice=required").agent).request_params()[
+        "tool_choice"] == "required"
+    with pytest.raises(ConfigError, match="agent.tool_choice is 'any'; choose auto or required"):
+        BashToolAgent(compose_cfg("agent=bash_tool", "agent.tool_choice=any").agent)
 
 
 def test_unusable_calls_are_answered_in_each_tool_message_and_run_nothing(compose_cfg):

@@ -244,14 +244,21 @@ def test_the_real_model_as_teacher_types_into_a_real_terminal(compose_cfg, tmp_p
             atif.validate(trajectory)
             assert trajectory["steps"][1]["metrics"]["prompt_tokens"] > 100
 
-        # The same model evaluated on the same task: every rollout recorded, scored per task.
-        summaries = execute(compose_cfg("stage=eval", f"backend.url={vllm_url}", "agent.max_turns=1",
-                                        "agent.max_tokens=160", "agent.min_reply_tokens=64", "agent.max_command_duration=3",
-                                        "eval.rollouts=2"), tmp_path)
+        # The same model evaluated on the same task with the tool-calling scaffold: vLLM returns
+        # real tool_calls (tool_choice=required needs no parser); every rollout recorded and scored.
+        summaries = execute(compose_cfg("stage=eval", "agent=bash_tool", "agent.tool_choice=required",
+                                        f"backend.url={vllm_url}", "agent.max_turns=1", "agent.max_tokens=160",
+                                        "agent.min_reply_tokens=64", "agent.command_timeout=10", "eval.rollouts=2"),
+                            tmp_path)
         assert summaries["eval"]["rollouts"] == 2 and summaries["eval"]["tasks"] == 1
         evaluated = pl.read_parquet(tmp_path / "eval_rollouts.parquet")
         assert set(evaluated["status"]) <= {"solved", "unsolved"}, evaluated["reason"].to_list()
         assert evaluated["trajectory"].is_not_null().all() and evaluated["completion_tokens"].min() > 0
+        for path in evaluated["trajectory"]:
+            trajectory = json.loads((tmp_path / path).read_text())
+            atif.validate(trajectory)
+            agent_steps = [s for s in trajectory["steps"] if s["source"] == "agent"]
+            assert agent_steps and all(s.get("tool_calls") for s in agent_steps), agent_steps
         (task,) = pl.read_parquet(tmp_path / "eval.parquet").to_dicts()
         assert task["model"] == "SmolLM2-135M-Instruct" and task["rollouts"] == 2
         assert task["pass_at_1"] == evaluated["reward"].mean() and summaries["eval"]["pass@1"] == round(task["pass_at_1"], 3)

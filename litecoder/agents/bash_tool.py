@@ -18,12 +18,14 @@ from typing import Any
 from omegaconf import MISSING
 
 from .. import hookimpl
+from ..errors import ConfigError
 from ..replies import ReplyError
 from ..sandboxes.base import clip
 from .base import COMPLETED, Command, Episode, Terminal, Turn
 from .loop import AgentLoopConfig, Stop, TurnAgent
 
 TOOL_NAME = "bash"
+TOOL_CHOICES = ("auto", "required")
 
 
 @dataclass
@@ -41,6 +43,10 @@ class BashToolAgentConfig(AgentLoopConfig):
     max_commands_per_turn: int = 10
     #: tool output sent back per call, keeping head and tail
     output_bytes: int = 10_000
+    #: ``auto``: the model may reply without calls, which ends the episode; ``required``: every
+    #: reply is a call, so the episode ends at ``max_turns`` (vLLM constrains the reply by
+    #: structured output, so any model makes calls)
+    tool_choice: str = "auto"
 
 
 class BashToolAgent(TurnAgent):
@@ -48,6 +54,11 @@ class BashToolAgent(TurnAgent):
 
     name = "bash_tool"
     terminal = "exec"
+
+    def __init__(self, config: Any) -> None:
+        super().__init__(config)
+        if config.tool_choice not in TOOL_CHOICES:
+            raise ConfigError(f"agent.tool_choice is {config.tool_choice!r}; choose {' or '.join(TOOL_CHOICES)}")
 
     def tools(self) -> list[dict]:
         """The tool list sent with every request (and written with the SFT rows)."""
@@ -57,7 +68,7 @@ class BashToolAgent(TurnAgent):
             "parameters": {"type": "object", "properties": {"command": command}, "required": ["command"]}}}]
 
     def request_params(self) -> dict:
-        return {"tools": self.tools(), "tool_choice": "auto"}
+        return {"tools": self.tools(), "tool_choice": self.config.tool_choice}
 
     def first_messages(self, task: str, screen: str, **context: Any) -> list[dict]:
         c = self.config

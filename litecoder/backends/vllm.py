@@ -63,6 +63,9 @@ class VLLMBackendConfig(BackendConfig):
     enable_prefix_caching: bool = True
     #: seconds to wait for /health after starting
     startup_timeout: float = 900.0
+    #: a started server's tool-call parser, for tool-calling agents (agent=bash_tool); ``hermes``
+    #: fits the Qwen and Hermes families (tool calls in <tool_call> tags); null: no tool calling
+    tool_call_parser: Optional[str] = "hermes"
     extra_args: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=lambda: {"VLLM_CPU_KVCACHE_SPACE": "1"})
     #: per-choice token ids let litecoder count each sample's tokens
@@ -115,13 +118,15 @@ def launch_command(config: Any, launcher: str, python: str, model_path: str, ser
         args += ["--max-model-len", str(config.max_model_len)]
     if config.enable_prefix_caching:
         args += ["--enable-prefix-caching"]
+    if config.get("tool_call_parser"):
+        args += ["--enable-auto-tool-choice", "--tool-call-parser", str(config.tool_call_parser)]
     return args + [str(a) for a in config.extra_args]
 
 
 def launch_key(config: Any) -> str:
     """What makes two configs need the same server: model, interpreter and server arguments."""
     fields = ("model", "model_path", "python", "launcher", "host", "port", "max_model_len",
-              "enable_prefix_caching", "extra_args", "env")
+              "enable_prefix_caching", "tool_call_parser", "extra_args", "env")
     resolved = {f: OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
                 for f in fields for v in [OmegaConf.select(config, f, default=None)]}
     resolved["model_path"] = str(Path(str(resolved["model_path"])).expanduser())
