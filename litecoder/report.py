@@ -55,9 +55,12 @@ CERTIFICATES_SQL = """
 SELECT json_extract(record, '$.certificate.nop'), json_extract(record, '$.certificate.oracle'),
        json_extract(record, '$.certificate.stable'), json_extract(record, '$.certificate.wrong_total'),
        json_extract(record, '$.certificate.wrong_caught'), json_extract(record, '$.certificate.certified'),
-       json_extract(record, '$.certificate.repairs')
-FROM items WHERE stage = 'environment' AND state = 'done' AND json_extract(record, '$.certificate') IS NOT NULL
+       json_extract(record, '$.certificate.repairs'), stage
+FROM items WHERE stage IN ('environment', 'ingest') AND state = 'done'
+  AND json_extract(record, '$.certificate') IS NOT NULL
 """
+#: the funnel's name for the tasks of each stage that certifies
+CERTIFIED_BY = {"environment": "synthesized", "ingest": "imported"}
 OUTCOME_COLORS = {"accepted": "#2ca02c", "rejected": "#d62728", "duplicate": "#7f7f7f", "contaminated": "#9467bd", "judge failed": "#ff7f0e",
                   "sampling failed": "#8c564b", "not judged": "#c7c7c7",
                   "solved": "#2ca02c", "unsolved": "#d62728", "failed": "#ff7f0e"}
@@ -282,16 +285,21 @@ def certification_funnel(certificates: list[tuple]) -> list[tuple[str, int]]:
 
 def _certification(data: RunData) -> str:
     if not data.certificates:
-        return _empty("No certified or rejected task yet: run stage=environment (with certify.enabled=true).")
-    funnel = certification_funnel(data.certificates)
-    fig = go.Figure(go.Funnel(y=[n for n, _ in funnel], x=[v for _, v in funnel], textinfo="value+percent initial",
-                              marker={"color": "#54a24b"}))
-    fig.update_layout(title="Prepared tasks past each certification check")
+        return _empty("No certified or rejected task yet: run stage=environment (with certify.enabled=true) "
+                      "or stage=ingest.")
+    fig = go.Figure()
+    for stage, name in CERTIFIED_BY.items():
+        certificates = [c[:7] for c in data.certificates if c[7] == stage]
+        if certificates:
+            funnel = certification_funnel(certificates)
+            fig.add_trace(go.Funnel(name=name, y=[n for n, _ in funnel], x=[v for _, v in funnel],
+                                    textinfo="value+percent initial"))
+    fig.update_layout(title="Tasks past each certification check (imported tasks: wrong solutions are not tried)")
     tried = sum(c[3] or 0 for c in data.certificates)
     caught = sum(c[4] or 0 for c in data.certificates)
     repaired = sum(1 for c in data.certificates if (c[6] or 0) > 0 and c[5])
     line = (f"<p>Wrong solutions caught: {caught} of {tried}; tasks certified after a repair round: {repaired}. "
-            "Rejection reasons are in environments.parquet.</p>")
+            "Rejection reasons are in environments.parquet and imported.parquet.</p>")
     return line + _chart(fig, "chart-certification", 340)
 
 

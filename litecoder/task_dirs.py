@@ -1,7 +1,8 @@
 """Task directories of other harnesses, read as litecoder tasks: Harbor and Terminal-Bench 1.
 
-A Harbor task directory has ``instruction.md``, ``task.toml``, ``environment/Dockerfile`` (or a
-``docker_image`` in ``task.toml``), ``tests/test.sh`` and optionally ``solution/solve.sh``; a
+A Harbor task directory has ``instruction.md``, ``task.toml``, ``environment/Dockerfile`` (or
+``environment/docker-compose.yaml`` with a ``main`` service, or a ``docker_image`` in
+``task.toml``), ``tests/test.sh`` and optionally ``solution/solve.sh``; a
 Terminal-Bench 1 task directory has ``task.yaml``, ``Dockerfile``, ``run-tests.sh``, ``tests/``
 and optionally ``solution.sh``. Each becomes a ``ForeignTask``: its build context, and its
 tests and solution as self-contained bash scripts. The tests travel inside the verifier
@@ -16,6 +17,7 @@ from __future__ import annotations
 import base64
 import io
 import re
+import shlex
 import tarfile
 import tomllib
 from dataclasses import dataclass, field
@@ -112,23 +114,55 @@ def _read_harbor(name: str, directory: Path, max_bytes: int) -> ForeignTask:
     except tomllib.TOMLDecodeError as exc:
         raise ValueError(f"task.toml does not parse: {exc}") from exc
     environment, metadata = toml.get("environment") or {}, toml.get("metadata") or {}
-    context = directory / "environment"
-    dockerfile = context / "Dockerfile"
-    if not dockerfile.is_file() and not environment.get("docker_image"):
-        raise ValueError("no environment/Dockerfile and no [environment] docker_image")
+    context, image, workdir = _harbor_environment(directory / "environment", environment)
     if not (directory / "tests" / "test.sh").is_file():
         raise ValueError("no tests/test.sh")
-    workdir = _workdir(dockerfile) if dockerfile.is_file() else environment.get("workdir")
     solve = directory / "solution" / "solve.sh"
     verifier = _unpacking("/tests", _tar_of(directory / "tests", max_bytes), workdir) + HARBOR_PREAMBLE + "bash /tests/test.sh\n" + HARBOR_VERDICT
     solution = (_unpacking("/solution", _tar_of(directory / "solution", max_bytes), workdir) + "bash /solution/solve.sh\n"
                 if solve.is_file() else None)
     timeout = (toml.get("verifier") or {}).get("timeout_sec")
-    return ForeignTask(HARBOR, name, str(directory), instruction(HARBOR, directory),
-                       str(context) if dockerfile.is_file() else None,
-                       None if dockerfile.is_file() else str(environment["docker_image"]), verifier, solution, workdir,
+    return ForeignTask(HARBOR, name, str(directory), instruction(HARBOR, directory), context, image,
+                       verifier, solution, workdir,
                        float(timeout) if timeout else None, _text(metadata.get("category")),
                        _text(metadata.get("difficulty")), [str(t) for t in metadata.get("tags") or []])
+
+
+def _harbor_environment(folder: Path, environment: dict) -> tuple[str | None, str | None, str | None]:
+    """``(build context, prebuilt image, workdir)`` of a Harbor task: its Dockerfile, else the
+    ``main`` service of its docker-compose.yaml, else ``[environment] docker_image``. The
+    workdir is ``[environment] workdir``, else the service's ``working_dir``, else WORKDIR."""
+    main = _compose_main(folder) if (folder / "docker-compose.yaml").is_file() else {}
+    workdir = environment.get("workdir") or main.get("working_dir")
+    build = main.get("build")
+    if (folder / "Dockerfile").is_file() and not build:
+        return str(folder), None, workdir or _workdir(folder / "Dockerfile")
+    if build:
+        context = (folder / (build if isinstance(build, str) else build.get("context", "."))).resolve()
+        dockerfile = "Dockerfile" if isinstance(build, str) else build.get("dockerfile", "Dockerfile")
+        if dockerfile != "Dockerfile" or not (context / "Dockerfile").is_file():
+            raise ValueError(f"the main service builds {dockerfile!r} in {context.name}/; litecoder builds a file "
+                             "named Dockerfile at the root of its context")
+        return str(context), None, workdir or _workdir(context / "Dockerfile")
+    image = main.get("image") or environment.get("docker_image")
+    if image:
+        return None, str(image), workdir
+    raise ValueError("no environment/Dockerfile, no main service in environment/docker-compose.yaml "
+                     "and no [environment] docker_image")
+
+
+def _compose_main(folder: Path) -> dict:
+    """The ``main`` service of a Harbor task's docker-compose.yaml; a task that needs more
+    services (a database beside it) is refused, since litecoder gives each task one container."""
+    try:
+        services = (yaml.safe_load((folder / "docker-compose.yaml").read_text(encoding="utf-8")) or {})["services"]
+        others = sorted(set(services) - {"main"})
+    except (yaml.YAMLError, KeyError, TypeError) as exc:
+        raise ValueError(f"environment/docker-compose.yaml has no services ({exc})") from exc
+    if others:
+        raise ValueError(f"environment/docker-compose.yaml starts services beside main ({', '.join(others)}); "
+                         "litecoder runs each task in one container")
+    return services.get("main") or {}
 
 
 HARBOR_PREAMBLE = "mkdir -p /logs/verifier && rm -f /logs/verifier/reward.txt /logs/verifier/reward.json\n"
@@ -187,14 +221,10 @@ def _unpacking(target: str, archive: bytes, workdir: str | None) -> str:
     """Bash that unpacks ``archive`` at ``target`` (over what is there: a Harbor export of the
     task has its own test.sh there) and moves to the task's working directory."""
     encoded = base64.encodebytes(archive).decode()
-    move = f"cd {_quote(workdir)} 2>/dev/null || cd /\n" if workdir else ""
+    move = f"cd {shlex.quote(workdir)} 2>/dev/null || cd /\n" if workdir else ""
     return (f"#!/bin/bash\nmkdir -p {target}\n"
             f"base64 -d > /tmp/.litecoder-files.tgz <<'LITECODER_FILES'\n{encoded}LITECODER_FILES\n"
             f"tar -xzf /tmp/.litecoder-files.tgz -C {target} && rm -f /tmp/.litecoder-files.tgz\n{move}")
-
-
-def _quote(text: str) -> str:
-    return "'" + text.replace("'", "'\\''") + "'"
 
 
 def read_collections(paths: list[str], key: str, *, max_bytes: int) -> list[tuple[ForeignTask | None, str, str]]:

@@ -108,6 +108,10 @@ def test_imported_tasks_are_built_certified_solved_and_exported(compose_cfg, tmp
     tasks = tmp_path / "collection"
     harbor_task(tasks, "notes", NOTES_TEST)
     tb_task(tasks, "count")
+    compose = harbor_task(tasks, "compose", NOTES_TEST)  # its image from the compose file's main service
+    (compose / "environment" / "Dockerfile").rename(compose / "environment" / "Dockerfile.moved")
+    write(compose / "environment", {"app/Dockerfile": f"FROM {BASE}\nRUN mkdir -p /app && echo draft > /app/notes.txt\n",
+                                    "docker-compose.yaml": "services:\n  main:\n    build: ./app\n    working_dir: /app\n"})
     harbor_task(tasks, "always-passes", "#!/bin/bash\necho 1 > /logs/verifier/reward.txt\n")
     harbor_task(tasks, "does-not-build", NOTES_TEST, dockerfile=f"FROM {BASE}\nRUN echo cannot build here && exit 3\n")
     write(tasks / "no-tests", {"instruction.md": "A task without tests.\n", "environment/Dockerfile": f"FROM {BASE}\n"})
@@ -118,8 +122,9 @@ def test_imported_tasks_are_built_certified_solved_and_exported(compose_cfg, tmp
                               "certify.repeats=2", "export.formats=[harbor,messages]", "sandbox.max_containers=2")
             summaries = execute(cfg, run_dir)
         imported = {r["task_id"]: r for r in pl.read_parquet(run_dir / "imported.parquet").to_dicts()}
-        assert summaries["ingest"]["tasks"] == 5
-        assert imported["collection-notes"]["status"] == "ready" and imported["collection-count"]["status"] == "ready"
+        assert summaries["ingest"]["tasks"] == 6
+        assert {imported[f"collection-{t}"]["status"] for t in ("notes", "count", "compose")} == {"ready"}
+        assert imported["collection-compose"]["workdir"] == "/app"
         notes = imported["collection-notes"]
         assert notes["certificate"]["certified"] and notes["certificate"]["container_runs"] == 4  # nop and oracle, twice
         assert notes["origin"]["format"] == "harbor" and notes["category"] == "file-editing" and notes["workdir"] == "/app"
@@ -133,13 +138,15 @@ def test_imported_tasks_are_built_certified_solved_and_exported(compose_cfg, tmp
         assert "no tests/test.sh" in imported["collection-no-tests"]["reason"]
 
         rollouts = pl.read_parquet(run_dir / "trajectories.parquet")
-        assert sorted(rollouts["task_id"]) == ["collection-count", "collection-notes"]
-        assert rollouts["reward"].to_list() == [1, 1], rollouts["verifier_output"].to_list()
+        assert sorted(rollouts["task_id"]) == ["collection-compose", "collection-count", "collection-notes"]
+        assert rollouts["reward"].to_list() == [1, 1, 1], rollouts["verifier_output"].to_list()
         index = {e["task_id"]: e for e in map(json.loads, (run_dir / "harbor" / "index.jsonl").read_text().splitlines())}
         assert index["collection-notes"]["solution_check"] == "passed", index
         toml = tomllib.loads((run_dir / "harbor" / "collection-count" / "task.toml").read_text())
         assert toml["metadata"]["category"] == "file-operations" and toml["metadata"]["source_format"] == "terminal_bench"
         assert check_harbor_task(run_dir / "harbor" / "collection-notes", "true") == "0"
+        report = (run_dir / "report.html").read_text()
+        assert '"name":"imported"' in report.replace(" ", "") and '"name":"synthesized"' not in report.replace(" ", "")
         assert leftovers(run_id(run_dir)) == []
     finally:
         remove_imported(run_dir)
