@@ -75,6 +75,14 @@ def test_tool_calls_run_in_order_and_a_reply_without_calls_ends_the_episode(comp
         "tool_choice"] == "required"
     with pytest.raises(ConfigError, match="agent.tool_choice is 'any'; choose auto or required"):
         BashToolAgent(compose_cfg("agent=bash_tool", "agent.tool_choice=any").agent)
+    assert params["tools"][0]["function"]["strict"] is True
+
+
+def test_with_tool_choice_required_a_reply_without_calls_is_unusable_not_the_end(compose_cfg):
+    config = compose_cfg("agent=bash_tool", "agent.tool_choice=required", "agent.max_turns=2").agent
+    episode, model, terminal = play(config, [("<tool_call>{\"name\": \"bash\", \"argu", []), ("", calls("ls"))])
+    assert episode.malformed_turns == 1 and terminal.sent == ["ls"] and not episode.turns[0].task_complete
+    assert "calls no tool" in model.requests[1][-1]["content"] and model.requests[1][-1]["role"] == "user"
 
 
 def test_unusable_calls_are_answered_in_each_tool_message_and_run_nothing(compose_cfg):

@@ -258,7 +258,11 @@ def test_the_real_model_as_teacher_types_into_a_real_terminal(compose_cfg, tmp_p
             trajectory = json.loads((tmp_path / path).read_text())
             atif.validate(trajectory)
             agent_steps = [s for s in trajectory["steps"] if s["source"] == "agent"]
-            assert agent_steps and all(s.get("tool_calls") for s in agent_steps), agent_steps
+            # a real call, or (the tiny model rambling inside the command) a reply cut at max_tokens
+            # that is recorded as unusable, not taken for the end of the episode
+            assert agent_steps and all(s.get("tool_calls") or (s["extra"]["malformed"] and "calls no tool" in
+                                       s["extra"]["error"] and s["metrics"]["completion_tokens"] == 160)
+                                       for s in agent_steps), agent_steps
         (task,) = pl.read_parquet(tmp_path / "eval.parquet").to_dicts()
         assert task["model"] == "SmolLM2-135M-Instruct" and task["rollouts"] == 2
         assert task["pass_at_1"] == evaluated["reward"].mean() and summaries["eval"]["pass@1"] == round(task["pass_at_1"], 3)

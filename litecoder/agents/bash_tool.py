@@ -61,11 +61,13 @@ class BashToolAgent(TurnAgent):
             raise ConfigError(f"agent.tool_choice is {config.tool_choice!r}; choose {' or '.join(TOOL_CHOICES)}")
 
     def tools(self) -> list[dict]:
-        """The tool list sent with every request (and written with the SFT rows)."""
+        """The tool list sent with every request (and written with the SFT rows). ``strict``
+        asks servers that constrain calls (OpenAI, vLLM) to hold the arguments to the schema."""
         command = {"type": "string", "description": "The bash command to run."}
         return [{"type": "function", "function": {
-            "name": TOOL_NAME, "description": self.config.tool_description.strip(),
-            "parameters": {"type": "object", "properties": {"command": command}, "required": ["command"]}}}]
+            "name": TOOL_NAME, "description": self.config.tool_description.strip(), "strict": True,
+            "parameters": {"type": "object", "properties": {"command": command}, "required": ["command"],
+                           "additionalProperties": False}}}]
 
     def request_params(self) -> dict:
         return {"tools": self.tools(), "tool_choice": self.config.tool_choice}
@@ -77,9 +79,13 @@ class BashToolAgent(TurnAgent):
         return [{"role": "user", "content": prompt}]
 
     def parse(self, turn: Turn) -> dict:
-        """The commands of the reply's tool calls; none when the model is done."""
+        """The commands of the reply's tool calls; none when the model is done (with
+        ``tool_choice=required`` a reply without calls is unusable: the server failed to make one)."""
         if len(turn.reply) > int(self.config.max_reply_chars):
             raise ReplyError(f"reply of {len(turn.reply)} characters is longer than the limit of {self.config.max_reply_chars}")
+        if not turn.tool_calls and self.config.tool_choice == "required":
+            raise ReplyError(f"the reply calls no tool (cut at the token limit, or not a call); call {TOOL_NAME!r} "
+                             f"with a JSON object {{\"command\": ...}}")
         return {"commands": [_command(index, call) for index, call in enumerate(turn.tool_calls, 1)]}
 
     def assistant_message(self, turn: Turn) -> dict:
