@@ -20,6 +20,7 @@ import jinja2
 from .records import CheckRun, WrongSolution
 from .replies import ReplyError, parse_reply
 from .sandboxes.base import clip, run_verifier
+from .verification import Verifier, image_of
 
 NOP, ORACLE, WRONG = "nop", "oracle", "wrong"
 #: where a solution script is copied to run; the ``.litecoder`` prefix keeps it out of diffs
@@ -38,46 +39,50 @@ WRONG_SCHEMA = {
 }
 
 
-def run_check(sandbox: Any, image: str, name: str, verifier: str, script: str | None, *,
+def run_check(verifier: Verifier, task: dict, name: str, script: str | None, *,
               solution_timeout: float, verifier_timeout: float) -> dict:
-    """One check in a fresh offline container: ``script`` (if any), then the verifier. Returns
-    a ``CheckRun``'s fields but ``check`` and ``index``."""
+    """One check in a fresh offline container from the task's image: ``script`` (if any), then
+    the verifier, as a rollout is verified (``verification.py``). Returns a ``CheckRun``'s
+    fields but ``check`` and ``index``."""
     started = time.monotonic()
-    session = sandbox.open(name, image=image, network="none")
+    session = verifier.sandbox.open(name, image=image_of(task), network="none")
     try:
-        solution_exit = None
-        if script is not None:
-            session.write_files({SOLUTION_PATH: script}, mode=0o755)
-            result = session.exec(f"cd /root && bash {SOLUTION_PATH}", timeout=solution_timeout)
-            solution_exit = 124 if result.timed_out else result.exit_code
-        code, output = run_verifier(session, verifier, verifier_timeout)
+        if script is None:  # the untouched start state: nothing to keep apart from
+            code, output = run_verifier(session, task["verifier"], verifier_timeout)
+            return {"solution_exit_code": None, "verifier_exit_code": code, "verifier_output": output,
+                    "seconds": round(time.monotonic() - started, 2), "tampered": []}
+        baseline = verifier.before(session, task)
+        session.write_files({SOLUTION_PATH: script}, mode=0o755)
+        result = session.exec(f"cd /root && bash {SOLUTION_PATH}", timeout=solution_timeout)
+        verdict = verifier.verify(session, task, timeout=verifier_timeout, name=name, baseline=baseline)
     finally:
         session.remove()
-    return {"solution_exit_code": solution_exit, "verifier_exit_code": code, "verifier_output": output,
-            "seconds": round(time.monotonic() - started, 2)}
+    return {"solution_exit_code": 124 if result.timed_out else result.exit_code,
+            "verifier_exit_code": verdict.exit_code, "verifier_output": verdict.output,
+            "seconds": round(time.monotonic() - started, 2), "tampered": verdict.tampered}
 
 
 class Certifier:
     """Runs a task's checks, at most as many containers at once as ``slots`` allows."""
 
-    def __init__(self, config: Any, sandbox: Any, slots: asyncio.Semaphore, verifier_timeout: float) -> None:
-        self.config, self.sandbox, self.slots = config, sandbox, slots
+    def __init__(self, config: Any, verifier: Verifier, slots: asyncio.Semaphore, verifier_timeout: float) -> None:
+        self.config, self.verifier, self.slots = config, verifier, slots
         self.verifier_timeout = verifier_timeout
 
-    async def checks(self, task_id: str, image: str, verifier: str, solution: str | None,
-                     wrong: list[WrongSolution]) -> list[CheckRun]:
-        """Every check of one round, in parallel within the container slots (no oracle
-        checks without a solution: an imported task may have none)."""
-        repeats = max(1, int(self.config.repeats))
+    async def checks(self, task: dict, wrong: list[WrongSolution]) -> list[CheckRun]:
+        """Every check of one round on the task's record (its image, verifier, solution and
+        outputs), in parallel within the container slots (no oracle checks without a
+        solution: an imported task may have none)."""
+        repeats, solution = max(1, int(self.config.repeats)), task.get("solution")
         jobs = [(NOP, i, None) for i in range(repeats)]
         jobs += [(ORACLE, i, solution) for i in range(repeats) if solution is not None]
         jobs += [(WRONG, i, w.script) for i, w in enumerate(wrong)]
-        return list(await asyncio.gather(*(self._one(task_id, image, verifier, *job) for job in jobs)))
+        return list(await asyncio.gather(*(self._one(task, *job) for job in jobs)))
 
-    async def _one(self, task_id: str, image: str, verifier: str, check: str, index: int, script: str | None) -> CheckRun:
+    async def _one(self, task: dict, check: str, index: int, script: str | None) -> CheckRun:
         async with self.slots:
             fields = await asyncio.to_thread(
-                run_check, self.sandbox, image, f"{task_id}-{check}{index}", verifier, script,
+                run_check, self.verifier, task, f"{task['task_id']}-{check}{index}", script,
                 solution_timeout=float(self.config.solution_timeout), verifier_timeout=self.verifier_timeout)
         return CheckRun(check=check, index=index, **fields)
 
@@ -115,7 +120,10 @@ def findings(cert: dict, nop: list[CheckRun], oracle: list[CheckRun], tried: lis
         found.append("nop: the verifier passes (exit 0) on the untouched start state, so it does not check "
                      "that the exercise was done")
     failed = next((r for r in oracle if not solved(r)), None)
-    if cert["stable"] and failed is not None:
+    if failed is not None and failed.tampered:
+        found.append("oracle: the reference solution changed what the verifier relies on, outside the declared "
+                     "outputs (declare them, or leave those files alone): " + "; ".join(failed.tampered[:5]))
+    elif cert["stable"] and failed is not None:
         found.append(f"oracle: after the reference solution (exit {failed.solution_exit_code}) the verifier exits "
                      f"{failed.verifier_exit_code}: {quote(failed.verifier_output)}")
     for wrong, run in tried:

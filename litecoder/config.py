@@ -19,6 +19,7 @@ from .budget import BudgetConfig
 from .errors import PluginError
 from .paths import litecoder_home
 from .run_names import check_run_name, job_dir_name
+from .verification import VerificationConfig
 
 
 @dataclass
@@ -131,6 +132,7 @@ class LitecoderConfig:
     executor: Any = MISSING
     dedup: DedupConfig = field(default_factory=DedupConfig)
     certify: CertifyConfig = field(default_factory=CertifyConfig)
+    verification: VerificationConfig = field(default_factory=VerificationConfig)
     budget: BudgetConfig = field(default_factory=BudgetConfig)
     #: ``{model: {input_per_mtok, output_per_mtok}}`` in USD, for backends that set no price.
     #: Each entry is checked against ``budget.PriceConfig`` when the run starts (a typed dict

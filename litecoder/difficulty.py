@@ -35,9 +35,12 @@ def label(pass_rate: float | None, config: Any) -> str:
 
 def pass_rates(records: Iterable[dict], config: Any) -> list[dict]:
     """Per task over its finished rollouts: rollouts, solved, kept, pass@1 (solved /
-    rollouts), pass@k (any solved) and the difficulty label of pass@1."""
+    rollouts), pass@k (any solved) and the difficulty label of pass@1. A tampered rollout
+    says nothing of how hard the task is, and is left out."""
     tasks: dict[str, dict] = {}
     for record in records:
+        if record.get("tampered"):
+            continue
         entry = tasks.setdefault(record["task_id"], {"task_id": record["task_id"], "rollouts": 0, "solved": 0, "kept": 0})
         entry["rollouts"] += 1
         entry["solved"] += int(record.get("reward") == 1)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Optional
 
@@ -137,6 +137,8 @@ class CheckRun:
     verifier_exit_code: Optional[int]
     verifier_output: str
     seconds: float
+    #: what the script changed that the verifier relies on (``verification.py``)
+    tampered: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -227,6 +229,10 @@ class Environment:
     category: Optional[str] = None
     workdir: Optional[str] = None
     verifier_timeout: Optional[float] = None
+    #: the paths whose final content decides the task, and how its episodes are verified
+    #: (``separate``: those paths in a fresh container; ``shared``: in the agent's, guarded)
+    outputs: list[str] = field(default_factory=list)
+    verification: Optional[str] = None
 
 
 @dataclass
@@ -259,6 +265,10 @@ class Rollout:
     model: str
     trajectory: Optional[str]
     finished_at: datetime
+    #: ``separate`` or ``shared`` (``verification.py``)
+    verification: Optional[str] = None
+    #: what the agent changed that the verifier relies on; a tampered rollout is never solved
+    tampered: list[str] = field(default_factory=list)
 
 
 @dataclass

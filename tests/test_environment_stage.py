@@ -48,10 +48,12 @@ ONE_GREETING = {"mistake": "keeps only the feature branch's greeting",
 DOES_NOTHING = {"mistake": "does nothing", "script": "true\n"}
 
 
-def step(commands=(), *, ready=False, verifier="", solution=None, give_up=False, analysis="working"):
+def step(commands=(), *, ready=False, verifier="", solution=None, give_up=False, analysis="working", outputs=(),
+         system_state=None):
     if solution is None:  # ready replies hand over a solution unless a test says otherwise
         solution = "touch /root/answer.txt\n" if ready else ""
     return json.dumps({"analysis": analysis, "commands": list(commands), "verifier": verifier, "solution": solution,
+                       "outputs": list(outputs), "system_state": not outputs if system_state is None else system_state,
                        "ready": ready, "give_up": give_up})
 
 
@@ -123,7 +125,8 @@ def kill_while_working_then_resume(args, run, leftovers=leftovers):
 def conflict_script(turn):
     if turn == 0:
         return step(SETUP_CONFLICT, analysis="build a repository with a conflicted merge")
-    return step(ready=True, verifier=TIGHT_VERIFIER, solution=SOLUTION, analysis="the conflict is in place")
+    return step(ready=True, verifier=TIGHT_VERIFIER, solution=SOLUTION, analysis="the conflict is in place",
+                outputs=["/srv/repo"])
 
 
 def test_a_merge_conflict_is_prepared_committed_and_certified(compose_cfg, tmp_path):
@@ -280,8 +283,9 @@ def test_a_verifier_that_accepts_a_wrong_solution_is_repaired_and_ends_certified
         if turn == 0:
             return step(SETUP_CONFLICT, analysis="build a repository with a conflicted merge")
         if turn == 1:
-            return step(ready=True, verifier=VERIFIER, solution=SOLUTION)
-        return step(ready=True, verifier=TIGHT_VERIFIER, solution=SOLUTION, analysis="check both greetings")
+            return step(ready=True, verifier=VERIFIER, solution=SOLUTION, outputs=["/srv/repo"])
+        return step(ready=True, verifier=TIGHT_VERIFIER, solution=SOLUTION, analysis="check both greetings",
+                    outputs=["/srv/repo"])
 
     frame, model = run_environment(compose_cfg, tmp_path, script, wrong=[ONE_GREETING])
     row = frame.row(0, named=True)
@@ -306,7 +310,7 @@ def test_a_reference_solution_that_fails_its_verifier_ends_rejected_with_that_re
     def script(turn):
         if turn == 0:
             return step(SETUP_CONFLICT)
-        return step(ready=True, verifier=TIGHT_VERIFIER, solution="cd /srv/repo && git add app.py\n")
+        return step(ready=True, verifier=TIGHT_VERIFIER, solution="cd /srv/repo && git add app.py\n", outputs=["/srv/repo"])
 
     frame, model = run_environment(compose_cfg, tmp_path, script, "certify.max_repairs=1", "certify.repeats=2")
     row = frame.row(0, named=True)

@@ -26,9 +26,11 @@ class FakeSession:
         return ExecResult(1 if command == "false" else 0, f"ran {command}", 0, False, 0.01)
 
 
-def step(commands=(), *, ready=False, verifier="", solution=None, give_up=False, analysis="working"):
+def step(commands=(), *, ready=False, verifier="", solution=None, give_up=False, analysis="working", outputs=(),
+         system_state=None):
     solution = ("touch /root/x" if ready else "") if solution is None else solution
     return json.dumps({"analysis": analysis, "commands": list(commands), "verifier": verifier, "solution": solution,
+                       "outputs": list(outputs), "system_state": not outputs if system_state is None else system_state,
                        "ready": ready, "give_up": give_up})
 
 
@@ -52,10 +54,13 @@ def play(compose_cfg, replies, *overrides):
 
 def test_the_preparer_runs_commands_with_exit_codes_and_hands_over_its_verifier(compose_cfg):
     episode, agent, requests, terminal, session = play(
-        compose_cfg, [step(["mkdir /srv/repo", "false"]), step(["git init /srv/repo"], ready=True, verifier="test -d x")],
+        compose_cfg, [step(["mkdir /srv/repo", "false"]),
+                      step(["git init /srv/repo"], ready=True, verifier="test -d x", outputs=["/srv/repo/"])],
         "environment.agent.command_timeout=7")
     assert isinstance(terminal, CommandTerminal)
-    assert episode.stop_reason == base.COMPLETED and episode.result == {"verifier": "test -d x", "solution": "touch /root/x"}
+    assert episode.stop_reason == base.COMPLETED
+    assert episode.result == {"verifier": "test -d x", "solution": "touch /root/x", "outputs": ["/srv/repo/"],
+                              "verification": "separate"}
     assert [c for c, _ in session.commands] == ["mkdir /srv/repo", "false", "git init /srv/repo"]
     assert {t for _, t in session.commands} == {7.0}
     assert [(r.command, r.exit_code) for r in terminal.runs] == [("mkdir /srv/repo", 0), ("false", 1), ("git init /srv/repo", 0)]
@@ -71,6 +76,19 @@ def test_a_ready_reply_without_a_verifier_or_a_solution_is_asked_again(compose_c
     assert episode.stop_reason == base.COMPLETED and len(episode.turns) == 3
     assert '"verifier" is empty' in episode.turns[0].observation
     assert '"solution" is empty' in episode.turns[1].observation
+
+
+def test_outputs_are_declared_or_the_task_says_it_is_about_the_system(compose_cfg):
+    """No outputs and no system state, a relative path, a whole system directory: asked again."""
+    episode, *_ = play(compose_cfg, [step(ready=True, verifier="exit 1", system_state=False),
+                                     step(ready=True, verifier="exit 1", outputs=["out.txt"]),
+                                     step(ready=True, verifier="exit 1", outputs=["/usr/bin"]),
+                                     step(ready=True, verifier="exit 1", system_state=True)])
+    assert episode.stop_reason == base.COMPLETED and len(episode.turns) == 4
+    notes = [t.observation for t in episode.turns[:3]]
+    assert 'no outputs: name them, or say "system_state": true' in notes[0]
+    assert "'out.txt' is not an absolute path" in notes[1] and "'/usr/bin' is too wide" in notes[2]
+    assert episode.result["verification"] == "shared" and episode.result["outputs"] == []
 
 
 def test_the_repair_message_lists_the_findings(compose_cfg):

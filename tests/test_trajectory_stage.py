@@ -49,7 +49,8 @@ def environment_script(turn):
     """The merge conflict of test_environment_stage, plus a deleted file the export must keep deleted."""
     if turn == 0:
         return step([*SETUP_CONFLICT, "rm /etc/issue.net"], analysis="build a repository with a conflicted merge")
-    return step(ready=True, verifier=TIGHT_VERIFIER, solution=SOLUTION, analysis="the conflict is in place")
+    return step(ready=True, verifier=TIGHT_VERIFIER, solution=SOLUTION, analysis="the conflict is in place",
+                outputs=["/srv/repo"])
 
 
 class Pipeline:

@@ -1,9 +1,11 @@
 """The environment preparer: builds a task's starting state and writes its verifier.
 
 Every reply is one JSON object ``{analysis, commands: [bash command], verifier, solution,
-ready, give_up}``. Each command runs to its end (an ``exec`` terminal), and its output and
-exit code come back. The episode is done when a reply is ``ready`` with a verifier and a
-reference solution; both are the episode's ``result``. The wording of every message is config (``conf/agent/preparer.yaml``).
+outputs: [path], system_state, ready, give_up}``. Each command runs to its end (an ``exec``
+terminal), and its output and exit code come back. The episode is done when a reply is
+``ready`` with a verifier, a reference solution and the task's outputs (the paths whose final
+content decides it; a task about the system itself says ``system_state`` instead); they are
+the episode's ``result``, and decide how its episodes are verified (``verification.py``). The wording of every message is config (``conf/agent/preparer.yaml``).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from omegaconf import MISSING
 
 from .. import hookimpl
 from ..sandboxes.base import clip
+from ..verification import SEPARATE, SHARED, check_outputs
 from .base import COMPLETED, GAVE_UP, Command, Episode, Terminal
 from .loop import AgentLoopConfig, Stop, TurnAgent
 
@@ -25,10 +28,12 @@ REPLY_SCHEMA = {
         "commands": {"type": "array", "items": {"type": "string", "maxLength": 8000}, "maxItems": 20},
         "verifier": {"type": "string", "maxLength": 12000},
         "solution": {"type": "string", "maxLength": 12000},
+        "outputs": {"type": "array", "items": {"type": "string", "maxLength": 500}, "maxItems": 50},
+        "system_state": {"type": "boolean"},
         "ready": {"type": "boolean"},
         "give_up": {"type": "boolean"},
     },
-    "required": ["analysis", "commands", "verifier", "solution", "ready", "give_up"],
+    "required": ["analysis", "commands", "verifier", "solution", "outputs", "system_state", "ready", "give_up"],
     "additionalProperties": False,
 }
 
@@ -45,6 +50,8 @@ class PreparerAgentConfig(AgentLoopConfig):
     #: sent after a ``ready`` reply without a verifier or a solution; sees ``output`` and
     #: ``missing`` (the names of the empty keys)
     incomplete: str = MISSING
+    #: sent after a ``ready`` reply whose ``outputs`` are unusable; sees ``output`` and ``error``
+    bad_outputs: str = MISSING
     #: sent when certification found problems and the agent may mend the task; sees
     #: ``findings`` (a list of sentences)
     repair: str = MISSING
@@ -94,7 +101,13 @@ class PreparerAgent(TurnAgent):
         missing = [key for key in ("verifier", "solution") if not reply[key].strip()]
         if missing:
             return None, self.render("incomplete", output=output, missing=missing)
-        episode.result = {"verifier": reply["verifier"], "solution": reply["solution"]}
+        outputs, system_state = [p.strip() for p in reply["outputs"] if p.strip()], bool(reply["system_state"])
+        error = check_outputs(outputs) or (None if outputs or system_state else
+                                           'no outputs: name them, or say "system_state": true')
+        if error:
+            return None, self.render("bad_outputs", output=output, error=error)
+        episode.result = {"verifier": reply["verifier"], "solution": reply["solution"], "outputs": outputs,
+                          "verification": SHARED if system_state else SEPARATE}
         return Stop(COMPLETED), ""
 
 

@@ -188,6 +188,7 @@ class RaySession:
         self.node = node
         self.id = session_id
         self.host = sandbox.node_ids[node]
+        self._removed = False
 
     def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         return self.sandbox._get(self.sandbox.nodes[self.node].session_call.remote(self.id, method, args, kwargs))
@@ -201,6 +202,12 @@ class RaySession:
     def read_file(self, path: str, *, max_bytes: int = 1_000_000) -> bytes:
         return self._call("read_file", path, max_bytes=max_bytes)
 
+    def read_archive(self, path: str, *, max_bytes: int) -> bytes | None:
+        return self._call("read_archive", path, max_bytes=max_bytes)
+
+    def write_archive(self, directory: str, data: bytes) -> None:
+        self._call("write_archive", directory, data)
+
     def snapshot(self, repository: str, tag: str, labels: dict | None = None) -> str:
         return self._call("snapshot", repository, tag, labels)
 
@@ -211,6 +218,9 @@ class RaySession:
         self._call("go_offline")
 
     def remove(self) -> None:
+        if self._removed:  # verification removes the agent's container early
+            return
+        self._removed = True
         try:
             self._call("remove")
         finally:

@@ -20,6 +20,7 @@ import math
 import re
 import shlex
 import shutil
+import tomllib
 from pathlib import Path
 from dataclasses import dataclass
 from typing import Any, Optional
@@ -28,6 +29,7 @@ from .. import __version__, hookimpl
 from ..sandboxes.base import shell_quote
 from ..sandboxes.names import LABEL_RUN, run_id
 from ..sandboxes.tmux import is_key
+from ..verification import SEPARATE, mode_of, normal_outputs, restore
 from .base import ENVIRONMENTS, ExportTask, TaskResult, export_tasks
 from .rebuild import Pins, dockerfile_lines, pins, public_base
 
@@ -153,6 +155,11 @@ def copy_origin_environment(origin: dict, environment: Path) -> Any:
     return Pins()
 
 
+def artifacts(env: dict) -> list[str]:
+    """The paths Harbor collects for a separate verifier: a task's declared outputs."""
+    return normal_outputs(env.get("outputs") or []) if mode_of(env) == SEPARATE else []
+
+
 def certificate_metadata(cert: dict) -> dict:
     """The certificate's verdicts for ``[metadata.certificate]`` (empty: none was made)."""
     keys = ("certified", "nop", "oracle", "stable", "wrong_total", "wrong_caught", "repairs", "container_runs")
@@ -174,13 +181,16 @@ def _toml(value: Any) -> str:
 SCHEMA_VERSION = "1.4"
 
 
-def task_toml(sections: dict[str, dict]) -> str:
-    """``task.toml`` in Harbor's schema: ``schema_version`` at the root, then the sections."""
+def task_toml(sections: dict[str, dict], artifacts: list[str] = ()) -> str:
+    """``task.toml`` in Harbor's schema: ``schema_version`` at the root, then the sections, then
+    one ``[[artifacts]]`` per path collected from the agent's container for the verifier's."""
     lines = [f'schema_version = "{SCHEMA_VERSION}"']
     for name, values in sections.items():
         kept = [f"{k} = {_toml(v)}" for k, v in values.items() if v is not None]
         if kept:
             lines += ["", f"[{name}]"] + kept
+    for path in artifacts:
+        lines += ["", "[[artifacts]]", f"source = {_toml(path)}"]
     return "\n".join(lines) + "\n"
 
 
@@ -225,7 +235,7 @@ class HarborExporter:
         (building / "solution" / "solve.sh").write_text(solution_script(task))
         for script in ("tests/test.sh", "tests/verifier.sh", "solution/solve.sh"):
             (building / script).chmod(0o755)
-        (building / "task.toml").write_text(task_toml(self.sections(run, task, packages)))
+        (building / "task.toml").write_text(task_toml(self.sections(run, task, packages), artifacts(env)))
         final = root / task_id
         shutil.rmtree(final, ignore_errors=True)
         building.rename(final)
@@ -271,7 +281,9 @@ class HarborExporter:
                          "debian_packages": packages.debian, "python_packages": packages.python,
                          "npm_packages": packages.npm},
             "metadata.certificate": certificate_metadata(task.certificate),
-            "verifier": {"timeout_sec": float(task.environment.get("verifier_timeout") or cfg.trajectory.verifier_timeout)},
+            "verifier": {"timeout_sec": float(task.environment.get("verifier_timeout") or cfg.trajectory.verifier_timeout),
+                         # a fresh copy of the environment that receives only the [[artifacts]]
+                         "environment_mode": SEPARATE if artifacts(task.environment) else None},
             "agent": {"timeout_sec": float(cfg.agent.get("max_wall_time", 1800.0))},
             "environment": {"build_timeout_sec": float(cfg.export.harbor.check_timeout),
                             "cpus": max(1, math.ceil(float(sandbox.cpus))),  # the schema's cpus are whole
@@ -310,21 +322,29 @@ class HarborExporter:
         return list(env.get("deleted_paths") or [])
 
     def check(self, run: Any, directory: Path) -> tuple[str, str]:
-        """Build the task, run solve.sh then test.sh in it; returns (reward text, detail)."""
+        """Build the task, run solve.sh then test.sh in it, as Harbor would (with a separate
+        verifier: test.sh in a fresh container that receives the artifacts); returns (reward
+        text, detail)."""
         sandbox = run.sandbox()
         timeout = float(run.cfg.export.harbor.check_timeout)
         tag = f"litecoder-harbor-check:{directory.name}"
         image = sandbox.build_image(directory / "environment", tag=tag, labels={LABEL_RUN: run_id(run.dir)},
                                     timeout=timeout, network=str(run.cfg.export.harbor.check_network))
-        session = None
+        collected = [a["source"] for a in tomllib.loads((directory / "task.toml").read_text()).get("artifacts", [])]
+        sessions = []
         try:
             session = sandbox.open(f"{directory.name}-check", image=image)
-            def copy(sub: str) -> None:
-                session.write_files({f"/{sub}/{p.name}": p.read_bytes() for p in (directory / sub).iterdir()}, mode=0o755)
-
-            copy("solution")
+            sessions.append(session)
+            copy_scripts(session, directory, "solution")
             solve = session.exec("bash /solution/solve.sh", timeout=timeout)
-            copy("tests")  # as in Harbor: the tests arrive only after the solution ran
+            if collected:
+                limit = int(run.cfg.verification.max_output_bytes)
+                archives = {path: session.read_archive(path, max_bytes=limit) for path in collected}
+                session.remove()
+                session = sandbox.open(f"{directory.name}-check-verify", image=image)
+                sessions.append(session)
+                restore(session, archives)
+            copy_scripts(session, directory, "tests")  # as in Harbor: the tests arrive only after the solution ran
             session.exec("bash /tests/test.sh", timeout=timeout)
             try:
                 reward = session.read_file("/logs/verifier/reward.txt").decode().strip()
@@ -332,9 +352,13 @@ class HarborExporter:
                 reward = ""
             return reward, f"solve.sh exited {solve.exit_code}; reward {reward or 'missing'}"
         finally:
-            if session is not None:
+            for session in sessions:
                 session.remove()
             sandbox.remove_image(image)
+
+
+def copy_scripts(session: Any, directory: Path, sub: str) -> None:
+    session.write_files({f"/{sub}/{p.name}": p.read_bytes() for p in (directory / sub).iterdir()}, mode=0o755)
 
 
 @hookimpl

@@ -126,6 +126,15 @@ class Session(Protocol):
 
     def read_file(self, path: str, *, max_bytes: int = 1_000_000) -> bytes: ...
 
+    def read_archive(self, path: str, *, max_bytes: int) -> bytes | None:
+        """``path`` (a file, a directory, a link) as a tar whose top entry is its base name, read
+        by the engine rather than by a program in the container (whose tools the agent may have
+        replaced); None when the path does not exist. More than ``max_bytes`` raises
+        ``SandboxError``."""
+
+    def write_archive(self, directory: str, data: bytes) -> None:
+        """Unpack a tar (as ``read_archive`` gives) into ``directory``, which must exist."""
+
     def snapshot(self, repository: str, tag: str, labels: dict[str, str] | None = None) -> str: ...
 
     def changes(self) -> list[Change]:

@@ -254,6 +254,25 @@ class DockerSession:
             return archive.extractfile(member).read(max_bytes)
 
     @engine_errors
+    def read_archive(self, path: str, *, max_bytes: int) -> bytes | None:
+        import docker
+
+        try:
+            stream, _ = self.container.get_archive(path)
+        except docker.errors.NotFound:
+            return None
+        data = bytearray()
+        for chunk in stream:
+            data += chunk
+            if len(data) > max_bytes:
+                raise SandboxError(f"{path} holds more than {max_bytes} bytes (verification.max_output_bytes)")
+        return bytes(data)
+
+    @engine_errors
+    def write_archive(self, directory: str, data: bytes) -> None:
+        self.container.put_archive(directory, data)
+
+    @engine_errors
     def snapshot(self, repository: str, tag: str, labels: dict[str, str] | None = None) -> str:
         changes = [f"LABEL {k}={_quoted(v)}" for k, v in {LABEL_RUN: self.sandbox.run_id, **(labels or {})}.items()]
         image = self.container.commit(repository=repository, tag=tag, changes=changes)

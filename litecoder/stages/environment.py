@@ -25,6 +25,7 @@ from .. import hookimpl
 from ..agents.base import COMPLETED, GAVE_UP, MAX_TURNS, REQUEST_ERROR, WALL_TIME, Episode
 from ..agents.loop import bind_chat, chat_params
 from ..certification import Certifier, certificate, rejection, wrong_solutions
+from ..verification import NOISE, Verifier, mode_of, normal_outputs
 from ..errors import ConfigError, RequestError
 from ..records import READY, REJECTED, Environment, backend_identity, polars_schema
 from ..runner import Done, open_items, run_items
@@ -58,10 +59,6 @@ ENVIRONMENTS_FILE = "environments.parquet"
 IMAGE_REPOSITORY = "litecoder-env"
 
 SCHEMA = polars_schema(Environment)
-
-#: paths every container changes by itself (the shell's history, litecoder's own files, the
-#: init binary the engine puts in with ``init=True``); not part of "what the agent created"
-NOISE = ("/root/.bash_history", "/tmp/.litecoder", "/usr/sbin/docker-init", "/sbin/docker-init")
 
 
 def unprepared_reason(episode: Any, agent: Any) -> str:
@@ -162,7 +159,8 @@ class EnvironmentStage:
         params = chat_params(agent, backend)
         limit = int(run.cfg.sandbox.max_containers)
         slots = asyncio.Semaphore(limit)  # every container of the stage, preparing or checking
-        certifier = Certifier(run.cfg.certify, sandbox, slots, float(run.cfg.environment.verifier_timeout))
+        certifier = Certifier(run.cfg.certify, Verifier(sandbox, run.cfg.verification), slots,
+                              float(run.cfg.environment.verifier_timeout))
 
         async def one(task: dict, client: Any) -> Done:
             kit = Kit(run, sandbox, agent, client, bind_chat(client, agent, params), slots, certifier)
@@ -244,7 +242,7 @@ class EnvironmentStage:
         record["wrong_solutions"] = [asdict(w) for w in wrong]
         repairs, runs, seconds = 0, 0, 0.0
         while True:
-            checks = await kit.certifier.checks(task["task_id"], record["image_id"], record["verifier"], record["solution"], wrong)
+            checks = await kit.certifier.checks(record, wrong)
             cert = certificate(checks, wrong, wanted_wrong=int(config.wrong_solutions), wrong_error=wrong_error)
             runs, seconds = runs + len(checks), seconds + sum(c.seconds for c in checks)
             if cert["certified"] or repairs >= int(config.max_repairs) or not repairable(cert):
@@ -278,6 +276,8 @@ class EnvironmentStage:
         """Commit the container as the task's image and record its scripts, changes and
         installs (a repair's changes add to the first episode's)."""
         record["verifier"], record["solution"] = result["verifier"], result.get("solution")
+        record["outputs"] = normal_outputs(result.get("outputs") or [])
+        record["verification"] = mode_of(result)  # an agent that declares nothing gets the guard
         owned = await asyncio.to_thread(self._record_installs, session, before, record)
         earlier = {k: record.get(k) for k in ("changed_paths", "added_paths", "deleted_paths")} if "image_id" in record else None
         record["image"], record["image_id"] = await self._commit(run, sandbox, session, task["task_id"], earlier is None)

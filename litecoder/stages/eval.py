@@ -23,7 +23,7 @@ from ..errors import ConfigError
 from ..records import EvalTask, polars_schema
 from ..store import DONE
 from ..tables import records_frame, write_parquet_atomic
-from .trajectory import SCHEMA, TrajectoryStage
+from .trajectory import SCHEMA, TAMPERED, TrajectoryStage, tamper_reason
 
 EVAL_FILE = "eval.parquet"
 EVAL_ROLLOUTS_FILE = "eval_rollouts.parquet"
@@ -52,7 +52,9 @@ class EvalStage(TrajectoryStage):
     rollouts_file, trajectory_dir, tasks_file = EVAL_ROLLOUTS_FILE, EVAL_DIR, EVAL_FILE
 
     def classify(self, run: Any, record: dict) -> tuple[str, list[str]]:
-        """Every finished rollout counts: it solved the task or it did not."""
+        """Every finished rollout counts: it solved the task or it did not (a tampered one did not)."""
+        if record.get("tampered"):
+            return TAMPERED, [tamper_reason(record)]
         return (SOLVED if record.get("reward") == 1 else UNSOLVED), []
 
     def summary(self, run: Any) -> dict:

@@ -28,6 +28,7 @@ from omegaconf import OmegaConf
 
 from .. import hookimpl
 from ..certification import Certifier, certificate, rejection
+from ..verification import SHARED, Verifier
 from ..errors import ConfigError
 from ..progress import Progress
 from ..records import READY, REJECTED, Environment, polars_schema
@@ -101,7 +102,8 @@ class IngestStage:
         sandbox = run.sandbox()
         limit = int(run.cfg.sandbox.max_containers)
         slots = asyncio.Semaphore(limit)
-        certifier = Certifier(run.cfg.certify, sandbox, slots, float(run.cfg.ingest.verifier_timeout))
+        certifier = Certifier(run.cfg.certify, Verifier(sandbox, run.cfg.verification), slots,
+                              float(run.cfg.ingest.verifier_timeout))
         bar = Progress(run, "ingest", len(todo), "task", concurrency=limit)
 
         async def one(key: str, task: ForeignTask | None, name: str, problem: str) -> None:
@@ -150,7 +152,7 @@ class IngestStage:
     async def _certify(sandbox: Any, certifier: Certifier, record: dict) -> None:
         """nop (and oracle, with a solution) over ``certify.repeats`` runs; ready or rejected."""
         started = time.monotonic()
-        checks = await certifier.checks(record["task_id"], record["image_id"], record["verifier"], record["solution"], [])
+        checks = await certifier.checks(record, [])
         cert = certificate(checks, [], wanted_wrong=0)
         ready = cert["certified"]
         if record["solution"] is None:  # nothing to prove the oracle with; the teacher may still solve it
@@ -196,7 +198,9 @@ def blank_record(key: str, task: ForeignTask | None, name: str) -> dict:
             "certificate": None, "wrong_solutions": [], "steps": 0, "model": "", "prompt_tokens": 0,
             "completion_tokens": 0, "wall_s": 0.0, "prepared_at": datetime.now(timezone.utc).isoformat(),
             "origin": origin, "category": task.category if task else None, "workdir": task.workdir if task else None,
-            "verifier_timeout": task.verifier_timeout if task else None, "name": name}
+            "verifier_timeout": task.verifier_timeout if task else None, "name": name,
+            # nobody declared its outputs: its tests run where the agent worked, behind the guard
+            "outputs": [], "verification": SHARED}
 
 
 @hookimpl

@@ -31,7 +31,8 @@ from ..budget import request_cost
 from ..records import Rollout, TaskPassRate, backend_identity, polars_schema
 from ..runner import Done, open_items, run_items
 from ..errors import ConfigError
-from ..sandboxes.base import check_network, item_failure, run_verifier
+from ..sandboxes.base import check_network, item_failure
+from ..verification import Verifier
 from ..sandboxes.terminals import open_terminal
 from ..store import DONE, FAILED, RunStore
 from ..task_set import has_environments, ready_environments
@@ -78,7 +79,7 @@ class TrajectoryConfig:
 TRAJECTORIES_FILE = "trajectories.parquet"
 TASKS_FILE = "trajectory_tasks.parquet"
 TRAJECTORY_DIR = "trajectories"
-KEPT, DROPPED = "kept", "dropped"
+KEPT, DROPPED, TAMPERED = "kept", "dropped", "tampered"
 
 SCHEMA = polars_schema(Rollout)
 TASK_SCHEMA = polars_schema(TaskPassRate)
@@ -88,9 +89,15 @@ def rollout_key(task_id: str, rollout: int) -> str:
     return f"{task_id}-r{rollout}"
 
 
+def tamper_reason(record: dict) -> str:
+    return "tampered: the agent changed what the verifier relies on: " + "; ".join(record["tampered"][:3])
+
+
 def drop_reasons(record: dict, filters: Any) -> list[str]:
     """Why a finished rollout is not training data (empty: keep it)."""
     reasons = []
+    if record.get("tampered"):
+        reasons.append(tamper_reason(record))
     if not record.get("turns"):
         reasons.append("empty: the agent made no turn")
     if filters.unsuccessful and record.get("reward") != 1:
@@ -188,6 +195,8 @@ class TrajectoryStage:
     def classify(self, run: Any, record: dict) -> tuple[str, list[str]]:
         """A finished rollout's status and the reasons for it: the filters keep or drop it."""
         reasons = drop_reasons(record, self.settings(run.cfg).filters)
+        if record.get("tampered"):  # never training data, never a solution, never a pass
+            return TAMPERED, reasons
         return (DROPPED if reasons else KEPT), reasons
 
     def _reclassify(self, run: Any) -> None:
@@ -208,10 +217,11 @@ class TrajectoryStage:
         agent = run.plugins.registry("agent").get(cfg.agent.type)(cfg.agent)
         params = chat_params(agent, backend)
         context_limit = getattr(backend.config, "max_model_len", None)
+        verifier = Verifier(sandbox, cfg.verification)
 
         async def one(job: tuple[dict, int], client: Any) -> Done:
             chat = bind_chat(client, agent, params)
-            record = await self._rollout(run, sandbox, agent, chat, context_limit, *job)
+            record = await self._rollout(run, verifier, agent, chat, context_limit, *job)
             state = FAILED if record["status"] == FAILED else DONE
             failed = (record["stop_detail"] or "request failed") if record["stop_reason"] == REQUEST_ERROR else None
             return Done([(record["rollout_id"], state, record["status"], record["reason"], record)], record["usage"],
@@ -220,7 +230,7 @@ class TrajectoryStage:
         return await run_items(run, self.name, jobs, one, total=len(jobs), label=self.name, unit="rollout",
                                limit=int(cfg.sandbox.max_containers), table=run.path(self.rollouts_file))
 
-    async def _rollout(self, run: Any, sandbox: Any, agent: Any, chat: Any, context_limit: int | None,
+    async def _rollout(self, run: Any, verifier: Verifier, agent: Any, chat: Any, context_limit: int | None,
                        env: dict, index: int) -> dict:
         cfg, settings = run.cfg, self.settings(run.cfg)
         rollout_id = rollout_key(env["task_id"], index)
@@ -233,9 +243,10 @@ class TrajectoryStage:
         episode = Episode(prompt="")
         session = None
         try:
-            session = await asyncio.to_thread(sandbox.open, rollout_id, image=env.get("image_id") or env["image"],
+            session = await asyncio.to_thread(verifier.sandbox.open, rollout_id, image=env.get("image_id") or env["image"],
                                               network=str(settings.network))
             record["host"] = getattr(session, "host", None)  # plugins' sandboxes may not say
+            baseline = await asyncio.to_thread(verifier.before, session, env)
             workdir = env.get("workdir")  # an imported task starts where its own harness starts it
             episode = await agent.run(env["text"], open_terminal(agent, session, workdir), chat,
                                       context_limit=context_limit, workdir=workdir or "/root")
@@ -245,9 +256,10 @@ class TrajectoryStage:
                 if settings.network != "none":
                     await asyncio.to_thread(session.go_offline)
                 timeout = float(env.get("verifier_timeout") or settings.verifier_timeout)  # an imported task's own
-                code, output = await asyncio.to_thread(run_verifier, session, env["verifier"], timeout)
-                record["verifier_exit_code"], record["verifier_output"] = code, output
-                record["reward"] = 1 if code == 0 else 0
+                verdict = await asyncio.to_thread(verifier.verify, session, env, timeout=timeout, name=rollout_id,
+                                                  baseline=baseline)
+                record.update(verifier_exit_code=verdict.exit_code, verifier_output=verdict.output,
+                              verification=verdict.mode, tampered=verdict.tampered, reward=int(verdict.solved))
         except Exception as exc:  # noqa: BLE001 - sandbox and Docker errors end the rollout, not the run
             record["reason"] = item_failure(exc)
             if record["reason"] is None:
