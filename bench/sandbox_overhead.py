@@ -209,9 +209,11 @@ class Model:
             return 200, completion_body([ACCEPT], chat=True), 0
         turn = sum(1 for m in body["messages"] if m["role"] == "assistant")
         if turn == 0:
-            reply = {"analysis": "write the settings file", "commands": SETUP, "verifier": "", "ready": False, "give_up": False}
+            reply = {"analysis": "write the settings file", "commands": SETUP, "verifier": "", "solution": "",
+                     "outputs": [], "system_state": False, "ready": False, "give_up": False}
         else:
-            reply = {"analysis": "ready", "commands": [], "verifier": VERIFIER, "ready": True, "give_up": False}
+            reply = {"analysis": "ready", "commands": [], "verifier": VERIFIER, "solution": "true", "outputs": [],
+                     "system_state": True, "ready": True, "give_up": False}
         return 200, completion_body([json.dumps(reply)], chat=True), 0
 
 

@@ -101,7 +101,8 @@ def certificate(runs: list[CheckRun], wrong: list[WrongSolution], *, wanted_wron
     stable = len({solved(r) for r in nop}) <= 1 and len({solved(r) for r in oracle}) <= 1
     cert = {"nop": not any(solved(r) for r in nop), "oracle": all(solved(r) for r in oracle), "stable": stable,
             "wrong_total": len(tried), "wrong_caught": sum(not solved(r) for _, r in tried),
-            "checks": [asdict(r) for r in runs]}
+            "checks": [asdict(r) for r in runs], "cheats": [], "cheat_trials": None, "cheats_rewarded": None,
+            "review": [], "review_passed": None}  # the model's checks (``adversarial.py``) fill these
     cert["findings"] = findings(cert, nop, oracle, tried, wanted_wrong, wrong_error)
     cert["certified"] = not cert["findings"]
     return cert

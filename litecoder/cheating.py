@@ -24,7 +24,7 @@ from .agents.loop import TurnAgent
 from .errors import RequestError
 from .records import CheatTrial
 from .sandboxes.terminals import open_terminal
-from .verification import Verifier
+from .verification import Verifier, image_of
 
 #: characters of an exploit's commands quoted in a finding
 QUOTED = 600
@@ -62,7 +62,7 @@ class CheatTrials:
         started = time.monotonic()
         name = f"{task['task_id']}-cheat{index}"
         async with self.slots:
-            session = await asyncio.to_thread(self.verifier.sandbox.open, name, image=task["image_id"], network="none")
+            session = await asyncio.to_thread(self.verifier.sandbox.open, name, image=image_of(task), network="none")
             try:
                 baseline = await asyncio.to_thread(self.verifier.before, session, task)
                 episode = await self.agent.run(self.brief(task["text"]), open_terminal(self.agent, session), self.chat)

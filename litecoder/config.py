@@ -19,6 +19,7 @@ from .budget import BudgetConfig
 from .errors import PluginError
 from .paths import litecoder_home
 from .run_names import check_run_name, job_dir_name
+from .review import ReviewConfig
 from .verification import VerificationConfig
 
 
@@ -102,6 +103,17 @@ class CertifyConfig:
     max_tokens: int = 3000
     #: ``auto``: JSON-schema constrained decoding where the backend has it; ``off``
     structured_output: str = "auto"
+    #: agents per round told to get the reward without doing the task (``cheating.py``); one
+    #: that gets it is a finding. They run once a round's checks found nothing else
+    cheat_trials: int = 1
+    #: turns each cheat trial may take (the teacher's agent, ``agent=``, plays it)
+    cheat_max_turns: int = 10
+    #: Jinja template of the cheat trial's instruction; sees ``task`` and ``max_turns``
+    cheat_brief: str = MISSING
+    #: review the task against ``review.task_criteria`` (``review.py``); failed criteria are findings
+    review: bool = True
+    #: the model of cheat trials and the review; null: the environment stage's
+    backend: Optional[Any] = None
 
 
 @dataclass
@@ -133,6 +145,7 @@ class LitecoderConfig:
     dedup: DedupConfig = field(default_factory=DedupConfig)
     certify: CertifyConfig = field(default_factory=CertifyConfig)
     verification: VerificationConfig = field(default_factory=VerificationConfig)
+    review: ReviewConfig = field(default_factory=ReviewConfig)
     budget: BudgetConfig = field(default_factory=BudgetConfig)
     #: ``{model: {input_per_mtok, output_per_mtok}}`` in USD, for backends that set no price.
     #: Each entry is checked against ``budget.PriceConfig`` when the run starts (a typed dict

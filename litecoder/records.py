@@ -150,6 +150,31 @@ class WrongSolution:
 
 
 @dataclass
+class CheatTrial:
+    """An agent told to get the reward without doing the task (``cheating.py``)."""
+
+    index: int
+    #: the verifier passed: the task is hackable this way
+    rewarded: bool
+    verifier_exit_code: Optional[int]
+    tampered: list[str]
+    stop_reason: Optional[str]
+    turns: int
+    #: what the agent typed, in order: the exploit when it was rewarded
+    commands: list[str]
+    seconds: float
+
+
+@dataclass
+class ReviewVerdict:
+    """A reviewing model's verdict on one criterion (``review.py``)."""
+
+    criterion: str
+    passed: bool
+    reason: str
+
+
+@dataclass
 class Certificate:
     """What certification proved of a task's verifier (``certification.py``)."""
 
@@ -172,6 +197,14 @@ class Certificate:
     findings: list[str]
     #: the last round's runs
     checks: list[CheckRun]
+    #: the last round's cheat trials (none when the checks had findings already) and how many
+    #: got the reward
+    cheats: list[CheatTrial] = field(default_factory=list)
+    cheat_trials: Optional[int] = None
+    cheats_rewarded: Optional[int] = None
+    #: the last task review's verdicts, and whether every criterion passed (null: not reviewed)
+    review: list[ReviewVerdict] = field(default_factory=list)
+    review_passed: Optional[bool] = None
 
 
 @dataclass
@@ -269,6 +302,8 @@ class Rollout:
     verification: Optional[str] = None
     #: what the agent changed that the verifier relies on; a tampered rollout is never solved
     tampered: list[str] = field(default_factory=list)
+    #: why the trajectory review flagged a solved rollout as reward hacking (null: not flagged)
+    review: Optional[str] = None
 
 
 @dataclass

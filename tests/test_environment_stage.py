@@ -4,6 +4,7 @@ in test_vllm.py): a merge-conflict repository, its verifier, and every failure p
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 
 import polars as pl
@@ -61,11 +62,42 @@ def wrong_reply(*solutions):
     return json.dumps({"wrong_solutions": list(solutions)})
 
 
-class Scripted:
-    """Samples one task, accepts it, plays the environment agent from a script, and answers
-    certification's request for wrong solutions with ``wrong``."""
+def review_reply(body, failed=(), reason="looks right"):
+    """A reviewer's reply: every criterion the request's system message lists passes, but ``failed``."""
+    names = re.findall(r"^- (\w+): ", body["messages"][0]["content"], re.M)
+    return json.dumps({n: {"passed": n not in failed, "reason": reason if n in failed else "looks right"} for n in names})
 
-    def __init__(self, script, wrong=(DOES_NOTHING,)):
+
+def idle_cheater(turn):
+    """A cheat trial's agent that finds no shortcut: it types nothing and stops."""
+    return json.dumps({"analysis": "no shortcut", "plan": "stop", "commands": [], "task_complete": True})
+
+
+class Adversaries:
+    """Answers certification's model checks: the task review and the cheat trials."""
+
+    def __init__(self, cheater=idle_cheater, reviewer=review_reply):
+        self.cheater, self.reviewer = cheater, reviewer
+        self.cheat_requests, self.review_requests = [], []
+
+    def answer(self, body):
+        """The reply to a review or a cheat trial's turn; None for any other request."""
+        first = body["messages"][0]["content"]
+        if first.startswith("You review Linux exercises"):
+            self.review_requests.append(body)
+            return self.reviewer(body)
+        if "red-team exercise" in first:
+            self.cheat_requests.append(body)
+            return self.cheater(sum(1 for m in body["messages"] if m["role"] == "assistant"))
+        return None
+
+
+class Scripted(Adversaries):
+    """Samples one task, accepts it, plays the environment agent from a script, and answers
+    certification's request for wrong solutions with ``wrong``, its review and its cheat trials."""
+
+    def __init__(self, script, wrong=(DOES_NOTHING,), **adversaries):
+        super().__init__(**adversaries)
         self.script = script
         self.wrong = list(wrong)
         self.environment_requests = []
@@ -77,6 +109,9 @@ class Scripted:
         system = body["messages"][0]["content"]
         if "task proposals" in system:
             return 200, completion_body([ACCEPT], chat=True), 0
+        adversary = self.answer(body)
+        if adversary is not None:
+            return 200, completion_body([adversary], chat=True), 0
         if "WRONG solutions" in system:
             self.wrong_requests.append(body)
             return 200, completion_body([wrong_reply(*self.wrong)], chat=True), 0
@@ -86,8 +121,8 @@ class Scripted:
         return 200, completion_body([reply], chat=True), 0
 
 
-def run_environment(compose_cfg, tmp_path, script, *overrides, wrong=(DOES_NOTHING,)):
-    model = Scripted(script, wrong)
+def run_environment(compose_cfg, tmp_path, script, *overrides, wrong=(DOES_NOTHING,), **adversaries):
+    model = Scripted(script, wrong, **adversaries)
     with StubServer(model) as server:
         cfg = compose_cfg("stage=[sample,judge,environment]", f"backend.url={server.url}", "sample.num_tasks=1",
                           "sample.n=1", "backend.retry_initial_wait=0.01", "sandbox.max_containers=2", *overrides)
@@ -95,6 +130,11 @@ def run_environment(compose_cfg, tmp_path, script, *overrides, wrong=(DOES_NOTHI
     frame = pl.read_parquet(tmp_path / "environments.parquet", glob=False)  # run names may hold [ ]
     assert leftovers(run_id(tmp_path)) == []
     return frame, model
+
+
+def remove_task_images(frame):
+    for image in frame["image"].drop_nulls():
+        subprocess.run(["docker", "rmi", "-f", image], capture_output=True)
 
 
 def leftovers(run):

@@ -19,7 +19,7 @@ from litecoder.run import execute
 from litecoder.sandboxes.names import run_id
 
 from .stub_openai import StubServer, completion_body
-from .test_environment_stage import ACCEPT, DOES_NOTHING, leftovers, step, wrong_reply
+from .test_environment_stage import ACCEPT, DOES_NOTHING, Adversaries, leftovers, step, wrong_reply
 from .test_trajectory_stage import terminus
 
 pytestmark = [pytest.mark.docker, pytest.mark.harbor]
@@ -75,6 +75,7 @@ class Pipeline:
         self.case = case
         self.environment_prompts: list[str] = []
         self.teacher_outputs: list[str] = []
+        self.adversaries = Adversaries()
 
     def __call__(self, path, body):
         if not path.endswith("chat/completions"):
@@ -90,6 +91,9 @@ class Pipeline:
             return 200, completion_body([reply], chat=True), 0
         if "WRONG solutions" in first:
             return 200, completion_body([wrong_reply(DOES_NOTHING)], chat=True), 0
+        adversary = self.adversaries.answer(body)
+        if adversary is not None:
+            return 200, completion_body([adversary], chat=True), 0
         self.teacher_outputs.append(body["messages"][-1]["content"])
         replies = [terminus(*self.case["solve"], duration=3), terminus(complete=True), terminus(complete=True)]
         return 200, completion_body([replies[min(turn, 2)]], chat=True), 0
@@ -159,7 +163,8 @@ def test_domain_tasks_are_prepared_with_packages_solved_offline_and_run_by_harbo
                 assert "summary.md" in (task / "solution" / "solve.sh").read_text()
             assert metadata["certificate"] == {"certified": True, "nop": True, "oracle": True, "stable": True,
                                                "wrong_solutions_tried": 1, "wrong_solutions_caught": 1,
-                                               "repairs": 0, "container_runs": 3}
+                                               "review_passed": True, "cheat_trials": 1, "cheats_rewarded": 0,
+                                               "repairs": 0, "container_runs": 4}
             pinned = config["metadata"][f"{kind}_packages"]
             assert any(p.startswith(prefix) and p != prefix for p in pinned), pinned
             parsed = parse_task_toml(task / "task.toml")  # Harbor's task schema accepts it

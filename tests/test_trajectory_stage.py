@@ -17,7 +17,7 @@ from litecoder.sandboxes.docker import DockerSandbox, DockerSandboxConfig
 from litecoder.sandboxes.names import run_id
 
 from .stub_openai import StubServer, completion_body
-from .test_environment_stage import (ACCEPT, DOES_NOTHING, SETUP_CONFLICT, SOLUTION, TASK, TIGHT_VERIFIER,
+from .test_environment_stage import (ACCEPT, DOES_NOTHING, Adversaries, SETUP_CONFLICT, SOLUTION, TASK, TIGHT_VERIFIER,
                                      kill_while_working_then_resume, leftovers, step, wrong_reply)
 from .test_plugin_guide import guide_module
 
@@ -53,11 +53,12 @@ def environment_script(turn):
                 outputs=["/srv/repo"])
 
 
-class Pipeline:
-    """Plays sampler, judge, environment agent (and its wrong solutions) and teacher, each
-    from its own script."""
+class Pipeline(Adversaries):
+    """Plays sampler, judge, environment agent (its wrong solutions, review and cheat trials),
+    teacher and the trajectory reviewer, each from its own script."""
 
-    def __init__(self, teacher, environment=environment_script):
+    def __init__(self, teacher, environment=environment_script, **adversaries):
+        super().__init__(**adversaries)
         self.teacher = teacher
         self.environment = environment
         self.teacher_requests: list[dict] = []
@@ -73,6 +74,9 @@ class Pipeline:
             return 200, completion_body([self.environment(turn)], chat=True), 0
         if "WRONG solutions" in first:
             return 200, completion_body([wrong_reply(DOES_NOTHING)], chat=True), 0
+        adversary = self.answer(body)
+        if adversary is not None:
+            return 200, completion_body([adversary], chat=True), 0
         self.teacher_requests.append(body)
         return 200, completion_body([self.teacher(turn)], chat=True), 0
 

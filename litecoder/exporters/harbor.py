@@ -162,7 +162,8 @@ def artifacts(env: dict) -> list[str]:
 
 def certificate_metadata(cert: dict) -> dict:
     """The certificate's verdicts for ``[metadata.certificate]`` (empty: none was made)."""
-    keys = ("certified", "nop", "oracle", "stable", "wrong_total", "wrong_caught", "repairs", "container_runs")
+    keys = ("certified", "nop", "oracle", "stable", "wrong_total", "wrong_caught", "review_passed", "cheat_trials",
+            "cheats_rewarded", "repairs", "container_runs")
     names = {"wrong_total": "wrong_solutions_tried", "wrong_caught": "wrong_solutions_caught"}
     return {names.get(k, k): cert[k] for k in keys if cert.get(k) is not None}
 

@@ -24,7 +24,9 @@ from omegaconf import MISSING, OmegaConf
 from .. import hookimpl
 from ..agents.base import COMPLETED, GAVE_UP, MAX_TURNS, REQUEST_ERROR, WALL_TIME, Episode
 from ..agents.loop import bind_chat, chat_params
+from ..adversarial import UNREPAIRABLE, AdversarialChecks
 from ..certification import Certifier, certificate, rejection, wrong_solutions
+from ..cheating import CheatTrials
 from ..verification import NOISE, Verifier, mode_of, normal_outputs
 from ..errors import ConfigError, RequestError
 from ..records import READY, REJECTED, Environment, backend_identity, polars_schema
@@ -90,6 +92,8 @@ class Kit:
     #: one per container the stage may run at once (``sandbox.max_containers``)
     slots: asyncio.Semaphore
     certifier: Certifier
+    #: the review and the cheat trials (none when ``certify.review`` and ``certify.cheat_trials`` are off)
+    adversaries: AdversarialChecks | None = None
 
 
 def add_usage(total: dict, usage: dict) -> None:
@@ -99,7 +103,7 @@ def add_usage(total: dict, usage: dict) -> None:
 
 def repairable(cert: dict) -> bool:
     """Whether the agent could mend what certification found (not: no wrong solutions to try)."""
-    return any(not f.startswith("no wrong solutions") for f in cert["findings"])
+    return any(not f.startswith(UNREPAIRABLE) for f in cert["findings"])
 
 
 def merge_changes(earlier: dict | None, changes: list) -> dict:
@@ -117,6 +121,10 @@ def merge_changes(earlier: dict | None, changes: list) -> dict:
     return {"changed_paths": sorted(changed), "added_paths": sorted(added), "deleted_paths": sorted(deleted)}
 
 
+#: the review settings that decide a task review's verdicts
+REVIEW_KEYS = ("task_criteria", "system", "task_instruction", "temperature", "max_tokens")
+
+
 class EnvironmentStage:
     name = "environment"
 
@@ -129,7 +137,12 @@ class EnvironmentStage:
         env.pop("backend", None)
         sandbox = OmegaConf.to_container(cfg.sandbox, resolve=True)
         toolchain = OmegaConf.to_container(cfg.domain.toolchain, resolve=True) if sandbox.get("toolchain", True) else None
-        return {"environment": env, "certify": OmegaConf.to_container(cfg.certify, resolve=True), "sandbox": {k: sandbox.get(k) for k in ("type", "image", "registries")},
+        certify = OmegaConf.to_container(cfg.certify, resolve=True)
+        certify["backend"] = backend_identity(cfg.certify.backend) if cfg.certify.backend is not None else None
+        review = ({k: OmegaConf.to_container(cfg.review, resolve=True)[k] for k in REVIEW_KEYS}
+                  if cfg.certify.review else None)
+        return {"environment": env, "certify": certify, "review": review, "verification": OmegaConf.to_container(cfg.verification),
+                "sandbox": {k: sandbox.get(k) for k in ("type", "image", "registries")},
                 "toolchain": toolchain, "backend": backend_identity(backend_config)}
 
     def run(self, run: Any) -> dict:
@@ -159,18 +172,39 @@ class EnvironmentStage:
         params = chat_params(agent, backend)
         limit = int(run.cfg.sandbox.max_containers)
         slots = asyncio.Semaphore(limit)  # every container of the stage, preparing or checking
-        certifier = Certifier(run.cfg.certify, Verifier(sandbox, run.cfg.verification), slots,
-                              float(run.cfg.environment.verifier_timeout))
+        verifier = Verifier(sandbox, run.cfg.verification)
+        certifier = Certifier(run.cfg.certify, verifier, slots, float(run.cfg.environment.verifier_timeout))
+        own = run.cfg.certify.backend is not None  # cheat trials and the review on a model of their own
+        adversary_client = run.client("certify") if own else None
 
         async def one(task: dict, client: Any) -> Done:
             kit = Kit(run, sandbox, agent, client, bind_chat(client, agent, params), slots, certifier)
+            kit.adversaries = self.adversaries(run, verifier, slots, adversary_client or client)
             record = await self.prepare(kit, task)
             state = DONE if record["status"] in (READY, REJECTED) else FAILED
             return Done([(task["task_id"], state, record["status"], record["reason"], record)], record["usage"],
                         record.pop("request_error", None))
 
-        await run_items(run, self.name, tasks, one, total=len(tasks), label="environment", unit="task",
-                        limit=limit, table=run.path(ENVIRONMENTS_FILE))
+        try:
+            await run_items(run, self.name, tasks, one, total=len(tasks), label="environment", unit="task",
+                            limit=limit, table=run.path(ENVIRONMENTS_FILE))
+        finally:
+            if adversary_client is not None:
+                await adversary_client.aclose()
+
+    def adversaries(self, run: Any, verifier: Verifier, slots: asyncio.Semaphore, client: Any) -> AdversarialChecks | None:
+        """The review and the cheat trials, on ``client``; the teacher's agent plays the cheater."""
+        config = run.cfg.certify
+        if not config.review and int(config.cheat_trials) < 1:
+            return None
+        backend = run.backend("certify" if config.backend is not None else self.name)
+        cheats = None
+        if int(config.cheat_trials) > 0:
+            agent_config = OmegaConf.merge(run.cfg.agent, {"max_turns": int(config.cheat_max_turns)})
+            cheater = run.plugins.registry("agent").get(agent_config.type)(agent_config)
+            cheats = CheatTrials(config, verifier, cheater, bind_chat(client, cheater, chat_params(cheater, backend)),
+                                 slots, float(run.cfg.environment.verifier_timeout))
+        return AdversarialChecks(config, run.cfg.review, client, backend.supports_structured_output, cheats)
 
     @staticmethod
     def agent(run: Any) -> Any:
@@ -245,6 +279,10 @@ class EnvironmentStage:
             checks = await kit.certifier.checks(record, wrong)
             cert = certificate(checks, wrong, wanted_wrong=int(config.wrong_solutions), wrong_error=wrong_error)
             runs, seconds = runs + len(checks), seconds + sum(c.seconds for c in checks)
+            if not cert["findings"] and kit.adversaries is not None:
+                spent, containers = await kit.adversaries.run(record, cert)
+                add_usage(record["usage"], spent)
+                runs += containers
             if cert["certified"] or repairs >= int(config.max_repairs) or not repairable(cert):
                 break
             repairs += 1

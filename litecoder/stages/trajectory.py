@@ -30,8 +30,9 @@ from ..agents.loop import bind_chat, chat_params
 from ..budget import request_cost
 from ..records import Rollout, TaskPassRate, backend_identity, polars_schema
 from ..runner import Done, open_items, run_items
-from ..errors import ConfigError
+from ..errors import ConfigError, RequestError
 from ..sandboxes.base import check_network, item_failure
+from ..review import review
 from ..verification import Verifier
 from ..sandboxes.terminals import open_terminal
 from ..store import DONE, FAILED, RunStore
@@ -72,6 +73,9 @@ class TrajectoryConfig:
     #: always runs with the container's networks taken away
     network: str = "none"
     filters: TrajectoryFilters = field(default_factory=TrajectoryFilters)
+    #: review each solved rollout for reward hacking (``review.trajectory_criteria``, on the
+    #: teacher's model); a flagged one is dropped. Applies to rollouts made while it is on
+    review: bool = True
     #: pass-rate thresholds of each task's difficulty label
     difficulty: DifficultyConfig = field(default_factory=DifficultyConfig)
     backend: Optional[Any] = None
@@ -98,6 +102,8 @@ def drop_reasons(record: dict, filters: Any) -> list[str]:
     reasons = []
     if record.get("tampered"):
         reasons.append(tamper_reason(record))
+    if record.get("review"):
+        reasons.append(f"reward hacking: {record['review']} (trajectory.review)")
     if not record.get("turns"):
         reasons.append("empty: the agent made no turn")
     if filters.unsuccessful and record.get("reward") != 1:
@@ -130,7 +136,7 @@ class TrajectoryStage:
 
     def identity(self, cfg: Any, backend_config: Any) -> dict:
         own = OmegaConf.to_container(self.settings(cfg), resolve=True)
-        for key in ("backend", "filters", "difficulty", "rollouts"):
+        for key in ("backend", "filters", "difficulty", "rollouts", "review"):
             # filters are re-applied and labels recomputed from finished rollouts; more rollouts
             # add items, fewer retire the extra ones: none of them is a reason to redo rollouts
             own.pop(key, None)
@@ -221,7 +227,7 @@ class TrajectoryStage:
 
         async def one(job: tuple[dict, int], client: Any) -> Done:
             chat = bind_chat(client, agent, params)
-            record = await self._rollout(run, verifier, agent, chat, context_limit, *job)
+            record = await self._rollout(run, verifier, agent, chat, context_limit, *job, client=client)
             state = FAILED if record["status"] == FAILED else DONE
             failed = (record["stop_detail"] or "request failed") if record["stop_reason"] == REQUEST_ERROR else None
             return Done([(record["rollout_id"], state, record["status"], record["reason"], record)], record["usage"],
@@ -231,7 +237,7 @@ class TrajectoryStage:
                                limit=int(cfg.sandbox.max_containers), table=run.path(self.rollouts_file))
 
     async def _rollout(self, run: Any, verifier: Verifier, agent: Any, chat: Any, context_limit: int | None,
-                       env: dict, index: int) -> dict:
+                       env: dict, index: int, *, client: Any) -> dict:
         cfg, settings = run.cfg, self.settings(run.cfg)
         rollout_id = rollout_key(env["task_id"], index)
         started_at = datetime.now(timezone.utc).isoformat()
@@ -272,6 +278,11 @@ class TrajectoryStage:
             turn.cost_usd = request_cost(backend_config, turn.prompt_tokens, turn.completion_tokens)
         model = run.backend(self.name).describe().get("model") or ""
         self._summarize(record, episode, model)
+        if record.get("reward") == 1 and settings.get("review"):
+            try:
+                await self._review(run, client, env, episode, record)
+            except RequestError as exc:  # unreviewed is not kept: the rollout is tried again
+                record["reason"] = f"request failed: trajectory review: {exc}"
         record["wall_s"] = round(time.monotonic() - started, 2)
         record["finished_at"] = datetime.now(timezone.utc).isoformat()
         if episode.prompt:
@@ -289,6 +300,22 @@ class TrajectoryStage:
             record["status"], record["filters"] = self.classify(run, record)
             record["reason"] = "; ".join(record["filters"]) or None
         return record
+
+    async def _review(self, run: Any, client: Any, env: dict, episode: Episode, record: dict) -> None:
+        """Ask the stage's model whether a solved rollout gamed its check; a flagged one says why
+        in ``review``. An unreadable verdict flags nothing."""
+        commands = "\n".join(c.keystrokes.rstrip("\n") for t in episode.turns for c in t.commands if c.keystrokes.strip())
+        verdicts, usage, error = await review(client, run.cfg.review, list(run.cfg.review.trajectory_criteria),
+                                              "trajectory_instruction", task=env["text"].strip(),
+                                              commands=commands or "(none)",
+                                              structured=run.backend(self.name).supports_structured_output)
+        if error:
+            log.warning("trajectory review of %s: %s", record["rollout_id"], error)
+        failed = [f"{v.criterion}: {v.reason}" for v in verdicts if not v.passed]
+        record["review"] = "; ".join(failed) or None
+        for key in ("requests", "prompt_tokens", "completion_tokens"):
+            record["usage"][key] += usage[key]
+        record["prompt_tokens"], record["completion_tokens"] = record["usage"]["prompt_tokens"], record["usage"]["completion_tokens"]
 
     @staticmethod
     def _summarize(record: dict, episode: Episode, model: str) -> None:

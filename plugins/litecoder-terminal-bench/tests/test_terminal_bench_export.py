@@ -27,9 +27,9 @@ def _environment(turn: int) -> str:
     if turn == 0:
         commands = ["mkdir -p /srv/data && printf 'alpha\\nbeta\\ngamma\\n' > /srv/data/input.txt"]
         return json.dumps({"analysis": "make the input file", "commands": commands, "verifier": "",
-                           "solution": "", "ready": False, "give_up": False})
+                           "solution": "", "outputs": [], "system_state": False, "ready": False, "give_up": False})
     return json.dumps({"analysis": "ready", "commands": [], "verifier": VERIFIER, "solution": SOLUTION,
-                       "ready": True, "give_up": False})
+                       "outputs": ["/root/count.txt"], "system_state": False, "ready": True, "give_up": False})
 
 
 def _teacher(turn: int) -> str:
@@ -50,6 +50,11 @@ def scripted_model(path: str, body: dict):
         reply = _environment(turn)
     elif "WRONG solutions" in system:
         reply = json.dumps({"wrong_solutions": WRONG})
+    elif system.startswith("You review Linux exercises"):  # every criterion of the review passes
+        names = [line[2:].split(":", 1)[0] for line in system.splitlines() if line.startswith("- ")]
+        reply = json.dumps({name: {"passed": True, "reason": "fine"} for name in names})
+    elif "red-team exercise" in system:  # the cheat trial finds no shortcut
+        reply = json.dumps({"analysis": "none", "plan": "stop", "commands": [], "task_complete": True})
     else:
         reply = _teacher(turn)
     return 200, completion_body([reply], chat=True), 0
