@@ -55,7 +55,8 @@ CERTIFICATES_SQL = """
 SELECT json_extract(record, '$.certificate.nop'), json_extract(record, '$.certificate.oracle'),
        json_extract(record, '$.certificate.stable'), json_extract(record, '$.certificate.wrong_total'),
        json_extract(record, '$.certificate.wrong_caught'), json_extract(record, '$.certificate.certified'),
-       json_extract(record, '$.certificate.repairs'), stage
+       json_extract(record, '$.certificate.repairs'), json_extract(record, '$.certificate.review_passed'),
+       json_extract(record, '$.certificate.cheat_trials'), json_extract(record, '$.certificate.cheats_rewarded'), stage
 FROM items WHERE stage IN ('environment', 'ingest') AND state = 'done'
   AND json_extract(record, '$.certificate') IS NOT NULL
 """
@@ -63,7 +64,7 @@ FROM items WHERE stage IN ('environment', 'ingest') AND state = 'done'
 CERTIFIED_BY = {"environment": "synthesized", "ingest": "imported"}
 OUTCOME_COLORS = {"accepted": "#2ca02c", "rejected": "#d62728", "duplicate": "#7f7f7f", "contaminated": "#9467bd", "judge failed": "#ff7f0e",
                   "sampling failed": "#8c564b", "not judged": "#c7c7c7",
-                  "solved": "#2ca02c", "unsolved": "#d62728", "failed": "#ff7f0e"}
+                  "solved": "#2ca02c", "unsolved": "#d62728", "failed": "#ff7f0e", "tampered": "#000000"}
 
 CSS = """
 body { font-family: system-ui, sans-serif; margin: 0 auto; max-width: 1200px; padding: 1em 2em; color: #222; }
@@ -272,10 +273,12 @@ def _funnel(data: RunData) -> str:
 
 def certification_funnel(certificates: list[tuple]) -> list[tuple[str, int]]:
     """Tasks past each check, in order (each step counts tasks that passed it and every
-    earlier one): prepared, nop ok, oracle ok, stable, wrong solutions caught, certified."""
+    earlier one): prepared, nop ok, oracle ok, stable, wrong solutions caught, review passed,
+    cheat trials caught, certified. A check that was not run (no review, no trial) is passed."""
     steps = [("prepared", lambda c: True), ("nop ok", lambda c: c[0]), ("oracle ok", lambda c: c[1]),
              ("stable", lambda c: c[2]), ("wrong solutions caught", lambda c: (c[4] or 0) == (c[3] or 0)),
-             ("certified", lambda c: c[5])]
+             ("review passed", lambda c: c[7] is not False and c[7] != 0),
+             ("cheat trials caught", lambda c: not c[9]), ("certified", lambda c: c[5])]
     passed, funnel = list(certificates), []
     for name, ok in steps:
         passed = [c for c in passed if ok(c)]
@@ -289,16 +292,21 @@ def _certification(data: RunData) -> str:
                       "or stage=ingest.")
     fig = go.Figure()
     for stage, name in CERTIFIED_BY.items():
-        certificates = [c[:7] for c in data.certificates if c[7] == stage]
+        certificates = [c[:10] for c in data.certificates if c[10] == stage]
         if certificates:
             funnel = certification_funnel(certificates)
             fig.add_trace(go.Funnel(name=name, y=[n for n, _ in funnel], x=[v for _, v in funnel],
                                     textinfo="value+percent initial"))
-    fig.update_layout(title="Tasks past each certification check (imported tasks: wrong solutions are not tried)")
+    fig.update_layout(title="Tasks past each certification check (imported tasks: wrong solutions, review and "
+                            "cheat trials are not tried)")
     tried = sum(c[3] or 0 for c in data.certificates)
     caught = sum(c[4] or 0 for c in data.certificates)
     repaired = sum(1 for c in data.certificates if (c[6] or 0) > 0 and c[5])
-    line = (f"<p>Wrong solutions caught: {caught} of {tried}; tasks certified after a repair round: {repaired}. "
+    reviewed = [c[7] for c in data.certificates if c[7] is not None]
+    trials, rewarded = sum(c[8] or 0 for c in data.certificates), sum(c[9] or 0 for c in data.certificates)
+    line = (f"<p>Wrong solutions caught: {caught} of {tried}; task reviews passed: {sum(map(bool, reviewed))} of "
+            f"{len(reviewed)}; cheat trials that got the reward: {rewarded} of {trials} (each such task was repaired "
+            f"or rejected); tasks certified after a repair round: {repaired}. "
             "Rejection reasons are in environments.parquet and imported.parquet.</p>")
     return line + _chart(fig, "chart-certification", 340)
 
@@ -374,6 +382,8 @@ def _judge_scores(data: RunData) -> str:
 
 
 def _rollout_outcome(record: dict) -> str:
+    if record.get("tampered"):
+        return "tampered"
     return {1: "solved", 0: "unsolved"}.get(record.get("reward"), "failed")
 
 
@@ -382,7 +392,7 @@ def _rollouts(data: RunData) -> str:
     if not records:
         return _empty("No trajectories yet: run stage=trajectory.")
     fig = go.Figure()
-    for outcome in ("solved", "unsolved", "failed"):
+    for outcome in ("solved", "unsolved", "tampered", "failed"):
         chosen = [r for r in records if _rollout_outcome(r) == outcome]
         if chosen:
             fig.add_bar(name=outcome, x=[r["rollout_id"] for r in chosen], y=[r.get("turns") or 0 for r in chosen],
@@ -391,9 +401,12 @@ def _rollouts(data: RunData) -> str:
                         hovertemplate="%{x}<br>turns %{y}<br>reward %{customdata[0]}<br>%{customdata[1]}, "
                                       "stopped: %{customdata[2]}<extra></extra>")
     fig.update_layout(title="Turns per rollout, colored by reward", yaxis_title="turns", xaxis_title="rollout")
-    rewards = [r.get("reward") for r in records]
-    line = (f"<p>{len(records)} rollouts: {rewards.count(1)} solved (reward 1), {rewards.count(0)} unsolved, "
-            f"{rewards.count(None)} failed; {sum(r.get('status') == 'kept' for r in records)} kept by the filters.</p>")
+    outcomes = Counter(_rollout_outcome(r) for r in records)
+    flagged = sum(bool(r.get("review")) for r in records)
+    line = (f"<p>{len(records)} rollouts: {outcomes['solved']} solved (reward 1), {outcomes['unsolved']} unsolved, "
+            f"{outcomes['tampered']} tampered (the agent changed what the verifier relies on: reward 0), "
+            f"{outcomes['failed']} failed; {flagged} flagged as reward hacking by the review; "
+            f"{sum(r.get('status') == 'kept' for r in records)} kept by the filters.</p>")
     return line + _chart(fig, "chart-trajectories")
 
 

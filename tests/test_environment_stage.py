@@ -175,7 +175,8 @@ def test_a_merge_conflict_is_prepared_committed_and_certified(compose_cfg, tmp_p
     assert row["status"] == "ready", row["reason"]
     cert = row["certificate"]
     assert cert["certified"] and cert["nop"] and cert["oracle"] and cert["stable"] and cert["repairs"] == 0
-    assert (cert["wrong_total"], cert["wrong_caught"]) == (2, 2) and cert["container_runs"] == 3 + 3 + 2
+    # nop and oracle three times, two wrong solutions, a cheat trial (its container and the verifier's)
+    assert (cert["wrong_total"], cert["wrong_caught"]) == (2, 2) and cert["container_runs"] == 3 + 3 + 2 + 2
     assert sorted(c["check"] for c in cert["checks"]) == ["nop"] * 3 + ["oracle"] * 3 + ["wrong"] * 2
     # The wrong-solution request saw the task, the verifier and the reference solution.
     asked = model.wrong_requests[0]["messages"][-1]["content"]

@@ -186,8 +186,12 @@ def test_every_run_ends_with_its_report_and_a_broken_report_loses_nothing(compos
 def test_the_certification_funnel_counts_tasks_past_each_check_in_order():
     from litecoder.report import certification_funnel
 
-    # (nop, oracle, stable, wrong_total, wrong_caught, certified, repairs) per prepared task
-    certificates = [(1, 1, 1, 2, 2, 1, 0), (1, 1, 1, 2, 1, 0, 2), (1, 0, 1, 2, 2, 0, 2), (0, 1, 1, 2, 2, 0, 0),
-                    (1, 1, 0, 2, 2, 0, 1), (1, 1, 1, 0, 0, 1, 1)]
-    assert certification_funnel(certificates) == [("prepared", 6), ("nop ok", 5), ("oracle ok", 4), ("stable", 3),
-                                                  ("wrong solutions caught", 2), ("certified", 2)]
+    # (nop, oracle, stable, wrong_total, wrong_caught, certified, repairs, review_passed, cheat_trials,
+    # cheats_rewarded) per prepared task; a review or trial that did not run (null) is no step down
+    certificates = [(1, 1, 1, 2, 2, 1, 0, 1, 1, 0), (1, 1, 1, 2, 1, 0, 2, None, None, None),
+                    (1, 0, 1, 2, 2, 0, 2, None, None, None), (0, 1, 1, 2, 2, 0, 0, None, None, None),
+                    (1, 1, 0, 2, 2, 0, 1, None, None, None), (1, 1, 1, 0, 0, 1, 1, None, None, None),
+                    (1, 1, 1, 2, 2, 0, 2, 0, None, None), (1, 1, 1, 2, 2, 0, 2, 1, 1, 1)]
+    assert certification_funnel(certificates) == [("prepared", 8), ("nop ok", 7), ("oracle ok", 6), ("stable", 5),
+                                                  ("wrong solutions caught", 4), ("review passed", 3),
+                                                  ("cheat trials caught", 2), ("certified", 2)]

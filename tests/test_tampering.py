@@ -7,10 +7,13 @@ solves honestly still is."""
 from __future__ import annotations
 
 import json
+import shutil
 import tomllib
 
 import polars as pl
 import pytest
+
+from litecoder.testing.harbor import run_oracle
 
 from .test_environment_stage import step
 from .test_trajectory_stage import Pipeline, remove_images, run_pipeline, terminus
@@ -51,8 +54,8 @@ class TwoTeachers(Pipeline):
 
 
 @pytest.mark.parametrize("environment, honest, tamper, guard", [
-    (count_task, COUNT_SOLUTION, "printf '#!/bin/sh\\necho 3\\n' > /usr/local/bin/cat; chmod +x /usr/local/bin/cat\n",
-     None),
+    pytest.param(count_task, COUNT_SOLUTION, "printf '#!/bin/sh\\necho 3\\n' > /usr/local/bin/cat; chmod +x /usr/local/bin/cat\n",
+                 None, marks=pytest.mark.harbor),
     (user_task, "useradd -m deploy\n", "ln -sf /bin/true /usr/bin/python3\n", "/usr/bin/python3: link replaced"),
 ], ids=["file-output", "system-state"])
 def test_a_teacher_that_replaces_a_program_the_verifier_calls_is_not_solved(compose_cfg, tmp_path, environment,
@@ -90,5 +93,20 @@ def test_a_teacher_that_replaces_a_program_the_verifier_calls_is_not_solved(comp
             assert toml["artifacts"] == [{"source": "/root/count.txt"}]
         (index,) = [json.loads(line) for line in (tmp_path / "harbor" / "index.jsonl").read_text().splitlines()]
         assert index["solution_check"] == "passed", index
+        if guard is None:
+            assert run_harbor(tmp_path, task_dir, tamper) == {"honest": 1.0, "nop": 0.0, "tampering": 0.0}
     finally:
         remove_images(tmp_path)
+
+
+def run_harbor(tmp_path, task_dir, tamper):
+    """Harbor itself on the exported separate-verifier task, three times over: its solve.sh
+    (oracle 1.0), a solve.sh that does nothing (0.0), and one that tampers as the teacher did."""
+    tasks = tmp_path / "harbor-tasks"
+    for name, solve in (("honest", None), ("nop", "true\n"), ("tampering", tamper)):
+        shutil.copytree(task_dir, tasks / name)
+        toml = tasks / name / "task.toml"
+        toml.write_text(toml.read_text().replace(f'name = "litecoder/{task_dir.name}"', f'name = "litecoder/{name}"'))
+        if solve is not None:
+            (tasks / name / "solution" / "solve.sh").write_text("#!/bin/bash\n" + solve)
+    return run_oracle(tasks, tmp_path / "jobs", "separate-verifier")
