@@ -192,6 +192,7 @@ def test_the_whole_chain_on_the_real_server_records_every_item_and_leaves_no_con
                  "sample.num_tasks=3", "sample.n=1", "sample.max_tokens=256", "judge.max_tokens=400",
                  "judge.rationale_max_chars=60", *lenient_judge, "environment.agent.max_turns=2",
                  "environment.agent.command_timeout=10", "environment.agent.max_tokens=200", "agent.max_turns=2",
+                 "certify.cheat_max_turns=2", "review.max_tokens=300",
                  "agent.max_tokens=300", "agent.max_command_duration=5", timeout=1800)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Traceback" not in result.stderr and "litecoder: export:" in result.stderr
@@ -205,7 +206,7 @@ def test_the_whole_chain_on_the_real_server_records_every_item_and_leaves_no_con
     rollouts = pl.read_parquet(run_dir / "trajectories.parquet")
     ready = set(environments.filter(pl.col("status") == "ready")["task_id"])
     assert set(rollouts["task_id"]) == ready
-    assert set(rollouts["status"]) <= {"kept", "dropped", "failed"}
+    assert set(rollouts["status"]) <= {"kept", "dropped", "tampered", "failed"}
     assert rollouts["reason"].filter(rollouts["status"] != "kept").null_count() == 0
     kept = rollouts.filter(pl.col("status") == "kept").height
     assert len((run_dir / "sft" / "sharegpt.jsonl").read_text().splitlines()) == kept
@@ -213,6 +214,43 @@ def test_the_whole_chain_on_the_real_server_records_every_item_and_leaves_no_con
     assert out.stdout.split() == []
     for image in environments["image"].drop_nulls():
         subprocess.run(["docker", "rmi", "-f", image], capture_output=True)
+
+
+@pytest.mark.docker
+def test_the_real_model_reviews_a_task_and_plays_a_cheat_trial(compose_cfg, tmp_path, vllm_url):
+    """A scripted agent prepares the merge conflict; SmolLM2 (``certify.backend``) reviews it with
+    constrained JSON, then, in a second run without the review, plays a cheat trial in tmux.
+    Whatever the tiny model answers, every verdict or the unusable reply is on record."""
+    from litecoder.run import execute
+
+    from .stub_openai import StubServer
+    from .test_trajectory_stage import Pipeline, solving_teacher
+
+    real = ["backend@certify.backend=vllm", f"certify.backend.url={vllm_url}", "certify.repeats=1",
+            "certify.max_repairs=0", "certify.wrong_solutions=0", "review.max_tokens=400", "certify.cheat_max_turns=2",
+            "agent.max_tokens=200", "agent.max_command_duration=3"]
+    runs = {"review": ["certify.cheat_trials=0"], "cheat": ["certify.review=false"]}
+    try:
+        with StubServer(Pipeline(solving_teacher)) as stub:
+            for name, own in runs.items():
+                execute(compose_cfg("stage=[sample,judge,environment]", f"backend.url={stub.url}", "sample.num_tasks=1",
+                                    "sample.n=1", *real, *own), tmp_path / name)
+            assert not any("red-team" in str(body) or "You review" in str(body) for _, body, _ in stub.requests)
+        reviewed = pl.read_parquet(tmp_path / "review" / "environments.parquet").row(0, named=True)
+        cert = reviewed["certificate"]
+        assert reviewed["status"] in ("ready", "rejected") and cert["cheats"] == []
+        if cert["review"]:  # constrained decoding: one verdict per criterion
+            assert len(cert["review"]) == 6 and cert["review_passed"] == all(v["passed"] for v in cert["review"])
+        else:
+            assert any(f.startswith("review: the review's reply was not usable") for f in cert["findings"])
+        cheated = pl.read_parquet(tmp_path / "cheat" / "environments.parquet").row(0, named=True)
+        (trial,) = cheated["certificate"]["cheats"]
+        assert trial["turns"] >= 1 and trial["stop_reason"] and trial["rewarded"] == (trial["verifier_exit_code"] == 0)
+        assert cheated["status"] == ("rejected" if trial["rewarded"] else "ready")
+    finally:
+        for name in runs:
+            for image in pl.read_parquet(tmp_path / name / "environments.parquet")["image"].drop_nulls():
+                subprocess.run(["docker", "rmi", "-f", image], capture_output=True)
 
 
 @pytest.mark.docker
