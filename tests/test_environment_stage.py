@@ -335,7 +335,7 @@ def test_a_verifier_that_accepts_a_wrong_solution_is_repaired_and_ends_certified
         cert = row["certificate"]
         assert cert["certified"] and cert["repairs"] == 1 and (cert["wrong_total"], cert["wrong_caught"]) == (1, 1)
         # two rounds of checks; the cheat trial (two containers) ran only in the clean second round
-    assert cert["container_runs"] == 2 * (3 + 3 + 1) + 2 and cert["findings"] == []
+        assert cert["container_runs"] == 2 * (3 + 3 + 1) + 2 and cert["findings"] == []
         assert row["verifier"] == TIGHT_VERIFIER and row["steps"] == 3
         # The repair went on from the episode, with the finding and the wrong script quoted.
         repair = model.environment_requests[2]
