@@ -63,6 +63,10 @@ echo '--- links'
 find {' '.join(d + '/' for d in PATH_DIRS)} /etc/alternatives/ -maxdepth 1 -type l -printf '%p\t%l\n' 2>/dev/null
 echo '--- commands'
 find {' '.join(d + '/' for d in PATH_DIRS)} -maxdepth 1 ! -type d -printf '%f\n' 2>/dev/null | sort -u
+echo '--- resolved'
+find {' '.join(d + '/' for d in PATH_DIRS)} -maxdepth 1 ! -type d -printf '%f\n' 2>/dev/null | sort -u | while IFS= read -r n; do
+  printf '%s\t%s\n' "$n" "$(type -P -- "$n")"
+done
 echo '--- files'
 if [ -s {START_LIST} ]; then
   tr '\n' '\0' < {START_LIST} | while IFS= read -r -d '' p; do
@@ -146,6 +150,23 @@ class Baseline:
     links: dict[str, str]
     #: names of the commands on PATH
     commands: set[str]
+    #: each command's path as bash resolves it (``type -P``)
+    resolved: dict[str, str] = field(default_factory=dict)
+
+    def guard_files(self, outputs: list[str]) -> dict[str, str]:
+        """The files a shared verifier's ``test.sh`` checks before it trusts the container
+        (``GUARD_SH``): the md5sums of the package files on PATH, the start files' sha256,
+        where each command resolves, the links on PATH; declared outputs are left out."""
+        def on_path(path: str) -> bool:
+            return posixpath.dirname(path) in PATH_DIRS[:4] and not covered(path, outputs)
+
+        return {
+            "integrity.md5": "".join(f"{d}  {p}\n" for p, (a, d) in sorted(self.hashes.items()) if a == "md5" and on_path(p)),
+            "integrity.sha256": "".join(f"{d}  {p}\n" for p, (a, d) in sorted(self.hashes.items())
+                                        if a == "sha256" and not covered(p, outputs)),
+            "commands.tsv": "".join(f"{n}\t{p}\n" for n, p in sorted(self.resolved.items()) if not covered(p, outputs)),
+            "links.tsv": "".join(f"{p}\t{t}\n" for p, t in sorted(self.links.items()) if on_path(p)),
+        }
 
     def judge(self, change: Change, session: Session, max_bytes: int) -> str | None:
         """Why this change is tampering, or None."""
@@ -198,7 +219,8 @@ def parse_baseline(text: str) -> Baseline:
     sums, _, rest = text.partition("--- record\n")
     records, _, rest = rest.partition("--- links\n")
     links, _, rest = rest.partition("--- commands\n")
-    commands, _, files = rest.partition("--- files\n")
+    commands, _, rest = rest.partition("--- resolved\n")
+    resolved, _, files = rest.partition("--- files\n")
     hashes: dict[str, tuple[str, str]] = {}
     for line in sums.splitlines():
         value, _, relative = line.partition("  ")
@@ -219,8 +241,10 @@ def parse_baseline(text: str) -> Baseline:
         if path.startswith("/"):
             hashes[path] = ("sha256", value)
     pairs = (line.split("\t", 1) for line in links.splitlines() if "\t" in line)
+    found = (line.split("\t", 1) for line in resolved.splitlines() if "\t" in line)
     return Baseline(hashes, {merged: target for path, target in pairs for merged in merged_usr(path)},
-                    {c.strip() for c in commands.splitlines() if c.strip()})
+                    {c.strip() for c in commands.splitlines() if c.strip()},
+                    {name: path for name, path in found if path.startswith("/")})
 
 
 def merged_usr(path: str) -> list[str]:
@@ -253,9 +277,7 @@ class Verifier:
         with self._lock:
             if key in self._baselines:
                 return self._baselines[key]
-        session.write_files({START_LIST: "\n".join(start_files(task))})
-        result = session.exec(BASELINE_SCRIPT, timeout=300, max_output_bytes=64_000_000)
-        baseline = parse_baseline(result.output)
+        baseline = capture(session, task)
         with self._lock:
             self._baselines[key] = baseline
         return baseline
@@ -297,6 +319,32 @@ class Verifier:
         finally:
             fresh.remove()
         return Verdict(SEPARATE, code, output)
+
+
+def capture(session: Session, task: dict) -> Baseline:
+    """The baseline of a pristine container from the task's image."""
+    session.write_files({START_LIST: "\n".join(start_files(task))})
+    result = session.exec(BASELINE_SCRIPT, timeout=300, max_output_bytes=64_000_000)
+    return parse_baseline(result.output)
+
+
+#: the start of an exported shared verifier's ``test.sh``: the guard on the files that
+#: ``Baseline.guard_files`` wrote beside it (they arrive after the agent, like every test);
+#: the container's own tools do the checking, so this guard is best effort
+GUARD_SH = r"""
+guard() {
+  local here="$1" bad=0 name path link target
+  (cd / && md5sum --quiet --strict -c "$here/integrity.md5") || bad=1
+  if [ -s "$here/integrity.sha256" ]; then (cd / && sha256sum --quiet -c "$here/integrity.sha256") || bad=1; fi
+  while IFS=$'\t' read -r name path; do
+    if [ "$(type -P -- "$name")" != "$path" ]; then echo "tampered: $name is $(type -P -- "$name"), was $path"; bad=1; fi
+  done < "$here/commands.tsv"
+  while IFS=$'\t' read -r link target; do
+    if [ "$(readlink -- "$link")" != "$target" ]; then echo "tampered: $link points elsewhere"; bad=1; fi
+  done < "$here/links.tsv"
+  return "$bad"
+}
+"""
 
 
 def image_of(task: dict) -> str:

@@ -18,7 +18,7 @@ from litecoder.sandboxes.names import run_id
 from litecoder.stages.ingest import task_ids
 
 from .stub_openai import StubServer, completion_body
-from .test_environment_stage import leftovers
+from .test_environment_stage import leftovers, review_reply
 from .test_trajectory_stage import check_harbor_task, remove_images, run_pipeline, solving_teacher, terminus
 
 pytestmark = pytest.mark.docker
@@ -84,6 +84,8 @@ class Teacher:
         messages = body["messages"]
         turn = sum(1 for m in messages if m["role"] == "assistant")
         prompt = messages[0]["content"]
+        if prompt.startswith("You review Linux exercises"):  # the trajectory review: every rollout is fair
+            return 200, completion_body([review_reply(body)], chat=True), 0
         if turn == 0:
             with self.lock:
                 self.prompts.append(prompt)

@@ -56,7 +56,8 @@ class TwoTeachers(Pipeline):
 @pytest.mark.parametrize("environment, honest, tamper, guard", [
     pytest.param(count_task, COUNT_SOLUTION, "printf '#!/bin/sh\\necho 3\\n' > /usr/local/bin/cat; chmod +x /usr/local/bin/cat\n",
                  None, marks=pytest.mark.harbor),
-    (user_task, "useradd -m deploy\n", "ln -sf /bin/true /usr/bin/python3\n", "/usr/bin/python3: link replaced"),
+    pytest.param(user_task, "useradd -m deploy\n", "ln -sf /bin/true /usr/bin/python3\n",
+                 "/usr/bin/python3: link replaced", marks=pytest.mark.harbor),
 ], ids=["file-output", "system-state"])
 def test_a_teacher_that_replaces_a_program_the_verifier_calls_is_not_solved(compose_cfg, tmp_path, environment,
                                                                            honest, tamper, guard):
@@ -91,17 +92,21 @@ def test_a_teacher_that_replaces_a_program_the_verifier_calls_is_not_solved(comp
         if guard is None:
             assert toml["verifier"]["environment_mode"] == "separate"
             assert toml["artifacts"] == [{"source": "/root/count.txt"}]
+        else:  # Harbor's shared verifier, behind the exported guard
+            assert "environment_mode" not in toml["verifier"] and "artifacts" not in toml
+            assert "/usr/bin/python3\tpython3.11" in (task_dir / "tests" / "links.tsv").read_text()
+            assert "guard" in (task_dir / "tests" / "test.sh").read_text()
         (index,) = [json.loads(line) for line in (tmp_path / "harbor" / "index.jsonl").read_text().splitlines()]
         assert index["solution_check"] == "passed", index
-        if guard is None:
-            assert run_harbor(tmp_path, task_dir, tamper) == {"honest": 1.0, "nop": 0.0, "tampering": 0.0}
+        # Harbor itself: the honest solution 1.0, nothing 0.0, the tampering 0.0
+        assert run_harbor(tmp_path, task_dir, tamper) == {"honest": 1.0, "nop": 0.0, "tampering": 0.0}
     finally:
         remove_images(tmp_path)
 
 
 def run_harbor(tmp_path, task_dir, tamper):
-    """Harbor itself on the exported separate-verifier task, three times over: its solve.sh
-    (oracle 1.0), a solve.sh that does nothing (0.0), and one that tampers as the teacher did."""
+    """Harbor itself on the exported task, three times over: its solve.sh (oracle 1.0), a
+    solve.sh that does nothing (0.0), and one that tampers as the teacher did."""
     tasks = tmp_path / "harbor-tasks"
     for name, solve in (("honest", None), ("nop", "true\n"), ("tampering", tamper)):
         shutil.copytree(task_dir, tasks / name)

@@ -29,7 +29,7 @@ from .. import __version__, hookimpl
 from ..sandboxes.base import shell_quote
 from ..sandboxes.names import LABEL_RUN, run_id
 from ..sandboxes.tmux import is_key
-from ..verification import SEPARATE, mode_of, normal_outputs, restore
+from ..verification import GUARD_SH, SEPARATE, SHARED, capture, image_of, mode_of, normal_outputs, restore
 from .base import ENVIRONMENTS, ExportTask, TaskResult, export_tasks
 from .rebuild import Pins, dockerfile_lines, pins, public_base
 
@@ -89,6 +89,15 @@ else
   echo 0 > /logs/verifier/reward.txt
 fi
 """
+#: for a task about the system itself, whose verifier runs where the agent worked
+GUARDED_TEST_SH = TEST_SH.replace("mkdir -p /logs/verifier\n", """mkdir -p /logs/verifier
+# The integrity guard: a program, link or start file the agent replaced voids the reward.
+""" + GUARD_SH.strip() + """
+if ! guard "$(dirname "$0")"; then
+  echo 0 > /logs/verifier/reward.txt
+  exit 0
+fi
+""")
 
 
 def top_level(paths: list[str]) -> list[str]:
@@ -231,8 +240,7 @@ class HarborExporter:
         else:
             packages = self._write_environment(run, task, building / "environment")
         (building / "instruction.md").write_text(env["text"].strip() + "\n")
-        (building / "tests" / "test.sh").write_text(TEST_SH)
-        (building / "tests" / "verifier.sh").write_text(env["verifier"])
+        self._write_tests(run, task, building / "tests")
         (building / "solution" / "solve.sh").write_text(solution_script(task))
         for script in ("tests/test.sh", "tests/verifier.sh", "solution/solve.sh"):
             (building / script).chmod(0o755)
@@ -241,6 +249,24 @@ class HarborExporter:
         shutil.rmtree(final, ignore_errors=True)
         building.rename(final)
         return final
+
+    def _write_tests(self, run: Any, task: ExportTask, tests: Path) -> None:
+        """``tests/``: the verifier and ``test.sh``; a synthesized task about the system itself
+        gets the integrity guard and the baseline it checks, read from a pristine container of
+        the task's image (an imported task keeps its own tests)."""
+        env = task.environment
+        (tests / "verifier.sh").write_text(env["verifier"])
+        if env.get("origin") or mode_of(env) != SHARED:
+            (tests / "test.sh").write_text(TEST_SH)
+            return
+        session = run.sandbox().open(f"{task.task_id}-harbor-guard", image=image_of(env))
+        try:
+            baseline = capture(session, env)
+        finally:
+            session.remove()
+        for name, text in baseline.guard_files(normal_outputs(env.get("outputs") or [])).items():
+            (tests / name).write_text(text)
+        (tests / "test.sh").write_text(GUARDED_TEST_SH)
 
     def _write_environment(self, run: Any, task: ExportTask, environment: Path) -> Any:
         """``environment/``: a public Debian image, the packages the task's image had, pinned,
