@@ -134,8 +134,8 @@ class ToolPipeline(Pipeline):
         super().__init__(teacher=None)
 
     def __call__(self, path, body):
-        if "tools" not in body:
-            return super().__call__(path, body)
+        if "tools" not in body or "red-team exercise" in body["messages"][0]["content"]:
+            return super().__call__(path, body)  # a cheat trial's agent has the tools too: it gives up
         self.teacher_requests.append(body)
         turn = sum(1 for m in body["messages"] if m["role"] == "assistant")
         if turn < len(SOLVE_CALLS):
