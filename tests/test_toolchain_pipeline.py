@@ -46,6 +46,7 @@ BUILD = {
     "verifier": "#!/bin/bash\ncd /root/crc || exit 1\nrm -f crc\nmake >/dev/null 2>&1 || exit 1\n"
                 "test \"$(./crc hello)\" = 907060870\n",
     "solve": ["cd /root/crc && sed -i 's/-o crc main.c/-o crc main.c -lz/' Makefile\n", "make && ./crc hello\n"],
+    "outputs": ["/root/crc"],
     "installed": ("debian", "zlib1g-dev="),
     "stage": "all",  # with a teacher: its rollout is the task's solution
 }
@@ -63,6 +64,7 @@ DATA = {
                 "grep -qE '[|] *north *[|] *30(\\.0)? *[|]' /root/summary.md || exit 1\n"
                 "grep -qE '[|] *south *[|] *12(\\.0)? *[|]' /root/summary.md\n",
     "solve": [f"python3 -c \"{REPORT}\"\n", "cat /root/summary.md\n"],
+    "outputs": ["/root/summary.md"],
     "installed": ("python", "tabulate=="),
     "stage": "[sample,judge,environment,export]",  # no teacher: the reference solution is the task's
 }
@@ -87,7 +89,8 @@ class Pipeline:
         if "You prepare Linux containers" in first:
             self.environment_prompts.append(first)
             reply = step(self.case["setup"]) if turn == 0 else step(ready=True, verifier=self.case["verifier"],
-                                                                       solution="".join(self.case["solve"]))
+                                                                       solution="".join(self.case["solve"]),
+                                                                       outputs=self.case["outputs"])
             return 200, completion_body([reply], chat=True), 0
         if "WRONG solutions" in first:
             return 200, completion_body([wrong_reply(DOES_NOTHING)], chat=True), 0
@@ -164,7 +167,7 @@ def test_domain_tasks_are_prepared_with_packages_solved_offline_and_run_by_harbo
             assert metadata["certificate"] == {"certified": True, "nop": True, "oracle": True, "stable": True,
                                                "wrong_solutions_tried": 1, "wrong_solutions_caught": 1,
                                                "review_passed": True, "cheat_trials": 1, "cheats_rewarded": 0,
-                                               "repairs": 0, "container_runs": 4}
+                                               "repairs": 0, "container_runs": 5}
             pinned = config["metadata"][f"{kind}_packages"]
             assert any(p.startswith(prefix) and p != prefix for p in pinned), pinned
             parsed = parse_task_toml(task / "task.toml")  # Harbor's task schema accepts it
