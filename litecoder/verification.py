@@ -244,7 +244,7 @@ def parse_baseline(text: str) -> Baseline:
     found = (line.split("\t", 1) for line in resolved.splitlines() if "\t" in line)
     return Baseline(hashes, {merged: target for path, target in pairs for merged in merged_usr(path)},
                     {c.strip() for c in commands.splitlines() if c.strip()},
-                    {name: path for name, path in found if path.startswith("/")})
+                    {name: path for name, path in found if path.startswith("/") and not path.startswith(NOISE)})
 
 
 def merged_usr(path: str) -> list[str]:
