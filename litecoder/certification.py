@@ -18,7 +18,7 @@ from typing import Any
 import jinja2
 
 from .records import CheckRun, WrongSolution
-from .replies import ReplyError, parse_reply
+from .replies import ask_json
 from .sandboxes.base import clip, run_verifier
 from .verification import Verifier, image_of
 
@@ -160,15 +160,10 @@ async def wrong_solutions(client: Any, config: Any, task: str, verifier: str, so
     messages = [{"role": "system", "content": render.from_string(config.wrong_system).render(count=count)},
                 {"role": "user", "content": render.from_string(config.wrong_instruction).render(
                     task=task.strip(), verifier=verifier, solution=solution, count=count)}]
-    params: dict[str, Any] = {"temperature": float(config.temperature), "max_tokens": int(config.max_tokens)}
-    if structured and config.structured_output == "auto":
-        params["response_format"] = {"type": "json_schema", "json_schema": {"name": "wrong_solutions", "schema": WRONG_SCHEMA}}
-    result = await client.chat(messages, n=1, **params)  # a RequestError fails the item, to be retried
-    usage.update(requests=1, prompt_tokens=result.prompt_tokens or 0, completion_tokens=result.completion_tokens or 0)
-    try:
-        reply = parse_reply(result.choices[0].text if result.choices else "", WRONG_SCHEMA, max_chars=100_000)
-    except ReplyError as exc:
-        return [], usage, f"the reply was not usable: {exc}"
+    reply, usage, error = await ask_json(client, messages, WRONG_SCHEMA, name="wrong_solutions", config=config,
+                                         structured=structured)
+    if reply is None:
+        return [], usage, f"the reply was not usable: {error}"
     wrong = [WrongSolution(w["mistake"].strip(), w["script"]) for w in reply["wrong_solutions"]
              if w["script"].strip() and w["script"].strip() != solution.strip()]
     return wrong[:count], usage, None

@@ -57,3 +57,20 @@ def parse_reply(text: str, schema: dict, *, max_chars: int) -> dict:
         where = "/".join(str(p) for p in exc.absolute_path) or "the reply"
         raise ReplyError(f"reply does not fit the schema at {where}: {exc.message}") from exc
     return value
+
+
+async def ask_json(client: Any, messages: list[dict], schema: dict, *, name: str, config: Any,
+                   structured: bool) -> tuple[dict | None, dict, str | None]:
+    """One request whose reply is a JSON object: (the object, the request's usage, why there
+    is none when the reply was unusable). ``config`` gives ``temperature``, ``max_tokens`` and
+    ``structured_output`` (``auto``: constrained decoding where the backend has it). A failed
+    request raises ``RequestError``: the item fails, to be retried."""
+    params: dict[str, Any] = {"temperature": float(config.temperature), "max_tokens": int(config.max_tokens)}
+    if structured and config.structured_output == "auto":
+        params["response_format"] = {"type": "json_schema", "json_schema": {"name": name, "schema": schema}}
+    result = await client.chat(messages, n=1, **params)
+    usage = {"requests": 1, "prompt_tokens": result.prompt_tokens or 0, "completion_tokens": result.completion_tokens or 0}
+    try:
+        return parse_reply(result.choices[0].text if result.choices else "", schema, max_chars=100_000), usage, None
+    except ReplyError as exc:
+        return None, usage, str(exc)

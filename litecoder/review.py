@@ -21,7 +21,7 @@ import jinja2
 from omegaconf import MISSING
 
 from .records import ReviewVerdict
-from .replies import ReplyError, parse_reply
+from .replies import ask_json
 
 
 @dataclass
@@ -71,15 +71,9 @@ async def review(client: Any, config: Any, criteria: list[Any], instruction: str
     schema = reply_schema(criteria)
     messages = [{"role": "system", "content": render.from_string(config.system).render(criteria=criteria)},
                 {"role": "user", "content": render.from_string(config[instruction]).render(**context)}]
-    params: dict[str, Any] = {"temperature": float(config.temperature), "max_tokens": int(config.max_tokens)}
-    if structured and config.structured_output == "auto":
-        params["response_format"] = {"type": "json_schema", "json_schema": {"name": "review", "schema": schema}}
-    result = await client.chat(messages, n=1, **params)  # a RequestError fails the item, to be retried
-    usage.update(requests=1, prompt_tokens=result.prompt_tokens or 0, completion_tokens=result.completion_tokens or 0)
-    try:
-        reply = parse_reply(result.choices[0].text if result.choices else "", schema, max_chars=100_000)
-    except ReplyError as exc:
-        return [], usage, f"the review's reply was not usable: {exc}"
+    reply, usage, error = await ask_json(client, messages, schema, name="review", config=config, structured=structured)
+    if reply is None:
+        return [], usage, f"the review's reply was not usable: {error}"
     return [ReviewVerdict(str(c.name), bool(reply[c.name]["passed"]), reply[c.name]["reason"].strip())
             for c in criteria], usage, None
 
