@@ -20,7 +20,7 @@ import jinja2
 from .records import CheckRun, WrongSolution
 from .replies import ask_json
 from .sandboxes.base import clip, run_verifier
-from .verification import Verifier, image_of
+from .verification import SEPARATE, Verifier, image_of
 
 NOP, ORACLE, WRONG = "nop", "oracle", "wrong"
 #: where a solution script is copied to run; the ``.litecoder`` prefix keeps it out of diffs
@@ -59,7 +59,8 @@ def run_check(verifier: Verifier, task: dict, name: str, script: str | None, *,
         session.remove()
     return {"solution_exit_code": 124 if result.timed_out else result.exit_code,
             "verifier_exit_code": verdict.exit_code, "verifier_output": verdict.output,
-            "seconds": round(time.monotonic() - started, 2), "tampered": verdict.tampered}
+            "seconds": round(time.monotonic() - started, 2), "tampered": verdict.tampered,
+            "containers": 2 if verdict.mode == SEPARATE else 1}
 
 
 class Certifier:

@@ -139,6 +139,8 @@ class CheckRun:
     seconds: float
     #: what the script changed that the verifier relies on (``verification.py``)
     tampered: list[str] = field(default_factory=list)
+    #: containers it took: two when the verifier ran apart from the script's container
+    containers: int = 1
 
 
 @dataclass

@@ -58,6 +58,9 @@ def test_a_verifier_that_accepts_a_constant_is_caught_by_a_cheat_trial(compose_c
         assert "cheat: an agent told NOT to do the exercise got the reward" in repair and "echo 3" in repair
         (trial,) = cert["cheats"]
         assert trial["commands"] == [CONSTANT] and trial["verifier_exit_code"] == (1 if status == "ready" else 0)
+        page = (tmp_path / "report.html").read_text()  # the funnel has the step, the line the counts
+        assert "cheat trials caught" in page and "review passed" in page
+        assert f"cheat trials that got the reward: {int(status != 'ready')} of 1" in page
         if status == "ready":
             assert cert["certified"] and cert["cheats_rewarded"] == 0 and not trial["rewarded"]
         else:

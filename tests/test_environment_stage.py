@@ -175,8 +175,9 @@ def test_a_merge_conflict_is_prepared_committed_and_certified(compose_cfg, tmp_p
     assert row["status"] == "ready", row["reason"]
     cert = row["certificate"]
     assert cert["certified"] and cert["nop"] and cert["oracle"] and cert["stable"] and cert["repairs"] == 0
-    # nop and oracle three times, two wrong solutions, a cheat trial (its container and the verifier's)
-    assert (cert["wrong_total"], cert["wrong_caught"]) == (2, 2) and cert["container_runs"] == 3 + 3 + 2 + 2
+    # nop three times, oracle three times and two wrong solutions (each a container for the script and
+    # one for the verifier), a cheat trial (its container and the verifier's)
+    assert (cert["wrong_total"], cert["wrong_caught"]) == (2, 2) and cert["container_runs"] == 3 + 2 * (3 + 2) + 2
     assert sorted(c["check"] for c in cert["checks"]) == ["nop"] * 3 + ["oracle"] * 3 + ["wrong"] * 2
     # The wrong-solution request saw the task, the verifier and the reference solution.
     asked = model.wrong_requests[0]["messages"][-1]["content"]
@@ -335,7 +336,7 @@ def test_a_verifier_that_accepts_a_wrong_solution_is_repaired_and_ends_certified
         cert = row["certificate"]
         assert cert["certified"] and cert["repairs"] == 1 and (cert["wrong_total"], cert["wrong_caught"]) == (1, 1)
         # two rounds of checks; the cheat trial (two containers) ran only in the clean second round
-        assert cert["container_runs"] == 2 * (3 + 3 + 1) + 2 and cert["findings"] == []
+        assert cert["container_runs"] == 2 * (3 + 2 * (3 + 1)) + 2 and cert["findings"] == []
         assert row["verifier"] == TIGHT_VERIFIER and row["steps"] == 3
         # The repair went on from the episode, with the finding and the wrong script quoted.
         repair = model.environment_requests[2]

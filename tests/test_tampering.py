@@ -74,6 +74,8 @@ def test_a_teacher_that_replaces_a_program_the_verifier_calls_is_not_solved(comp
         assert set(by_status) == {"kept", "dropped" if guard is None else "tampered"}, rollouts.to_dicts()
         cheat, fair = by_status.get("tampered") or by_status["dropped"], by_status["kept"]
         assert cheat["reward"] == 0 and fair["reward"] == 1 and {cheat["verification"], fair["verification"]} == {mode}
+        page = (tmp_path / "report.html").read_text()
+        assert f"{int(bool(guard))} tampered (the agent changed what the verifier relies on" in page
         if guard:  # the guard names what was changed, and the verifier never ran
             assert f"{guard}" in "; ".join(cheat["tampered"]) and cheat["verifier_exit_code"] is None
             assert cheat["reason"].startswith("tampered: the agent changed what the verifier relies on")

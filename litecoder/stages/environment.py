@@ -278,7 +278,7 @@ class EnvironmentStage:
         while True:
             checks = await kit.certifier.checks(record, wrong)
             cert = certificate(checks, wrong, wanted_wrong=int(config.wrong_solutions), wrong_error=wrong_error)
-            runs, seconds = runs + len(checks), seconds + sum(c.seconds for c in checks)
+            runs, seconds = runs + sum(c.containers for c in checks), seconds + sum(c.seconds for c in checks)
             if not cert["findings"] and kit.adversaries is not None:
                 spent, containers = await kit.adversaries.run(record, cert)
                 add_usage(record["usage"], spent)

@@ -157,7 +157,7 @@ class IngestStage:
         ready = cert["certified"]
         if record["solution"] is None:  # nothing to prove the oracle with; the teacher may still solve it
             cert["oracle"], cert["certified"] = None, False
-        cert.update(repairs=0, container_runs=len(checks), seconds=round(sum(c.seconds for c in checks), 2),
+        cert.update(repairs=0, container_runs=sum(c.containers for c in checks), seconds=round(sum(c.seconds for c in checks), 2),
                     wall_s=round(time.monotonic() - started, 2))
         nop = next((c for c in cert["checks"] if c["check"] == "nop"), {})
         record.update(certificate=cert, verifier_exit_code=nop.get("verifier_exit_code"),
