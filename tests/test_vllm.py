@@ -228,14 +228,14 @@ def test_the_real_model_reviews_a_task_and_plays_a_cheat_trial(compose_cfg, tmp_
 
     real = ["backend@certify.backend=vllm", f"certify.backend.url={vllm_url}", "certify.repeats=1",
             "certify.max_repairs=0", "certify.wrong_solutions=0", "review.max_tokens=400", "certify.cheat_max_turns=2",
-            "agent.max_tokens=200", "agent.max_command_duration=3"]
+            "agent.max_tokens=200", "agent.min_reply_tokens=64", "agent.max_command_duration=3"]
     runs = {"review": ["certify.cheat_trials=0"], "cheat": ["certify.review=false"]}
     try:
         with StubServer(Pipeline(solving_teacher)) as stub:
             for name, own in runs.items():
                 execute(compose_cfg("stage=[sample,judge,environment]", f"backend.url={stub.url}", "sample.num_tasks=1",
                                     "sample.n=1", *real, *own), tmp_path / name)
-            assert not any("red-team" in str(body) or "You review" in str(body) for _, body, _ in stub.requests)
+            assert not any("red-team" in str(body) or "You review Linux" in str(body) for _, body, _ in stub.requests)
         reviewed = pl.read_parquet(tmp_path / "review" / "environments.parquet").row(0, named=True)
         cert = reviewed["certificate"]
         assert reviewed["status"] in ("ready", "rejected") and cert["cheats"] == []
