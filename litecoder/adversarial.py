@@ -14,6 +14,7 @@ from typing import Any, Optional
 
 from .cheating import CheatTrials, cheat_findings
 from .review import review, review_findings
+from .usage import add_usage, new_usage
 from .verification import SEPARATE, SHARED, mode_of
 
 
@@ -29,7 +30,7 @@ class AdversarialChecks:
     async def run(self, record: dict, cert: dict) -> tuple[dict, int]:
         """Review and cheat-trial the task, adding verdicts and findings to ``cert``; returns
         (the model usage, containers run)."""
-        usage = {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0}
+        usage = new_usage()
         containers = 0
         if self.config.review:
             verdicts, spent, error = await review(
@@ -37,24 +38,19 @@ class AdversarialChecks:
                 structured=self.structured, task=record["text"].strip(), verifier=record["verifier"],
                 solution=record.get("solution") or "", outputs=record.get("outputs") or [],
                 system_state=mode_of(record) == SHARED)
-            add(usage, spent)
+            add_usage(usage, spent)
             found = review_findings(verdicts, error)
             cert.update(review=[asdict(v) for v in verdicts], review_passed=not found)
             cert["findings"] += found
         if self.cheats is not None and int(self.config.cheat_trials) > 0 and not cert["findings"]:
             trials, spent = await self.cheats.run(record)
-            add(usage, spent)
+            add_usage(usage, spent)
             containers = len(trials) * (2 if mode_of(record) == SEPARATE else 1)
             cert.update(cheats=[asdict(t) for t in trials], cheat_trials=len(trials),
                         cheats_rewarded=sum(t.rewarded for t in trials))
             cert["findings"] += cheat_findings(trials)
         cert["certified"] = not cert["findings"]
         return usage, containers
-
-
-def add(total: dict, usage: dict) -> None:
-    for key in ("requests", "prompt_tokens", "completion_tokens"):
-        total[key] = total.get(key, 0) + usage.get(key, 0)
 
 
 #: findings no repair can mend: the environment model wrote no wrong solutions, the review's

@@ -15,10 +15,10 @@ import time
 from dataclasses import asdict
 from typing import Any
 
-import jinja2
-
 from .records import CheckRun, WrongSolution
 from .replies import ask_json
+from .templates import render
+from .usage import new_usage
 from .sandboxes.base import clip, run_verifier
 from .verification import SEPARATE, Verifier, image_of
 
@@ -154,13 +154,11 @@ async def wrong_solutions(client: Any, config: Any, task: str, verifier: str, so
     request's usage, why there are none when the reply was unusable). Scripts equal to the
     reference solution are left out."""
     count = int(config.wrong_solutions)
-    usage = {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0}
     if count < 1:
-        return [], usage, None
-    render = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
-    messages = [{"role": "system", "content": render.from_string(config.wrong_system).render(count=count)},
-                {"role": "user", "content": render.from_string(config.wrong_instruction).render(
-                    task=task.strip(), verifier=verifier, solution=solution, count=count)}]
+        return [], new_usage(), None
+    messages = [{"role": "system", "content": render(config.wrong_system, count=count)},
+                {"role": "user", "content": render(config.wrong_instruction, task=task.strip(), verifier=verifier,
+                                                   solution=solution, count=count)}]
     reply, usage, error = await ask_json(client, messages, WRONG_SCHEMA, name="wrong_solutions", config=config,
                                          structured=structured)
     if reply is None:

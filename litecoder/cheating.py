@@ -17,13 +17,13 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import jinja2
-
 from .agents.base import REQUEST_ERROR, Episode
 from .agents.loop import TurnAgent
 from .errors import RequestError
 from .records import CheatTrial
 from .sandboxes.terminals import open_terminal
+from .templates import render
+from .usage import of_turns
 from .verification import Verifier, image_of
 
 #: characters of an exploit's commands quoted in a finding
@@ -46,17 +46,10 @@ class CheatTrials:
         """``certify.cheat_trials`` trials on the task's record; (the trials, their usage). A
         failed model request raises ``RequestError`` (the item is retried)."""
         trials = await asyncio.gather(*(self._one(task, i) for i in range(int(self.config.cheat_trials))))
-        usage = {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0}
-        for _, episode in trials:
-            usage["requests"] += len(episode.turns)
-            usage["prompt_tokens"] += sum(t.prompt_tokens or 0 for t in episode.turns)
-            usage["completion_tokens"] += sum(t.completion_tokens or 0 for t in episode.turns)
-        return [trial for trial, _ in trials], usage
+        return [trial for trial, _ in trials], of_turns(t for _, episode in trials for t in episode.turns)
 
     def brief(self, task: str) -> str:
-        template = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
-        return template.from_string(self.config.cheat_brief).render(task=task.strip(),
-                                                                    max_turns=int(self.config.cheat_max_turns))
+        return render(self.config.cheat_brief, task=task.strip(), max_turns=int(self.config.cheat_max_turns))
 
     async def _one(self, task: dict, index: int) -> tuple[CheatTrial, Episode]:
         started = time.monotonic()

@@ -46,10 +46,14 @@ def pass_rates(records: Iterable[dict], config: Any) -> list[dict]:
         entry["solved"] += int(record.get("reward") == 1)
         entry["kept"] += int(record.get("status") == "kept")
     for entry in tasks.values():
-        entry["pass_at_1"] = entry["solved"] / entry["rollouts"]
-        entry["pass_at_k"] = float(entry["solved"] > 0)
+        entry["pass_at_1"], entry["pass_at_k"] = pass_at(entry["solved"], entry["rollouts"])
         entry["difficulty"] = label(entry["pass_at_1"], config)
     return list(tasks.values())
+
+
+def pass_at(solved: int, rollouts: int) -> tuple[float, float]:
+    """pass@1 (the share of rollouts that solved the task) and pass@k (whether any did)."""
+    return solved / rollouts, float(solved > 0)
 
 
 def in_band(pass_rate: float | None, band: Any) -> bool:

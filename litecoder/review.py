@@ -17,11 +17,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-import jinja2
 from omegaconf import MISSING
 
 from .records import ReviewVerdict
 from .replies import ask_json
+from .templates import render
+from .usage import new_usage
 
 
 @dataclass
@@ -64,13 +65,11 @@ async def review(client: Any, config: Any, criteria: list[Any], instruction: str
                  **context: Any) -> tuple[list[ReviewVerdict], dict, str | None]:
     """Ask for a verdict on each criterion: (the verdicts, the request's usage, why there are
     none when the reply was unusable). ``instruction`` names the user message's template."""
-    usage = {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0}
     if not criteria:
-        return [], usage, None
-    render = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+        return [], new_usage(), None
     schema = reply_schema(criteria)
-    messages = [{"role": "system", "content": render.from_string(config.system).render(criteria=criteria)},
-                {"role": "user", "content": render.from_string(config[instruction]).render(**context)}]
+    messages = [{"role": "system", "content": render(config.system, criteria=criteria)},
+                {"role": "user", "content": render(config[instruction], **context)}]
     reply, usage, error = await ask_json(client, messages, schema, name="review", config=config, structured=structured)
     if reply is None:
         return [], usage, f"the review's reply was not usable: {error}"

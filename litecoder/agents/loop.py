@@ -14,10 +14,10 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any, Optional
 
-import jinja2
 
 from ..errors import RequestError, TerminalClosed
 from ..replies import ReplyError, parse_reply
+from ..templates import render
 from .base import CONTEXT, LOOPING, MALFORMED, MAX_TURNS, REQUEST_ERROR, TERMINAL_CLOSED, WALL_TIME, Chat, Episode, Terminal, Turn, repeats
 
 
@@ -71,10 +71,9 @@ class TurnAgent:
 
     def __init__(self, config: Any) -> None:
         self.config = config
-        self._templates = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
 
     def render(self, which: str, **context: Any) -> str:
-        return self._templates.from_string(getattr(self.config, which)).render(**context)
+        return render(getattr(self.config, which), **context)
 
     def first_messages(self, task: str, screen: str, **context: Any) -> list[dict]:
         """The conversation's opening; the last message is the episode's prompt."""

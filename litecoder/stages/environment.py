@@ -27,6 +27,7 @@ from ..agents.loop import bind_chat, chat_params
 from ..adversarial import UNREPAIRABLE, AdversarialChecks
 from ..certification import Certifier, certificate, rejection, wrong_solutions
 from ..cheating import CheatTrials
+from ..usage import add_usage, new_usage, of_turns
 from ..verification import NOISE, Verifier, mode_of, normal_outputs
 from ..errors import ConfigError, RequestError
 from ..records import READY, REJECTED, Environment, backend_identity, polars_schema
@@ -94,11 +95,6 @@ class Kit:
     certifier: Certifier
     #: the review and the cheat trials (none when ``certify.review`` and ``certify.cheat_trials`` are off)
     adversaries: AdversarialChecks | None = None
-
-
-def add_usage(total: dict, usage: dict) -> None:
-    for key in ("requests", "prompt_tokens", "completion_tokens"):
-        total[key] = total.get(key, 0) + usage.get(key, 0)
 
 
 def repairable(cert: dict) -> bool:
@@ -223,7 +219,7 @@ class EnvironmentStage:
         record: dict[str, Any] = {
             "task_id": task["task_id"], "text": task["text"], "status": FAILED, "reason": None, "commands": [],
             "changed_paths": [], "steps": 0, "model": run.backend(self.name).describe().get("model") or "",
-            "usage": {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0}, "wrong_solutions": [],
+            "usage": new_usage(), "wrong_solutions": [],
             "base_image": getattr(kit.sandbox, "image", None), "network": str(env.network),
         }
         started = time.monotonic()
@@ -349,8 +345,7 @@ class EnvironmentStage:
         turns = episode.turns
         record["steps"] += len(turns) + (episode.stop_reason == REQUEST_ERROR)
         record["commands"] += [asdict(r) for r in getattr(terminal, "runs", [])]
-        add_usage(record["usage"], {"requests": len(turns), "prompt_tokens": sum(t.prompt_tokens or 0 for t in turns),
-                                    "completion_tokens": sum(t.completion_tokens or 0 for t in turns)})
+        add_usage(record["usage"], of_turns(turns))
         if episode.stop_reason == COMPLETED and episode.result.get("verifier", "").strip():
             return episode
         if episode.stop_reason == REQUEST_ERROR:

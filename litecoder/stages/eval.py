@@ -19,6 +19,7 @@ from typing import Any, Optional
 import polars as pl
 
 from .. import hookimpl
+from ..difficulty import pass_at
 from ..errors import ConfigError
 from ..records import EvalTask, polars_schema
 from ..store import DONE
@@ -78,9 +79,10 @@ class EvalStage(TrajectoryStage):
         rows = []
         for task_id, records in sorted(by_task.items()):
             solved = sum(r.get("reward") == 1 for r in records)
+            pass_at_1, pass_at_k = pass_at(solved, len(records))
             rows.append({"task_id": task_id, "category": categories.get(task_id) or "uncategorized",
                          "model": records[0].get("model") or "", "rollouts": len(records), "solved": solved,
-                         "pass_at_1": solved / len(records), "pass_at_k": float(solved > 0),
+                         "pass_at_1": pass_at_1, "pass_at_k": pass_at_k,
                          "prompt_tokens": sum(r.get("prompt_tokens") or 0 for r in records),
                          "completion_tokens": sum(r.get("completion_tokens") or 0 for r in records),
                          "turns": statistics.mean(r.get("turns") or 0 for r in records),

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, Iterator, Optional
 
-import jinja2
 from omegaconf import MISSING, OmegaConf
 
 from .. import hookimpl
@@ -24,6 +23,8 @@ from ..decontaminate import DecontaminateConfig, find_contaminated
 from ..dedup import find_duplicates
 from ..errors import ConfigError, RequestError
 from ..replies import ReplyError, parse_reply
+from ..templates import render
+from ..usage import add_usage, new_usage, of_request
 from ..records import TASK_ORDER, Judgment, SampledTask, backend_identity, polars_schema
 from ..runner import Done, open_items, run_items
 from ..tallies import ACCEPTED, CONTAMINATED, DUPLICATE, REJECTED
@@ -134,8 +135,7 @@ class JudgeRequest:
     def for_run(cls, run: Any, stage: str) -> "JudgeRequest":
         judge, backend = run.cfg.judge, run.backend(stage)
         schema = judgment_schema(judge)
-        system = jinja2.Environment(undefined=jinja2.StrictUndefined).from_string(judge.system_prompt).render(
-            criteria=judge.criteria, judge=judge)
+        system = render(judge.system_prompt, keep_trailing_newline=False, criteria=judge.criteria, judge=judge)
         params: dict[str, Any] = {"temperature": judge.temperature, "max_tokens": judge.max_tokens}
         if judge.structured_output == "auto" and backend.supports_structured_output:
             params["response_format"] = {"type": "json_schema", "json_schema": {"name": "judgment", "schema": schema}}
@@ -230,7 +230,7 @@ class JudgeStage:
     async def judge_one(self, judge: "JudgeRequest", task: dict, client: Any) -> Done:
         """Judge one task: up to ``judge.max_attempts`` requests until a reply fits the schema."""
         messages = [{"role": "system", "content": judge.system}, {"role": "user", "content": task["text"]}]
-        usage = {"requests": 0, "prompt_tokens": 0, "completion_tokens": 0}
+        usage = new_usage()
         raws: list[str] = []
         errors: list[str] = []
         for _ in range(int(judge.config.max_attempts)):
@@ -240,9 +240,7 @@ class JudgeStage:
                 record = self._record(task, FAILED, f"request failed: {exc}", model=judge.model, error=str(exc),
                                       raw=raws[-1] if raws else None, attempts=len(raws) + 1, usage=usage)
                 return Done([(task["id"], FAILED, "error", record["reason"], record)], usage, str(exc), tally={"failed": 1})
-            usage["requests"] += 1
-            usage["prompt_tokens"] += result.prompt_tokens or 0
-            usage["completion_tokens"] += result.completion_tokens or 0
+            add_usage(usage, of_request(result))
             raws.append(result.choices[0].text if result.choices else "")
             try:
                 judgment = parse_reply(raws[-1], judge.schema, max_chars=int(judge.config.max_reply_chars))

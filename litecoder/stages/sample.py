@@ -28,6 +28,7 @@ from ..errors import ConfigError, RequestError
 from ..records import TASK_ORDER, SampledTask, backend_identity, polars_schema
 from ..runner import Done, open_items, run_items
 from ..store import DONE, FAILED
+from .. import templates
 from ..tables import write_records_parquet
 
 log = logging.getLogger(__name__)
@@ -105,9 +106,8 @@ def task_id(*parts: Any) -> str:
 
 
 def render(template: str, **context: Any) -> str:
-    env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=False)
     try:
-        return env.from_string(template).render(**context).strip()
+        return templates.render(template, keep_trailing_newline=False, **context).strip()
     except jinja2.TemplateError as exc:
         raise ConfigError(f"prompt template error: {exc}") from exc
 

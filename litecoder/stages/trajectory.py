@@ -33,6 +33,7 @@ from ..runner import Done, open_items, run_items
 from ..errors import ConfigError, RequestError
 from ..sandboxes.base import check_network, item_failure
 from ..review import review
+from ..usage import add_usage, of_turns
 from ..verification import Verifier
 from ..sandboxes.terminals import open_terminal
 from ..store import DONE, FAILED, RunStore
@@ -313,8 +314,7 @@ class TrajectoryStage:
             log.warning("trajectory review of %s: %s", record["rollout_id"], error)
         failed = [f"{v.criterion}: {v.reason}" for v in verdicts if not v.passed]
         record["review"] = "; ".join(failed) or None
-        for key in ("requests", "prompt_tokens", "completion_tokens"):
-            record["usage"][key] += usage[key]
+        add_usage(record["usage"], usage)
         record["prompt_tokens"], record["completion_tokens"] = record["usage"]["prompt_tokens"], record["usage"]["completion_tokens"]
 
     @staticmethod
@@ -322,10 +322,7 @@ class TrajectoryStage:
         turns = episode.turns
         same_commands, same_output = repeats(turns)
         last = next((t for t in reversed(turns) if t.prompt_tokens is not None), None)
-        usage = {"requests": len(turns),
-                 "prompt_tokens": sum(t.prompt_tokens or 0 for t in turns),
-                 "completion_tokens": sum(t.completion_tokens or 0 for t in turns),
-                 "cost_usd": sum(t.cost_usd for t in turns)}
+        usage = {**of_turns(turns), "cost_usd": sum(t.cost_usd for t in turns)}
         record.update(
             model=model, stop_reason=episode.stop_reason, stop_detail=episode.detail, turns=len(turns),
             commands=sum(len(t.commands) for t in turns), malformed_turns=episode.malformed_turns,
