@@ -42,7 +42,7 @@ LLM_STAGES = ("sample", "judge", "environment", "trajectory")
 RECORD_FIELDS = {
     "environment": ("model", "usage", "base_image", "network"),
     "trajectory": ("task_id", "rollout", "rollout_id", "model", "reward", "status", "turns", "stop_reason", "reason",
-                   "usage", "trajectory", "verifier_exit_code"),
+                   "usage", "trajectory", "verifier_exit_code", "tampered", "review"),
 }
 #: sampled tasks by subtopic and judge outcome (a task's judge item is keyed by its id)
 TASK_OUTCOMES_SQL = f"""

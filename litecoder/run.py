@@ -35,7 +35,8 @@ class Run:
         self.name = self.dir.name
         self.plugins = plugins or get_plugins()
         self.store = RunStore(self.dir / STORE_FILE)
-        unpriced = apply_prices(cfg, PIPELINE)
+        # every stage's own model, and certification's (cheat trials, review)
+        unpriced = apply_prices(cfg, (*self.plugins.registry("stage").names(), "certify"))
         if unpriced:
             log.info("no price for %s: its cost counts as 0 (set prices.<model> to count it)", ", ".join(unpriced))
         self.budget = Budget(cfg.budget, self.store.totals())
@@ -245,9 +246,9 @@ def _finish(run: Run, names: list[str], status: str, summaries: dict, error: str
         if name not in stages and run.store.stage_started(name):
             stages[name] = {**run.store.counts(name), "unfinished": True}
     write_summary(run.dir, status, stages, spend(run.store, PIPELINE), error=error)
-    if not set(names) & set(PIPELINE):
-        return  # e.g. stage=image: no items, nothing to count or draw
-    if status != "finished" and not any(run.store.counts(name) for name in PIPELINE):
+    if not set(names) & set(PIPELINE) and not any(run.store.stage_started(name) for name in names):
+        return  # e.g. stage=image: no items, nothing to count or draw (ingest, eval and plugin stages have)
+    if status != "finished" and not any(run.store.counts(name) for name in run.store.stage_names()):
         return  # nothing was done: the error is all there is to say
     try:
         report_counts(run, names)

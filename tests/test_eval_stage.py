@@ -91,8 +91,9 @@ def test_eval_reports_per_category_and_resumes_without_repeating(compose_cfg, ta
     with StubServer(Models()) as server:
         cfg = compose_cfg("stage=eval", f"backend.url={server.url}", "backend.model=skilled", "eval.rollouts=1")
         execute(cfg, task_set)
+        assert "table-eval" in (task_set / "report.html").read_text()  # a run of stage=eval alone ends with its report
         first = len(server.handler.models)
-        summaries = execute(compose_cfg("stage=[eval,report]", f"backend.url={server.url}", "backend.model=skilled",
+        summaries = execute(compose_cfg("stage=eval", f"backend.url={server.url}", "backend.model=skilled",
                                         "eval.rollouts=2"), task_set)
         assert summaries["eval"]["pass@2"] == 1.0
         assert len(server.handler.models) - first == 4  # only the new rollout ran (4 turns)
