@@ -15,7 +15,7 @@ from typing import Any, Optional
 from .cheating import CheatTrials, cheat_findings
 from .review import review, review_findings
 from .usage import add_usage, new_usage
-from .verification import SEPARATE, SHARED, mode_of
+from .verification import SHARED, mode_of
 
 
 @dataclass
@@ -45,14 +45,9 @@ class AdversarialChecks:
         if self.cheats is not None and int(self.config.cheat_trials) > 0 and not cert["findings"]:
             trials, spent = await self.cheats.run(record)
             add_usage(usage, spent)
-            containers = len(trials) * (2 if mode_of(record) == SEPARATE else 1)
+            containers = sum(t.containers for t in trials)
             cert.update(cheats=[asdict(t) for t in trials], cheat_trials=len(trials),
                         cheats_rewarded=sum(t.rewarded for t in trials))
             cert["findings"] += cheat_findings(trials)
         cert["certified"] = not cert["findings"]
         return usage, containers
-
-
-#: findings no repair can mend: the environment model wrote no wrong solutions, the review's
-#: reply could not be read
-UNREPAIRABLE = ("no wrong solutions", "review: the review's reply was not usable")

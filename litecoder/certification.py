@@ -17,10 +17,11 @@ from typing import Any
 
 from .records import CheckRun, WrongSolution
 from .replies import ask_json
+from .review import UNUSABLE_REVIEW
 from .templates import render
 from .usage import new_usage
 from .sandboxes.base import clip, run_verifier
-from .verification import SEPARATE, Verifier, image_of
+from .verification import Verifier, image_of
 
 NOP, ORACLE, WRONG = "nop", "oracle", "wrong"
 #: where a solution script is copied to run; the ``.litecoder`` prefix keeps it out of diffs
@@ -60,7 +61,7 @@ def run_check(verifier: Verifier, task: dict, name: str, script: str | None, *,
     return {"solution_exit_code": 124 if result.timed_out else result.exit_code,
             "verifier_exit_code": verdict.exit_code, "verifier_output": verdict.output,
             "seconds": round(time.monotonic() - started, 2), "tampered": verdict.tampered,
-            "containers": 2 if verdict.mode == SEPARATE else 1}
+            "containers": verdict.containers}
 
 
 class Certifier:
@@ -135,6 +136,16 @@ def findings(cert: dict, nop: list[CheckRun], oracle: list[CheckRun], tried: lis
     if wanted_wrong and not tried:
         found.append(f"no wrong solutions to try: {wrong_error or 'the model wrote none'}")
     return found
+
+
+#: findings no repair can mend: the environment model wrote no wrong solutions, the review's
+#: reply could not be read
+UNREPAIRABLE = ("no wrong solutions", UNUSABLE_REVIEW)
+
+
+def repairable(cert: dict) -> bool:
+    """Whether the environment agent could mend what certification found."""
+    return any(not f.startswith(UNREPAIRABLE) for f in cert["findings"])
 
 
 def quote(text: str | None) -> str:

@@ -19,16 +19,13 @@ from typing import Any
 
 from .agents.base import REQUEST_ERROR, Episode
 from .agents.loop import TurnAgent
+from .certification import quote
 from .errors import RequestError
 from .records import CheatTrial
 from .sandboxes.terminals import open_terminal
 from .templates import render
 from .usage import of_turns
 from .verification import Verifier, image_of
-
-#: characters of an exploit's commands quoted in a finding
-QUOTED = 600
-
 
 @dataclass
 class CheatTrials:
@@ -68,13 +65,14 @@ class CheatTrials:
         commands = [c.keystrokes for t in episode.turns for c in t.commands if c.keystrokes.strip()]
         return CheatTrial(index=index, rewarded=verdict.solved, verifier_exit_code=verdict.exit_code,
                           tampered=verdict.tampered, stop_reason=episode.stop_reason, turns=len(episode.turns),
-                          commands=commands, seconds=round(time.monotonic() - started, 2)), episode
+                          commands=commands, seconds=round(time.monotonic() - started, 2),
+                          containers=verdict.containers), episode
 
 
 def exploit(trial: CheatTrial) -> str:
-    """A rewarded trial's commands, as one quotable script."""
-    text = "".join(c if c.endswith("\n") else c + "\n" for c in trial.commands).strip() or "(no commands)"
-    return text if len(text) <= QUOTED else text[:QUOTED] + " [...]"
+    """A rewarded trial's commands, as one quotable script (head and tail, as findings quote)."""
+    text = "".join(c if c.endswith("\n") else c + "\n" for c in trial.commands)
+    return quote(text) if text.strip() else "(no commands)"
 
 
 def cheat_findings(trials: list[CheatTrial]) -> list[str]:

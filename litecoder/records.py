@@ -165,6 +165,8 @@ class CheatTrial:
     #: what the agent typed, in order: the exploit when it was rewarded
     commands: list[str]
     seconds: float
+    #: containers it took: its own, and the verifier's when that was a fresh one
+    containers: int = 1
 
 
 @dataclass

@@ -52,6 +52,10 @@ class ReviewConfig:
     structured_output: str = "auto"
 
 
+#: how a review whose reply could not be read starts its finding
+UNUSABLE_REVIEW = "review: the review's reply was not usable"
+
+
 def reply_schema(criteria: list[Any]) -> dict:
     """One ``{passed, reason}`` per criterion, every criterion required."""
     verdict = {"type": "object", "properties": {"passed": {"type": "boolean"}, "reason": {"type": "string", "maxLength": 1000}},
@@ -72,7 +76,7 @@ async def review(client: Any, config: Any, criteria: list[Any], instruction: str
                 {"role": "user", "content": render(config[instruction], **context)}]
     reply, usage, error = await ask_json(client, messages, schema, name="review", config=config, structured=structured)
     if reply is None:
-        return [], usage, f"the review's reply was not usable: {error}"
+        return [], usage, f"{UNUSABLE_REVIEW.removeprefix('review: ')}: {error}"
     return [ReviewVerdict(str(c.name), bool(reply[c.name]["passed"]), reply[c.name]["reason"].strip())
             for c in criteria], usage, None
 

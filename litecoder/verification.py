@@ -30,6 +30,7 @@ import threading
 from dataclasses import dataclass, field
 from typing import Any, Optional
 
+from .errors import SandboxError
 from .sandboxes.base import Change, Sandbox, Session, run_verifier, shell_quote
 
 SEPARATE, SHARED = "separate", "shared"
@@ -62,8 +63,6 @@ done
 echo '--- links'
 find {' '.join(d + '/' for d in PATH_DIRS)} /etc/alternatives/ -maxdepth 1 -type l -printf '%p\t%l\n' 2>/dev/null
 echo '--- commands'
-find {' '.join(d + '/' for d in PATH_DIRS)} -maxdepth 1 ! -type d -printf '%f\n' 2>/dev/null | sort -u
-echo '--- resolved'
 find {' '.join(d + '/' for d in PATH_DIRS)} -maxdepth 1 ! -type d -printf '%f\n' 2>/dev/null | sort -u | while IFS= read -r n; do
   printf '%s\t%s\n' "$n" "$(type -P -- "$n")"
 done
@@ -97,6 +96,8 @@ class Verdict:
     output: str
     #: the paths the agent changed that the verifier relies on, each with why
     tampered: list[str] = field(default_factory=list)
+    #: containers the episode took: its own, and the verifier's when that was a fresh one
+    containers: int = 1
 
     @property
     def solved(self) -> bool:
@@ -219,8 +220,7 @@ def parse_baseline(text: str) -> Baseline:
     sums, _, rest = text.partition("--- record\n")
     records, _, rest = rest.partition("--- links\n")
     links, _, rest = rest.partition("--- commands\n")
-    commands, _, rest = rest.partition("--- resolved\n")
-    resolved, _, files = rest.partition("--- files\n")
+    commands, _, files = rest.partition("--- files\n")
     hashes: dict[str, tuple[str, str]] = {}
     for line in sums.splitlines():
         value, _, relative = line.partition("  ")
@@ -241,9 +241,9 @@ def parse_baseline(text: str) -> Baseline:
         if path.startswith("/"):
             hashes[path] = ("sha256", value)
     pairs = (line.split("\t", 1) for line in links.splitlines() if "\t" in line)
-    found = (line.split("\t", 1) for line in resolved.splitlines() if "\t" in line)
+    found = [line.split("\t", 1) for line in commands.splitlines() if "\t" in line]
     return Baseline(hashes, {merged: target for path, target in pairs for merged in merged_usr(path)},
-                    {c.strip() for c in commands.splitlines() if c.strip()},
+                    {name for name, _ in found},
                     {name: path for name, path in found if path.startswith("/") and not path.startswith(NOISE)})
 
 
@@ -306,19 +306,35 @@ class Verifier:
         return Verdict(SHARED, code, output)
 
     def _separate(self, session: Session, task: dict, timeout: float, name: str) -> Verdict:
-        outputs = normal_outputs(task.get("outputs") or [])
-        archives = {path: session.read_archive(path, max_bytes=int(self.config.max_output_bytes)) for path in outputs}
-        session.remove()
+        archives = collect(session, normal_outputs(task.get("outputs") or []), int(self.config.max_output_bytes))
         hooks = [f"{path}: {why}" for path, data in archives.items() if data for why in archive_hooks(path, data)]
         if hooks:
             return Verdict(SEPARATE, None, "the verifier was not run: an output holds a start-up hook", hooks)
-        fresh = self.sandbox.open(f"{name}-verify", image=image_of(task), network="none")
+        fresh = receive(self.sandbox, image_of(task), f"{name}-verify", archives)
         try:
-            restore(fresh, archives)
             code, output = run_verifier(fresh, task["verifier"], timeout)
         finally:
             fresh.remove()
-        return Verdict(SEPARATE, code, output)
+        return Verdict(SEPARATE, code, output, containers=2)
+
+
+def collect(session: Session, paths: list[str], max_bytes: int) -> dict[str, bytes | None]:
+    """The outputs as the engine reads them from ``session``, which is then removed (before the
+    verifier's container starts, so an item never holds two)."""
+    archives = {path: session.read_archive(path, max_bytes=max_bytes) for path in paths}
+    session.remove()
+    return archives
+
+
+def receive(sandbox: Sandbox, image: str, name: str, archives: dict[str, bytes | None]) -> Session:
+    """A fresh offline container from ``image`` with the outputs where they were."""
+    session = sandbox.open(name, image=image, network="none")
+    try:
+        restore(session, archives)
+    except BaseException:
+        session.remove()
+        raise
+    return session
 
 
 def capture(session: Session, task: dict) -> Baseline:
@@ -356,8 +372,8 @@ def restore(session: Session, archives: dict[str, bytes | None]) -> None:
     script = "set -e\n" + "".join(f"rm -rf -- {shell_quote(p)}\nmkdir -p -- {shell_quote(posixpath.dirname(p))}\n"
                                   for p in archives)
     result = session.exec(script, timeout=120)
-    if not result.ok:
-        raise RuntimeError(f"could not make room for the outputs: {result.output[-300:]}")
+    if not result.ok:  # an engine-side failure: it ends the item, not the run
+        raise SandboxError(f"could not make room for the outputs: {result.output[-300:]}")
     for path, data in archives.items():
         if data:
             session.write_archive(posixpath.dirname(path), data)

@@ -29,7 +29,7 @@ from .. import __version__, hookimpl
 from ..sandboxes.base import shell_quote
 from ..sandboxes.names import LABEL_RUN, run_id
 from ..sandboxes.tmux import is_key
-from ..verification import GUARD_SH, SEPARATE, SHARED, capture, image_of, mode_of, normal_outputs, restore
+from ..verification import GUARD_SH, SEPARATE, SHARED, capture, collect, image_of, mode_of, normal_outputs, receive
 from .base import ENVIRONMENTS, ExportTask, TaskResult, export_tasks
 from .rebuild import Pins, dockerfile_lines, pins, public_base
 
@@ -364,13 +364,10 @@ class HarborExporter:
             sessions.append(session)
             copy_scripts(session, directory, "solution")
             solve = session.exec("bash /solution/solve.sh", timeout=timeout)
-            if collected:
-                limit = int(run.cfg.verification.max_output_bytes)
-                archives = {path: session.read_archive(path, max_bytes=limit) for path in collected}
-                session.remove()
-                session = sandbox.open(f"{directory.name}-check-verify", image=image)
+            if collected:  # as Harbor does it: a fresh container receives the artifacts
+                archives = collect(session, collected, int(run.cfg.verification.max_output_bytes))
+                session = receive(sandbox, image, f"{directory.name}-check-verify", archives)
                 sessions.append(session)
-                restore(session, archives)
             copy_scripts(session, directory, "tests")  # as in Harbor: the tests arrive only after the solution ran
             session.exec("bash /tests/test.sh", timeout=timeout)
             try:

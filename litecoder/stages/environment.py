@@ -24,8 +24,8 @@ from omegaconf import MISSING, OmegaConf
 from .. import hookimpl
 from ..agents.base import COMPLETED, GAVE_UP, MAX_TURNS, REQUEST_ERROR, WALL_TIME, Episode
 from ..agents.loop import bind_chat, chat_params
-from ..adversarial import UNREPAIRABLE, AdversarialChecks
-from ..certification import Certifier, certificate, rejection, wrong_solutions
+from ..adversarial import AdversarialChecks
+from ..certification import Certifier, certificate, rejection, repairable, wrong_solutions
 from ..cheating import CheatTrials
 from ..usage import add_usage, new_usage, of_turns
 from ..verification import NOISE, Verifier, mode_of, normal_outputs
@@ -95,11 +95,6 @@ class Kit:
     certifier: Certifier
     #: the review and the cheat trials (none when ``certify.review`` and ``certify.cheat_trials`` are off)
     adversaries: AdversarialChecks | None = None
-
-
-def repairable(cert: dict) -> bool:
-    """Whether the agent could mend what certification found (not: no wrong solutions to try)."""
-    return any(not f.startswith(UNREPAIRABLE) for f in cert["findings"])
 
 
 def merge_changes(earlier: dict | None, changes: list) -> dict:
