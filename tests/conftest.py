@@ -114,15 +114,21 @@ def vllm_url(model_dir, tmp_path_factory):
 
 
 def _served_tokens(url: str) -> tuple[float, float]:
-    """Prompt and generated tokens the vLLM server has processed so far (its /metrics)."""
-    import httpx
+    from litecoder.backends.vllm import served_tokens
 
-    totals = {"vllm:prompt_tokens_total": 0.0, "vllm:generation_tokens_total": 0.0}
-    for line in httpx.get(f"{url}/metrics", timeout=10).text.splitlines():
-        name = line.split("{", 1)[0].split(" ", 1)[0]
-        if name in totals:
-            totals[name] += float(line.rsplit(" ", 1)[1])
-    return totals["vllm:prompt_tokens_total"], totals["vllm:generation_tokens_total"]
+    served = served_tokens(url)
+    return served["prompt_tokens"], served["generation_tokens"]
+
+
+def pytest_configure(config):
+    """Every vLLM server the suite starts (the shared one, and those the CLI starts in tests about
+    starting and stopping servers) records itself in one ledger, summed at the end."""
+    from litecoder.backends.vllm import LEDGER_ENV
+
+    if LEDGER_ENV not in os.environ:
+        import tempfile
+
+        os.environ[LEDGER_ENV] = str(Path(tempfile.mkdtemp(prefix="litecoder-ledger-")) / "servers.jsonl")
 
 
 #: (test id, prompt tokens, generated tokens) of every test that used the shared server
@@ -143,7 +149,23 @@ def _count_served_tokens(request):
     SERVED.append((request.node.nodeid, after[0] - before[0], after[1] - before[1]))
 
 
+def _ledger_summary() -> str:
+    from litecoder.backends.vllm import LEDGER_ENV
+
+    path = Path(os.environ[LEDGER_ENV])
+    events = [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+    starts = [e for e in events if e["event"] == "start"]
+    stops = [e for e in events if e["event"] == "stop"]
+    generated = sum(e["generation_tokens"] for e in stops)
+    prompt = sum(e["prompt_tokens"] for e in stops)
+    unknown = f", {len(starts) - len(stops)} not counted (stopped without a count)" if len(stops) < len(starts) else ""
+    return (f"vLLM servers started: {len(starts)} ({sum(e['seconds'] for e in starts):,.0f} s to start); "
+            f"tokens generated: {generated:,.0f} ({prompt:,.0f} prompt){unknown}")
+
+
 def pytest_terminal_summary(terminalreporter):
+    terminalreporter.section("model server cost")
+    terminalreporter.write_line(_ledger_summary())
     if not SERVED:
         return
     terminalreporter.section("tokens served by the shared vLLM server, per test")

@@ -38,7 +38,9 @@ from .openai_compat import OpenAIClient, check_endpoint, client_recipe
 log = logging.getLogger(__name__)
 
 SETUP_HINT = "run `bash scripts/setup.sh` (or set backend.python to an interpreter with vLLM)"
-#: JSON ``{launch key: url}`` of servers a sweep started for all its jobs (``litecoder.sweep``)
+#: a JSON-lines file where every server litecoder starts records its start and, when stopped,
+#: the tokens it served: what a shared machine (a CI runner) spent on model servers
+LEDGER_ENV = "LITECODER_SERVER_LEDGER"
 
 
 @dataclass
@@ -147,6 +149,24 @@ def _die_with_parent() -> None:
         pass
 
 
+def served_tokens(url: str) -> dict[str, float]:
+    """Prompt and generated tokens a vLLM server has processed since it started (its /metrics)."""
+    totals = {"prompt_tokens": 0.0, "generation_tokens": 0.0}
+    names = {"vllm:prompt_tokens_total": "prompt_tokens", "vllm:generation_tokens_total": "generation_tokens"}
+    for line in httpx.get(f"{url}/metrics", timeout=10).text.splitlines():
+        name = names.get(line.split("{", 1)[0].split(" ", 1)[0])
+        if name:
+            totals[name] += float(line.rsplit(" ", 1)[1])
+    return totals
+
+
+def _ledger(event: str, url: str, **fields: Any) -> None:
+    path = os.environ.get(LEDGER_ENV)
+    if path:
+        with open(path, "a") as out:
+            out.write(json.dumps({"event": event, "url": url, "pid": os.getpid(), "time": time.time(), **fields}) + "\n")
+
+
 class VLLMServer:
     """One vLLM server process group: started, health-checked, stopped."""
 
@@ -184,6 +204,7 @@ class VLLMServer:
             try:
                 if httpx.get(self.url + "/health", timeout=5.0).status_code == 200:
                     log.info("vLLM is up at %s (pid %s)", self.url, self.process.pid)
+                    _ledger("start", self.url, seconds=round(self.startup_timeout - (deadline - time.monotonic()), 1))
                     return
             except httpx.HTTPError:
                 pass
@@ -210,6 +231,7 @@ class VLLMServer:
         process, self.process = self.process, None
         if process is None or process.poll() is not None:
             return
+        self._log_served()
         log.info("stopping vLLM (pid %s)", process.pid)
         try:
             os.killpg(process.pid, signal.SIGTERM)
@@ -219,6 +241,15 @@ class VLLMServer:
             process.wait(timeout=30)
         except ProcessLookupError:
             pass
+
+
+    def _log_served(self) -> None:
+        try:
+            served = served_tokens(self.url)
+        except (httpx.HTTPError, ValueError, IndexError):
+            return
+        log.info("vLLM served %.0f prompt and %.0f generated tokens", served["prompt_tokens"], served["generation_tokens"])
+        _ledger("stop", self.url, **served)
 
 
 class VLLMBackend(Backend):
