@@ -258,7 +258,7 @@ def compose(args: argparse.Namespace, url: str, num_tasks: int, n: int, prefix: 
 
 def system_prompts(cfg: DictConfig) -> tuple[list[str], list[str]]:
     """One system message per task, in the stage's request order, and the stage's prompts."""
-    requests = SampleStage().plan(cfg, VLLMBackend(cfg.backend), RAW)  # plan() starts nothing
+    requests = SampleStage().plan_requests(cfg, VLLMBackend(cfg.backend), RAW)  # plan() starts nothing
     by_subtopic = {s.name: render(cfg.prompts.system_template, domain=cfg.domain, subtopic=s) for s in cfg.domain.subtopics}
     if not by_subtopic:
         by_subtopic = {"general": render(cfg.prompts.system_template, domain=cfg.domain,

@@ -132,7 +132,7 @@ def stop_strings(cfg: DictConfig) -> list[str]:
     if cfg.sample.mode == "chat":
         raise SystemExit("this benchmark replays raw completions; sample.mode=chat is not supported")
     backend = VLLMBackend(cfg.backend)  # plan() reads only its config; nothing is started
-    requests = SampleStage().plan(cfg, backend, RAW)
+    requests = SampleStage().plan_requests(cfg, backend, RAW)
     stops = {r.stop for r in requests}
     if len(stops) != 1:
         raise SystemExit(f"expected one set of stop strings, the stage plans {sorted(stops)}")

@@ -164,7 +164,10 @@ class Plugins:
     @property
     def registries(self) -> dict[str, Registry]:
         if self._registries is None:
-            registries = {kind: Registry(kind, takes_config=group is not None) for kind, (_, group) in KINDS.items()}
+            from .stage import Stage
+
+            registries = {kind: Registry(kind, takes_config=group is not None, base=Stage if kind == "stage" else None)
+                          for kind, (_, group) in KINDS.items()}
             for kind, (hook_name, _) in KINDS.items():
                 for impl in self._impls(hook_name):
                     impl.function(register=registries[kind].callback(impl.plugin_name))

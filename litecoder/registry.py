@@ -25,8 +25,10 @@ class Registration:
 class Registry:
     """Registrations of one kind (stage, backend, domain, ...), resolved to one per name."""
 
-    def __init__(self, kind: str, *, takes_config: bool = True) -> None:
+    def __init__(self, kind: str, *, takes_config: bool = True, base: type | None = None) -> None:
         self.kind = kind
+        #: the class every registered value must subclass (a stage declares itself on ``Stage``)
+        self.base = base
         #: whether ``config=`` means something for this kind (it becomes a config group option)
         self.takes_config = takes_config
         self._entries: dict[str, list[Registration]] = {}
@@ -38,6 +40,9 @@ class Registry:
         def register(name: str, value: Any, config: Any = None, *, replace: bool = False) -> None:
             if not isinstance(name, str) or not name:
                 raise PluginError(f"plugin {plugin!r} registered a {self.kind} with an empty or non-text name")
+            if self.base is not None and not (isinstance(value, type) and issubclass(value, self.base)):
+                raise PluginError(f"plugin {plugin!r} registered {self.kind} {name!r} as {value!r}, which is not a "
+                                  f"subclass of {self.base.__module__}.{self.base.__qualname__}")
             if config is not None and not self.takes_config:
                 raise PluginError(f"plugin {plugin!r} registered {self.kind} {name!r} with config=, which a {self.kind} "
                                   f"does not take; its settings belong in the run's config (cfg) it receives")

@@ -14,14 +14,13 @@ from .budget import Budget, apply_prices, served_model
 from .errors import ConfigError, LitecoderError, StageNotBuilt
 from .plugins import Plugins, get_plugins
 from .spend import spend, spend_lines
+from .stage import model_stages, pipeline
 from .sandboxes.names import run_id
 from .store import RunStore
 from .tables import write_text_atomic
 
 log = logging.getLogger("litecoder")
 
-#: the order of ``stage=all``
-PIPELINE = ("sample", "judge", "environment", "trajectory", "export")
 STORE_FILE = "store.sqlite"
 
 
@@ -125,15 +124,15 @@ class Run:
 STAGE_ALIASES = {"import": "ingest"}
 
 
-def stage_names(value: Any, known: list[str]) -> list[str]:
-    """Normalize ``stage=...`` (a name, ``all``, or a list) and check every name."""
+def stage_names(value: Any, known: list[str], order: list[str]) -> list[str]:
+    """Normalize ``stage=...`` (a name, ``all``: the stages of ``order``, or a list) and check every name."""
     if isinstance(value, (list, tuple, ListConfig)):
         names = [str(v) for v in value]
     else:
         names = [s.strip() for s in str(value).split(",") if s.strip()]
     names = [STAGE_ALIASES.get(n, n) if STAGE_ALIASES.get(n) in known else n for n in names]
     if names == ["all"]:
-        return [s for s in PIPELINE if s in known]
+        return [s for s in order if s in known]
     unknown = [n for n in names if n not in known]
     if unknown or not names:
         raise ConfigError(f"unknown stage {', '.join(unknown) or '(none)'}; choose from: all, {', '.join(known)}")
@@ -184,7 +183,7 @@ def execute(cfg: DictConfig, run_dir: Path, plugins: Plugins | None = None) -> d
     """
     plugins = plugins or get_plugins()
     try:
-        names = stage_names(cfg.stage, plugins.registry("stage").names())
+        names = stage_names(cfg.stage, plugins.registry("stage").names(), pipeline(plugins))
         if target_accepted(cfg) is not None and not {"sample", "judge"} <= set(names):
             raise ConfigError("sample.target_accepted needs both stages: stage=[sample,judge] (or stage=all)")
         run = Run(cfg, run_dir, plugins)
@@ -245,8 +244,8 @@ def _finish(run: Run, names: list[str], status: str, summaries: dict, error: str
     for name in names:
         if name not in stages and run.store.stage_started(name):
             stages[name] = {**run.store.counts(name), "unfinished": True}
-    write_summary(run.dir, status, stages, spend(run.store, PIPELINE), error=error)
-    if not set(names) & set(PIPELINE) and not any(run.store.stage_started(name) for name in names):
+    write_summary(run.dir, status, stages, spend(run.store, model_stages(run.plugins)), error=error)
+    if not set(names) & set(pipeline(run.plugins)) and not any(run.store.stage_started(name) for name in names):
         return  # e.g. stage=image: no items, nothing to count or draw (ingest, eval and plugin stages have)
     if status != "finished" and not any(run.store.counts(name) for name in run.store.stage_names()):
         return  # nothing was done: the error is all there is to say
@@ -285,7 +284,7 @@ def report_counts(run: Run, names: list[str]) -> None:
     line = reconcile(run.store) if "judge" in names or run.store.counts("judge") else None
     if line:
         _say(line)
-    for line in spend_lines(spend(run.store, PIPELINE)):
+    for line in spend_lines(spend(run.store, model_stages(run.plugins))):
         _say(line)
     for line in next_steps(run):
         _say(line)

@@ -1,26 +1,33 @@
-"""The loop every model-calling stage runs: its items, a few at a time, into the run store.
+"""The loop every item stage runs: its items, a few at a time, into the run store.
 
-A stage says what is its own: which items it has (``open_items`` resumes them from the
-store), the work for one item (an async method returning ``Done``), and its tables. The
-runner owns the rest: bounded concurrency (``Dispatcher``), progress, the items' costs and
-the run's budgets, storing each item's records as soon as it ends, the circuit breaker, and
-closing the client. One breaker rule holds for every stage: when the first requests all
-fail, or every item's request failed, the stage stops with ``BackendError`` naming the
-backend's diagnosis (a dead server ends a run in seconds, not after every retry).
+A stage (``litecoder.stage.ItemStage``) says what is its own: which items it has, the work
+for one item (an async function returning ``Done``), and its tables. ``run_stage`` owns the
+rest, the same way for every stage: resuming from the store, the to-do list, bounded
+concurrency (``Dispatcher``), progress, the items' costs and the run's budgets, storing each
+item's records as soon as it ends, the circuit breaker, closing the client, exporting the
+tables in ``finally``, and the summary with its counts and stop reason. One breaker rule
+holds for every stage: when the first requests all fail, or every item's request failed, the
+stage stops with ``BackendError`` naming the backend's diagnosis (a dead server ends a run in
+seconds, not after every retry).
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Awaitable, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterable
 
 from .budget import request_cost
 from .dispatch import Dispatcher
 from .errors import BackendError
 from .progress import Progress
+
+if TYPE_CHECKING:
+    from .run import Run
+    from .stage import ItemStage, Plan
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +52,36 @@ class Done:
     tally: dict = field(default_factory=dict)
 
 
+def run_stage(run: "Run", stage: "ItemStage") -> dict:
+    """Run an item stage from its declaration; returns its summary: the plan's facts, the
+    counts by state and outcome, the stage's own figures, and ``stopped_by`` when a budget
+    stopped it."""
+    finished = open_items(run, stage, stage.inputs(run), what=stage.what)
+    plan = None
+    stopped = None
+    try:
+        plan = stage.plan(run, finished)
+        if plan.total:
+            stopped = asyncio.run(_run_plan(run, stage, plan))
+    finally:
+        stage.export(run)  # the tables reflect the store even after an error or Ctrl-C
+    summary = {**plan.facts, **run.store.counts(stage.name), **stage.summary(run)}
+    spent = run.budget.exhausted() if stopped else None
+    if spent:
+        summary["stopped_by"] = spent
+    return summary
+
+
+async def _run_plan(run: "Run", stage: "ItemStage", plan: "Plan") -> str | None:
+    try:
+        return await run_items(run, stage.name, plan.items, plan.work, total=plan.total, label=plan.label or stage.name,
+                               unit=stage.unit, limit=stage.limit(run), table=run.path(stage.table), stop=plan.stop,
+                               blocked=plan.blocked, calls_model=stage.calls_model)
+    finally:
+        if plan.aclose is not None:
+            await plan.aclose()
+
+
 def open_items(run: Any, stage: Any, inputs: set[str] | None, *, what: str = "results") -> set[str]:
     """Open the stage in the store with its identity; returns the keys already finished.
     Earlier results made under another identity are stale: redone where ``inputs`` names the
@@ -60,10 +97,13 @@ def open_items(run: Any, stage: Any, inputs: set[str] | None, *, what: str = "re
 async def run_items(run: Any, stage: str, items: Iterable[Any], work: Callable[[Any, Any], Awaitable[Done]], *,
                     total: int, label: str, unit: str, limit: int, table: Path,
                     stop: Callable[[], str | None] | None = None,
-                    blocked: Callable[[int], bool] | None = None) -> str | None:
+                    blocked: Callable[[int], bool] | None = None, calls_model: bool = True) -> str | None:
     """Run ``work(item, client)`` over ``items`` with at most ``limit`` at once; returns why
-    dispatching stopped early (a budget, a target), if it did. ``total`` sizes the progress."""
-    backend, config, client = run.backend(stage), run.backend_config(stage), run.client(stage)
+    dispatching stopped early (a budget, a target), if it did. ``total`` sizes the progress.
+    A stage that calls no model gets no client (None), and starts no backend."""
+    backend = run.backend(stage) if calls_model else None
+    config = run.backend_config(stage) if calls_model else None
+    client = run.client(stage) if calls_model else None
     bar = Progress(run, label, total, unit, concurrency=limit)
     errors: list[str] = []
     count = 0
@@ -73,7 +113,7 @@ async def run_items(run: Any, stage: str, items: Iterable[Any], work: Callable[[
         count += 1
         started = time.monotonic()
         done = await work(item, client)
-        if done.usage is not None:
+        if done.usage is not None and config is not None:
             done.usage["cost_usd"] = request_cost(config, done.usage["prompt_tokens"], done.usage["completion_tokens"])
             run.budget.add(done.usage)
         run.store.put(stage, done.entries)
@@ -88,9 +128,10 @@ async def run_items(run: Any, stage: str, items: Iterable[Any], work: Callable[[
         stopped = await dispatcher.run(items, one)
     finally:
         bar.close()
-        await client.aclose()
+        if client is not None:
+            await client.aclose()
     if stopped == "breaker" or (errors and len(errors) == count):
-        cause = backend.diagnose() or f"first error: {errors[0]}"
+        cause = (backend.diagnose() if backend is not None else None) or f"first error: {errors[0]}"
         raise BackendError(f"{stage} requests keep failing, stopping (recorded in {table}); {cause}")
     return stopped
 
@@ -100,8 +141,3 @@ def _outcomes(entries: list[Entry]) -> dict:
     for _, _, outcome, _, _ in entries:
         tally[outcome] = tally.get(outcome, 0) + 1
     return tally
-
-
-def summary_counts(run: Any, stage: str, done_state: str) -> dict:
-    """The stage's item counts by outcome and failure, without the ``done`` total."""
-    return {k: v for k, v in run.store.counts(stage).items() if k != done_state}

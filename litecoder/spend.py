@@ -14,7 +14,7 @@ from .store import RunStore
 FIELDS = ("requests", "prompt_tokens", "completion_tokens", "cost_usd")
 
 
-def spend(store: RunStore, order: tuple[str, ...] = ()) -> dict[str, Any]:
+def spend(store: RunStore, order: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
     """Spending by stage (in ``order`` first), the total, and per accepted task / kept trajectory."""
     names = [s for s in order if s in store.stage_names()] + [s for s in store.stage_names() if s not in order]
     stages = []

@@ -23,11 +23,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from .backends.base import SHARED_SERVERS_ENV, Backend
 from .plugins import get_plugins
+from .stage import model_stages
 
 log = logging.getLogger("litecoder.sweep")
 
-#: stages that call a model; a sweep of only other stages starts no server
-MODEL_STAGES = ("sample", "judge", "environment", "trajectory")
 
 
 def _say(message: str) -> None:
@@ -42,9 +41,10 @@ def wanted_servers(config: DictConfig) -> list[Backend]:
     """One unstarted backend per distinct server the base config's model stages would start."""
     stages = config.stage if OmegaConf.is_list(config.stage) else str(config.stage).split(",")
     names = [str(s).strip() for s in stages]
-    if names != ["all"] and not set(names) & set(MODEL_STAGES):
+    model_names = model_stages(get_plugins())  # a sweep of only other stages starts no server
+    if names != ["all"] and not set(names) & set(model_names):
         return []
-    nodes = [OmegaConf.select(config, f"{s}.backend", default=None) for s in MODEL_STAGES] + [config.backend]
+    nodes = [OmegaConf.select(config, f"{s}.backend", default=None) for s in model_names] + [config.backend]
     backends = get_plugins().registry("backend")
     wanted: dict[str, Backend] = {}
     for node in nodes:

@@ -6,26 +6,23 @@ imported tasks flow through the pipeline exactly like synthesized ones.
 
 from __future__ import annotations
 
-from typing import Any
-
+from .plugins import get_plugins
 from .records import READY
-from .store import DONE
-
-#: the stages whose ready items are task environments
-TASK_SOURCES = ("environment", "ingest")
+from .stage import task_sources
+from .store import DONE, Item, RunStore
 
 
-def has_environments(store: Any) -> bool:
-    """Whether a stage that makes environments has run (its ready items may still be none)."""
-    return any(store.stage_started(stage) for stage in TASK_SOURCES)
+def has_environments(store: RunStore) -> bool:
+    """Whether a stage that makes tasks has run (its ready items may still be none)."""
+    return any(store.stage_started(stage) for stage in task_sources(get_plugins()))
 
 
-def ready_items(store: Any) -> list[Any]:
-    """The ready environments' store items, prepared ones first."""
-    return [i for stage in TASK_SOURCES for i in store.items(stage, DONE) if i.outcome == READY]
+def ready_items(store: RunStore) -> list[Item]:
+    """The ready tasks' store items, in the order of the stages that made them."""
+    return [i for stage in task_sources(get_plugins()) for i in store.items(stage, DONE) if i.outcome == READY]
 
 
-def ready_environments(store: Any) -> list[dict]:
+def ready_environments(store: RunStore) -> list[dict]:
     """The ready environments' records, each with a ``category``: its own (an imported
     task's), else the sampled task's domain and subtopic."""
     judged = {i.key: i.record for i in store.items("judge", DONE)}

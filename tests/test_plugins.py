@@ -13,6 +13,7 @@ from litecoder.backends.base import Backend
 from litecoder.config import DomainConfig, SubtopicConfig
 from litecoder.errors import PluginError
 from litecoder.run import execute
+from litecoder.stage import Stage
 
 
 def test_every_hook_is_prefixed_and_documented():
@@ -86,8 +87,8 @@ def test_the_installed_plugin_package_adds_a_domain_by_config_alone(plugins, com
     assert cfg.domain.name == "databases" and len(cfg.domain.subtopics) == 4
 
 
-class CountingStage:
-    name = "sample"
+class CountingStage(Stage):
+    name, order = "sample", 10
     calls: list = []
 
     def run(self, run):

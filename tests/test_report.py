@@ -14,6 +14,7 @@ from plotly.offline import get_plotlyjs
 
 from litecoder.report import REPORT_FILE, write_report
 from litecoder.run import Run, execute
+from litecoder.stage import Stage
 
 from .conftest import REPO
 from .stub_openai import StubServer, completion_body
@@ -154,7 +155,9 @@ def test_the_report_of_a_run_with_trajectories_renders_in_chromium(compose_cfg, 
         remove_images(run_dir)
 
 
-class BrokenReport:
+class BrokenReport(Stage):
+    name = "report"
+
     def run(self, run):
         raise RuntimeError("no ink")
 

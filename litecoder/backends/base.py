@@ -115,6 +115,12 @@ class Backend:
     #: the OpenAI-compatible endpoint once started, for backends that have one
     base_url: str | None = None
 
+    @property
+    def context_limit(self) -> int | None:
+        """Prompt plus reply tokens one request may use, when the backend knows; agents keep
+        their conversations under it."""
+        return None
+
     def start(self) -> None:
         """Make the backend usable (start a server, check credentials); idempotent."""
 

@@ -313,6 +313,10 @@ class VLLMBackend(Backend):
         self.server = server
         self.base_url = url + "/v1"
 
+    @property
+    def context_limit(self) -> int | None:
+        return self.config.max_model_len
+
     def diagnose(self) -> str | None:
         """Why requests fail, when the backend knows better than the HTTP error."""
         return self.server.check_alive() if self.server is not None else None

@@ -31,7 +31,8 @@ from ..usage import add_usage, new_usage, of_turns
 from ..verification import NOISE, Verifier, mode_of, normal_outputs
 from ..errors import ConfigError, RequestError
 from ..records import READY, REJECTED, Environment, backend_identity, polars_schema
-from ..runner import Done, open_items, run_items
+from ..runner import Done
+from ..stage import ItemStage, Plan, nothing_to_do
 from ..sandboxes import packages
 from ..sandboxes.base import check_network, clip, item_failure, run_verifier
 from ..sandboxes.terminals import open_terminal
@@ -116,12 +117,14 @@ def merge_changes(earlier: dict | None, changes: list) -> dict:
 REVIEW_KEYS = ("task_criteria", "system", "task_instruction", "temperature", "max_tokens")
 
 
-class EnvironmentStage:
-    name = "environment"
+class EnvironmentStage(ItemStage):
+    name, order, calls_model, produces_tasks = "environment", 30, True, True
+    unit, table = "task", ENVIRONMENTS_FILE
 
     def __init__(self) -> None:
         #: installed packages of a pristine container, per image
         self._baselines: dict[str | None, dict] = {}
+        self._accepted: list[dict] = []
 
     def identity(self, cfg: Any, backend_config: Any) -> dict:
         env = OmegaConf.to_container(cfg.environment, resolve=True)
@@ -136,37 +139,28 @@ class EnvironmentStage:
                 "sandbox": {k: sandbox.get(k) for k in ("type", "image", "registries")},
                 "toolchain": toolchain, "backend": backend_identity(backend_config)}
 
-    def run(self, run: Any) -> dict:
-        cfg, store = run.cfg, run.store
-        if not store.stage_started("judge"):
+    def inputs(self, run: Any) -> set[str]:
+        if not run.store.stage_started("judge"):
             raise ConfigError(f"no judged tasks in {run.dir}; run stage=[sample,judge] first")
-        check_network(cfg.environment.network, "environment.network")
+        check_network(run.cfg.environment.network, "environment.network")
         self.agent(run)  # a wrong agent name fails before any work
-        accepted = [i.record for i in store.items("judge", DONE) if i.outcome == "accepted"]
-        finished = open_items(run, self, {t["task_id"] for t in accepted})
-        todo = [t for t in accepted if t["task_id"] not in finished]
-        try:
-            if todo:
-                sandbox = run.sandbox()
-                asyncio.run(self._prepare_all(run, sandbox, todo))
-        finally:
-            self.export(run)
-        counts = store.counts(self.name)
-        summary = {"inputs": len(accepted), **{k: v for k, v in counts.items() if k != DONE}}
-        if todo:
-            summary["image"] = run.sandbox().image
-        return summary
+        self._accepted = [i.record for i in run.store.items("judge", DONE) if i.outcome == "accepted"]
+        return {t["task_id"] for t in self._accepted}
 
-    async def _prepare_all(self, run: Any, sandbox: Any, tasks: list[dict]) -> None:
-        backend = run.backend(self.name)
+    def plan(self, run: Any, finished: set[str]) -> Plan:
+        todo = [t for t in self._accepted if t["task_id"] not in finished]
+        facts: dict[str, Any] = {"inputs": len(self._accepted)}
+        if not todo:
+            return nothing_to_do(**facts)
+        sandbox = run.sandbox()
+        facts["image"] = sandbox.image
         agent = self.agent(run)
-        params = chat_params(agent, backend)
-        limit = int(run.cfg.sandbox.max_containers)
-        slots = asyncio.Semaphore(limit)  # every container of the stage, preparing or checking
+        params = chat_params(agent, run.backend(self.name))
+        slots = asyncio.Semaphore(self.limit(run))  # every container of the stage, preparing or checking
         verifier = Verifier(sandbox, run.cfg.verification)
         certifier = Certifier(run.cfg.certify, verifier, slots, float(run.cfg.environment.verifier_timeout))
-        own = run.cfg.certify.backend is not None  # cheat trials and the review on a model of their own
-        adversary_client = run.client("certify") if own else None
+        # cheat trials and the review on a model of their own, if certify.backend is set
+        adversary_client = run.client("certify") if run.cfg.certify.backend is not None else None
 
         async def one(task: dict, client: Any) -> Done:
             kit = Kit(run, sandbox, agent, client, bind_chat(client, agent, params), slots, certifier)
@@ -176,12 +170,7 @@ class EnvironmentStage:
             return Done([(task["task_id"], state, record["status"], record["reason"], record)], record["usage"],
                         record.pop("request_error", None))
 
-        try:
-            await run_items(run, self.name, tasks, one, total=len(tasks), label="environment", unit="task",
-                            limit=limit, table=run.path(ENVIRONMENTS_FILE))
-        finally:
-            if adversary_client is not None:
-                await adversary_client.aclose()
+        return Plan(todo, one, total=len(todo), facts=facts, aclose=adversary_client.aclose if adversary_client else None)
 
     def adversaries(self, run: Any, verifier: Verifier, slots: asyncio.Semaphore, client: Any) -> AdversarialChecks | None:
         """The review and the cheat trials, on ``client``; the teacher's agent plays the cheater."""
@@ -334,7 +323,7 @@ class EnvironmentStage:
         ``ItemFailed`` with why not."""
         run, agent = kit.run, kit.agent
         terminal = open_terminal(agent, session)
-        context_limit = getattr(run.backend(self.name).config, "max_model_len", None)
+        context_limit = run.backend(self.name).context_limit
         episode = await agent.run(task["text"], terminal, kit.chat, context_limit=context_limit,
                                   network=str(run.cfg.environment.network), messages=messages)
         turns = episode.turns

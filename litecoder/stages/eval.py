@@ -49,8 +49,9 @@ class EvalConfig:
 
 
 class EvalStage(TrajectoryStage):
-    name = "eval"
+    name, order = "eval", None
     rollouts_file, trajectory_dir, tasks_file = EVAL_ROLLOUTS_FILE, EVAL_DIR, EVAL_FILE
+    table = rollouts_file
 
     def classify(self, run: Any, record: dict) -> tuple[str, list[str]]:
         """Every finished rollout counts: it solved the task or it did not (a tampered one did not)."""
@@ -60,8 +61,7 @@ class EvalStage(TrajectoryStage):
 
     def summary(self, run: Any) -> dict:
         tasks = self.task_rows(run)
-        counts = run.store.counts(self.name)
-        summary: dict[str, Any] = {"tasks": len(tasks), **{k: v for k, v in counts.items() if k != DONE}}
+        summary: dict[str, Any] = {"tasks": len(tasks)}
         if tasks:
             summary["pass@1"] = round(statistics.mean(t["pass_at_1"] for t in tasks), 3)
             summary[f"pass@{run.cfg.eval.rollouts}"] = round(statistics.mean(t["pass_at_k"] for t in tasks), 3)

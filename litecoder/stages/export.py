@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .. import hookimpl
+from ..stage import Stage
 from ..errors import ConfigError
 from ..exporters.base import ENVIRONMENTS, missing_input, needs
 
@@ -39,8 +40,8 @@ def first_stage(wanted: set[str]) -> str:
     return "run stage=trajectory first"
 
 
-class ExportStage:
-    name = "export"
+class ExportStage(Stage):
+    name, order = "export", 90
 
     def run(self, run: Any) -> dict:
         formats = list(run.cfg.export.formats)

@@ -12,10 +12,11 @@ import time
 from typing import Any
 
 from .. import hookimpl
+from ..stage import Stage
 from ..sandboxes.toolchain import manifest_path, read_manifest
 
 
-class ImageStage:
+class ImageStage(Stage):
     name = "image"
 
     def run(self, run: Any) -> dict:

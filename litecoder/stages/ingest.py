@@ -30,9 +30,9 @@ from .. import hookimpl
 from ..certification import Certifier, certificate, rejection
 from ..verification import SHARED, Verifier
 from ..errors import ConfigError
-from ..progress import Progress
 from ..records import READY, REJECTED, Environment, polars_schema
-from ..runner import open_items
+from ..runner import Done
+from ..stage import ItemStage, Plan, nothing_to_do
 from ..sandboxes.base import SandboxError, check_network
 from ..sandboxes.names import LABEL_RUN_DIR, image_tag, run_id, tag_safe
 from ..store import DONE, FAILED
@@ -72,51 +72,42 @@ def task_ids(names: list[str]) -> list[str]:
     return ids
 
 
-class IngestStage:
-    name = "ingest"
+class IngestStage(ItemStage):
+    name, produces_tasks = "ingest", True
+    unit, what, table = "task", "imported tasks", IMPORTED_FILE
+    _found: dict[str, tuple] = {}
 
     def identity(self, cfg: Any, backend_config: Any) -> dict:
         own = OmegaConf.to_container(cfg.ingest, resolve=True)
         own["paths"] = sorted(str(Path(p).expanduser().resolve()) for p in own["paths"])
         return {"ingest": own, "certify": {k: cfg.certify.get(k) for k in ("enabled", "repeats", "solution_timeout")}}
 
-    def run(self, run: Any) -> dict:
+    def inputs(self, run: Any) -> set[str]:
         settings = run.cfg.ingest
         if not settings.paths:
             raise ConfigError("ingest.paths is empty; name Harbor or Terminal-Bench task directories, "
                               "e.g. ingest.paths=[path/to/tasks]")
         check_network(settings.build_network, "ingest.build_network")
         found = read_collections(list(settings.paths), "ingest.paths", max_bytes=int(settings.max_file_bytes))
-        items = dict(zip(task_ids([name for _, name, _ in found]), found))
-        finished = open_items(run, self, set(items), what="imported tasks")
-        todo = [(key, item) for key, item in items.items() if key not in finished]
-        try:
-            if todo:
-                asyncio.run(self._ingest_all(run, todo))
-        finally:
-            self.export(run)
-        counts = run.store.counts(self.name)
-        return {"tasks": len(items), **{k: v for k, v in counts.items() if k != DONE}}
+        self._found = dict(zip(task_ids([name for _, name, _ in found]), found))
+        return set(self._found)
 
-    async def _ingest_all(self, run: Any, todo: list[tuple[str, tuple]]) -> None:
+    def plan(self, run: Any, finished: set[str]) -> Plan:
+        todo = [(key, item) for key, item in self._found.items() if key not in finished]
+        if not todo:
+            return nothing_to_do(tasks=len(self._found))
         sandbox = run.sandbox()
-        limit = int(run.cfg.sandbox.max_containers)
-        slots = asyncio.Semaphore(limit)
+        slots = asyncio.Semaphore(self.limit(run))  # builds and certification containers alike
         certifier = Certifier(run.cfg.certify, Verifier(sandbox, run.cfg.verification), slots,
                               float(run.cfg.ingest.verifier_timeout))
-        bar = Progress(run, "ingest", len(todo), "task", concurrency=limit)
 
-        async def one(key: str, task: ForeignTask | None, name: str, problem: str) -> None:
-            started = time.monotonic()
+        async def one(job: tuple[str, tuple], client: None) -> Done:
+            key, (task, name, problem) = job
             record = await self._ingest(run, sandbox, certifier, key, task, name, problem)
             state = FAILED if record["status"] == FAILED else DONE
-            run.store.put(self.name, [(key, state, record["status"], record["reason"], record)])
-            bar.update(seconds=time.monotonic() - started, **{record["status"]: 1})
+            return Done([(key, state, record["status"], record["reason"], record)])
 
-        try:
-            await asyncio.gather(*(one(key, *item) for key, item in todo))
-        finally:
-            bar.close()
+        return Plan(todo, one, total=len(todo), facts={"tasks": len(self._found)})
 
     async def _ingest(self, run: Any, sandbox: Any, certifier: Certifier, key: str, task: ForeignTask | None,
                       name: str, problem: str) -> dict:

@@ -10,7 +10,6 @@ dropped, never accepted.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -26,7 +25,8 @@ from ..replies import ReplyError, parse_reply
 from ..templates import render
 from ..usage import add_usage, new_usage, of_request
 from ..records import TASK_ORDER, Judgment, SampledTask, backend_identity, polars_schema
-from ..runner import Done, open_items, run_items
+from ..runner import Done
+from ..stage import ItemStage, Plan
 from ..tallies import ACCEPTED, CONTAMINATED, DUPLICATE, REJECTED
 from ..store import DONE, FAILED
 from ..tables import write_records_parquet
@@ -142,73 +142,38 @@ class JudgeRequest:
         return cls(judge, system, schema, params, backend.describe().get("model") or "")
 
 
-class JudgeStage:
-    name = "judge"
+class JudgeStage(ItemStage):
+    name, order, calls_model = "judge", 20, True
+    unit, table = "task", JUDGMENTS_FILE
+    _inputs = 0
 
     def identity(self, cfg: Any, backend_config: Any) -> dict:
         judge = OmegaConf.to_container(cfg.judge, resolve=True)
         judge.pop("backend", None)
         return {"judge": judge, "dedup": OmegaConf.to_container(cfg.dedup, resolve=True), "backend": backend_identity(backend_config)}
 
-    def run(self, run: Any) -> dict:
-        cfg, store = run.cfg, run.store
-        if not cfg.judge.criteria:
-            raise ConfigError(f"judge {cfg.judge.name!r} has no criteria")
-        def sampled() -> Iterator[dict]:
-            """The sampled tasks, streamed from the store a batch at a time, with only the
-            fields judging needs (the prompts and token counts stay in the store)."""
-            for batch in store.iter_records("sample", state=DONE, order=TASK_ORDER):
-                yield from ({k: r.get(k) for k in TASK_FIELDS} for r in batch)
-
-        ids = [task["id"] for task in sampled()]
-        if not ids and not store.counts("sample"):
+    def inputs(self, run: Any) -> set[str]:
+        if not run.cfg.judge.criteria:
+            raise ConfigError(f"judge {run.cfg.judge.name!r} has no criteria")
+        ids = {task["id"] for task in self._sampled(run)}
+        if not ids and not run.store.counts("sample"):
             raise ConfigError(f"no sampled tasks in {run.dir}; run stage=sample first (or stage=[sample,judge])")
-        finished = open_items(run, self, set(ids))
-        duplicates = find_duplicates(((t["id"], t["text"]) for t in sampled()), cfg.dedup)
-        contaminated = find_contaminated(((t["id"], t["text"]) for t in sampled() if t["id"] not in finished),
-                                         cfg.judge.decontaminate, int(cfg.dedup.shingle_size))
-        prefiltered: list[tuple] = []
-        to_judge: set[str] = set()
-        for task in sampled():
-            if task["id"] in finished:
-                continue
-            if task["id"] in contaminated:
-                match = contaminated[task["id"]]
-                record = self._record(task, CONTAMINATED, match.reason(), contaminated_by=match.benchmark_task,
-                                      contamination_kind=match.kind, similarity=match.similarity)
-                prefiltered.append((task["id"], DONE, CONTAMINATED, record["reason"], record))
-            elif task["id"] in duplicates:
-                dup = duplicates[task["id"]]
-                record = self._record(task, DUPLICATE, f"{dup.kind} duplicate of {dup.of}", duplicate_of=dup.of,
-                                      duplicate_kind=dup.kind, similarity=dup.similarity)
-                prefiltered.append((task["id"], DONE, DUPLICATE, record["reason"], record))
-            elif task["status"] == "truncated":
-                record = self._record(task, REJECTED, "task text was cut off at sample.max_tokens")
-                prefiltered.append((task["id"], DONE, REJECTED, record["reason"], record))
-            else:
-                to_judge.add(task["id"])
-            if len(prefiltered) >= PUT_BATCH:
-                store.put(self.name, prefiltered)
-                prefiltered = []
-        store.put(self.name, prefiltered)
-        try:
-            stopped = None
-            if to_judge:
-                tasks = (task for task in sampled() if task["id"] in to_judge)
-                stopped = asyncio.run(self._judge(run, tasks, len(to_judge)))
-        finally:
-            self.export(run)  # the parquet views reflect the store even after an error or Ctrl-C
-        counts = store.counts(self.name)
-        summary = {"inputs": len(ids), **{k: v for k, v in counts.items() if k != DONE}}
-        if stopped and stopped not in ("breaker", "target"):
-            summary["stopped_by"] = stopped
-        return summary
+        self._inputs = len(ids)
+        return ids
 
-    async def _judge(self, run: Any, tasks: Iterator[dict], count: int) -> str | None:
-        cfg, store = run.cfg, run.store
+    @staticmethod
+    def _sampled(run: Any) -> Iterator[dict]:
+        """The sampled tasks, streamed from the store a batch at a time, with only the fields
+        judging needs (the prompts and token counts stay in the store)."""
+        for batch in run.store.iter_records("sample", state=DONE, order=TASK_ORDER):
+            yield from ({k: r.get(k) for k in TASK_FIELDS} for r in batch)
+
+    def plan(self, run: Any, finished: set[str]) -> Plan:
+        to_judge = self._prefilter(run, finished)
+        tasks = (task for task in self._sampled(run) if task["id"] in to_judge)
         judge = JudgeRequest.for_run(run, self.name)
-        target = cfg.sample.target_accepted
-        accepted = store.counts(self.name).get(ACCEPTED, 0)
+        target = run.cfg.sample.target_accepted
+        accepted = run.store.counts(self.name).get(ACCEPTED, 0)
 
         async def one(task: dict, client: Any) -> Done:
             nonlocal accepted
@@ -223,9 +188,47 @@ class JudgeStage:
             # Never have more judgments in flight than acceptances still needed.
             return target is not None and accepted + in_flight >= target
 
-        return await run_items(run, self.name, tasks, one, total=count, label=f"judge {cfg.domain.name}", unit="task",
-                               limit=int(run.backend_config(self.name).max_in_flight), table=run.path(JUDGMENTS_FILE),
-                               stop=stop, blocked=blocked)
+        return Plan(tasks, one, total=len(to_judge), facts={"inputs": self._inputs},
+                    label=f"judge {run.cfg.domain.name}", stop=stop, blocked=blocked)
+
+    def limit(self, run: Any) -> int:
+        return int(run.backend_config(self.name).max_in_flight)
+
+    def _prefilter(self, run: Any, finished: set[str]) -> set[str]:
+        """Record the duplicates, the contaminated and the cut-off tasks without a request;
+        returns the ids left to judge."""
+        cfg = run.cfg
+        duplicates = find_duplicates(((t["id"], t["text"]) for t in self._sampled(run)), cfg.dedup)
+        contaminated = find_contaminated(((t["id"], t["text"]) for t in self._sampled(run) if t["id"] not in finished),
+                                         cfg.judge.decontaminate, int(cfg.dedup.shingle_size))
+        prefiltered: list[tuple] = []
+        to_judge: set[str] = set()
+        for task in self._sampled(run):
+            if task["id"] in finished:
+                continue
+            record = self._prefiltered(task, contaminated, duplicates)
+            if record is None:
+                to_judge.add(task["id"])
+            else:
+                prefiltered.append((task["id"], DONE, record["verdict"], record["reason"], record))
+            if len(prefiltered) >= PUT_BATCH:
+                run.store.put(self.name, prefiltered)
+                prefiltered = []
+        run.store.put(self.name, prefiltered)
+        return to_judge
+
+    def _prefiltered(self, task: dict, contaminated: dict, duplicates: dict) -> dict | None:
+        if task["id"] in contaminated:
+            match = contaminated[task["id"]]
+            return self._record(task, CONTAMINATED, match.reason(), contaminated_by=match.benchmark_task,
+                                contamination_kind=match.kind, similarity=match.similarity)
+        if task["id"] in duplicates:
+            dup = duplicates[task["id"]]
+            return self._record(task, DUPLICATE, f"{dup.kind} duplicate of {dup.of}", duplicate_of=dup.of,
+                                duplicate_kind=dup.kind, similarity=dup.similarity)
+        if task["status"] == "truncated":
+            return self._record(task, REJECTED, "task text was cut off at sample.max_tokens")
+        return None
 
     async def judge_one(self, judge: "JudgeRequest", task: dict, client: Any) -> Done:
         """Judge one task: up to ``judge.max_attempts`` requests until a reply fits the schema."""

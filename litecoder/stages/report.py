@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from .. import hookimpl
+from ..stage import Stage
 from ..report import write_report
 
 
-class ReportStage:
+class ReportStage(Stage):
     name = "report"
 
     def run(self, run: Any) -> dict:

@@ -8,7 +8,6 @@ raw completion fall back to asking the chat model for one task, recorded as such
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import logging
 import math
@@ -26,7 +25,8 @@ from .. import hookimpl
 from ..chat_template import ChatTemplate, PreQueryBuilder, explicit_prequery, load_chat_template
 from ..errors import ConfigError, RequestError
 from ..records import TASK_ORDER, SampledTask, backend_identity, polars_schema
-from ..runner import Done, open_items, run_items
+from ..runner import Done
+from ..stage import ItemStage, Plan
 from ..store import DONE, FAILED
 from .. import templates
 from ..tables import write_records_parquet
@@ -117,8 +117,12 @@ def sample_key(request_index: int, choice_index: int) -> str:
     return f"{request_index}:{choice_index}"
 
 
-class SampleStage:
-    name = "sample"
+class SampleStage(ItemStage):
+    name, order, calls_model = "sample", 10, True
+    unit, what, table = "task", "samples", TASKS_FILE
+
+    def __init__(self) -> None:
+        self._started = time.perf_counter()
 
     def identity(self, cfg: Any, backend_config: Any) -> dict:
         """What the stage's results depend on; a change marks earlier samples stale."""
@@ -132,12 +136,15 @@ class SampleStage:
             "backend": backend_identity(backend_config),
         }
 
-    def run(self, run: Any) -> dict:
-        cfg = run.cfg
-        settings = cfg.sample
+    def inputs(self, run: Any) -> None:
+        settings = run.cfg.sample
         if settings.n < 1 or settings.num_tasks < 0:
             raise ConfigError("sample.n must be >= 1 and sample.num_tasks >= 0")
-        finished = open_items(run, self, None, what="samples")
+        return None  # the requests of later rounds are not known yet: stale samples are kept aside
+
+    def plan(self, run: Any, finished: set[str]) -> Plan:
+        cfg = run.cfg
+        settings = cfg.sample
         backend = run.backend(self.name)
         if settings.seed is not None and not backend.supports_seed:
             raise ConfigError(
@@ -145,20 +152,20 @@ class SampleStage:
                 "use sample.seed=null on CPU (seeds work with the GPU vllm package)"
             )
         method = self._method(settings.mode, backend)
-        requests = self.plan(cfg, backend, method, rounds=run.rounds)
+        requests = self.plan_requests(cfg, backend, method, rounds=run.rounds)
         todo = [r for r in requests if not all(sample_key(r.index, i) in finished for i in range(r.n))]
-        started = time.perf_counter()
-        try:
-            stopped = asyncio.run(self._sample(run, backend, todo, method)) if todo else None
-        finally:
-            table = self.export(run)  # the parquet view reflects the store even after an error or Ctrl-C
-        wall = time.perf_counter() - started
-        counts = run.store.counts(self.name)
-        tokens = int(pl.scan_parquet(table, glob=False).select(pl.col("completion_tokens").fill_null(0).sum()).collect().item() or 0)
-        summary = {"planned": sum(r.n for r in requests), **counts, "completion_tokens": tokens, "wall_s": round(wall, 1)}
-        if stopped and stopped != "breaker":
-            summary["stopped_by"] = stopped
-        return summary
+        self._started = time.perf_counter()
+        return Plan(todo, lambda request, client: self.sample_one(run, backend, client, request, method),
+                    total=sum(r.n for r in todo), facts={"planned": sum(r.n for r in requests)},
+                    label=f"sample {cfg.domain.name}/{cfg.prompts.name}")
+
+    def limit(self, run: Any) -> int:
+        return int(run.backend_config(self.name).max_in_flight)
+
+    def summary(self, run: Any) -> dict:
+        table = run.path(TASKS_FILE)
+        tokens = pl.scan_parquet(table, glob=False).select(pl.col("completion_tokens").fill_null(0).sum()).collect().item()
+        return {"completion_tokens": int(tokens or 0), "wall_s": round(time.perf_counter() - self._started, 1)}
 
     def export(self, run: Any) -> Path:
         """Rebuild ``tasks.parquet`` from the store."""
@@ -204,7 +211,7 @@ class SampleStage:
             return lambda system: replace(builder.build(system), stop=list(template_cfg.stop))
         return builder.build
 
-    def plan(self, cfg: Any, backend: Any, method: str, rounds: int = 1) -> list[Request]:
+    def plan_requests(self, cfg: Any, backend: Any, method: str, rounds: int = 1) -> list[Request]:
         """All requests of ``rounds`` rounds, subtopics interleaved so partial runs stay balanced."""
         settings, domain, prompts = cfg.sample, cfg.domain, cfg.prompts
         subtopics = list(domain.subtopics) or [OmegaConf.create({"name": "general", "description": domain.description, "weight": 1.0})]
@@ -237,12 +244,6 @@ class SampleStage:
                 seed = None if settings.seed is None else int(settings.seed) + index
                 requests.append(Request(index, name, n, seed, prompt, stop, messages))
         return requests
-
-    async def _sample(self, run: Any, backend: Any, requests: list[Request], method: str) -> str | None:
-        cfg = run.cfg
-        return await run_items(run, self.name, requests, lambda request, client: self.sample_one(run, backend, client, request, method),
-                               total=sum(r.n for r in requests), label=f"sample {cfg.domain.name}/{cfg.prompts.name}",
-                               unit="task", limit=int(run.backend_config(self.name).max_in_flight), table=run.path(TASKS_FILE))
 
     async def sample_one(self, run: Any, backend: Any, client: Any, request: Request, method: str) -> Done:
         """One sampling request: a record per choice, failed ones included."""

@@ -29,7 +29,8 @@ from ..agents.base import LOOPING, REQUEST_ERROR, Episode, repeats
 from ..agents.loop import bind_chat, chat_params
 from ..budget import request_cost
 from ..records import Rollout, TaskPassRate, backend_identity, polars_schema
-from ..runner import Done, open_items, run_items
+from ..runner import Done
+from ..stage import ItemStage, Plan, nothing_to_do
 from ..errors import ConfigError, RequestError
 from ..sandboxes.base import check_network, item_failure
 from ..review import review
@@ -124,13 +125,17 @@ def drop_reasons(record: dict, filters: Any) -> list[str]:
     return reasons
 
 
-class TrajectoryStage:
+class TrajectoryStage(ItemStage):
     """Rollouts of the configured agent on every ready environment; ``eval`` shares the machinery
     and changes where its tasks come from, how a finished rollout is classified and what it writes."""
 
-    name = "trajectory"
+    name, order, calls_model = "trajectory", 40, True
+    unit, what = "rollout", "rollouts"
     #: per-rollout table and ATIF directory under the run
     rollouts_file, trajectory_dir, tasks_file = TRAJECTORIES_FILE, TRAJECTORY_DIR, TASKS_FILE
+    table = rollouts_file
+    _ready: list[dict] = []
+    _jobs: list[tuple[dict, int]] = []
 
     def settings(self, cfg: Any) -> Any:
         return cfg[self.name]
@@ -168,33 +173,42 @@ class TrajectoryStage:
         finally:
             store.close()
 
-    def run(self, run: Any) -> dict:
+    def inputs(self, run: Any) -> set[str]:
         settings = self.settings(run.cfg)
         if int(settings.rollouts) < 1:
             raise ConfigError(f"{self.name}.rollouts must be at least 1, got {settings.rollouts}")
         run.plugins.registry("agent").get(run.cfg.agent.type)  # a wrong agent name fails before any work
         check_network(settings.network, f"{self.name}.network")
-        ready = self.environments(run)
-        jobs = [(env, r) for env in ready for r in range(int(settings.rollouts))]
-        finished = open_items(run, self, {rollout_key(env["task_id"], r) for env, r in jobs}, what="rollouts")
+        self._ready = self.environments(run)
+        self._jobs = [(env, r) for env in self._ready for r in range(int(settings.rollouts))]
+        return {rollout_key(env["task_id"], r) for env, r in self._jobs}
+
+    def plan(self, run: Any, finished: set[str]) -> Plan:
         self._reclassify(run)
-        todo = [(env, r) for env, r in jobs if rollout_key(env["task_id"], r) not in finished]
-        stopped = None
-        try:
-            if todo:
-                stopped = asyncio.run(self._roll_all(run, run.sandbox(), todo))
-        finally:
-            self.export(run)
-        summary = {"environments": len(ready), "rollouts": len(jobs), **self.summary(run)}
-        if stopped:
-            summary["stopped_by"] = stopped
-        return summary
+        todo = [(env, r) for env, r in self._jobs if rollout_key(env["task_id"], r) not in finished]
+        facts = {"environments": len(self._ready), "rollouts": len(self._jobs)}
+        if not todo:
+            return nothing_to_do(**facts)
+        cfg = run.cfg
+        backend = run.backend(self.name)
+        agent = run.plugins.registry("agent").get(cfg.agent.type)(cfg.agent)
+        params = chat_params(agent, backend)
+        verifier = Verifier(run.sandbox(), cfg.verification)
+
+        async def one(job: tuple[dict, int], client: Any) -> Done:
+            chat = bind_chat(client, agent, params)
+            record = await self._rollout(run, verifier, agent, chat, backend.context_limit, *job, client=client)
+            state = FAILED if record["status"] == FAILED else DONE
+            failed = (record["stop_detail"] or "request failed") if record["stop_reason"] == REQUEST_ERROR else None
+            return Done([(record["rollout_id"], state, record["status"], record["reason"], record)], record["usage"],
+                        failed, tally={record["status"]: 1, "solved": record["reward"] == 1})
+
+        return Plan(todo, one, total=len(todo), facts=facts)
 
     def summary(self, run: Any) -> dict:
         settings = self.settings(run.cfg)
-        counts = run.store.counts(self.name)
         tasks = pass_rates([i.record for i in run.store.items(self.name, DONE)], settings.difficulty)
-        summary = {**{k: v for k, v in counts.items() if k != DONE}, "solved": sum(t["solved"] for t in tasks)}
+        summary = {"solved": sum(t["solved"] for t in tasks)}
         if tasks:
             summary[f"pass@{settings.rollouts}"] = round(sum(t["pass_at_k"] for t in tasks) / len(tasks), 3)
         return summary
@@ -216,26 +230,6 @@ class TrajectoryStage:
                 record.update(status=status, filters=reasons, reason="; ".join(reasons) or None)
                 changed.append((item.key, DONE, status, record["reason"], record))
         run.store.put(self.name, changed)
-
-    async def _roll_all(self, run: Any, sandbox: Any, jobs: list[tuple[dict, int]]) -> str | None:
-        """Run the rollouts; returns why dispatching stopped early (a budget), if it did."""
-        cfg = run.cfg
-        backend = run.backend(self.name)
-        agent = run.plugins.registry("agent").get(cfg.agent.type)(cfg.agent)
-        params = chat_params(agent, backend)
-        context_limit = getattr(backend.config, "max_model_len", None)
-        verifier = Verifier(sandbox, cfg.verification)
-
-        async def one(job: tuple[dict, int], client: Any) -> Done:
-            chat = bind_chat(client, agent, params)
-            record = await self._rollout(run, verifier, agent, chat, context_limit, *job, client=client)
-            state = FAILED if record["status"] == FAILED else DONE
-            failed = (record["stop_detail"] or "request failed") if record["stop_reason"] == REQUEST_ERROR else None
-            return Done([(record["rollout_id"], state, record["status"], record["reason"], record)], record["usage"],
-                        failed, tally={record["status"]: 1, "solved": record["reward"] == 1})
-
-        return await run_items(run, self.name, jobs, one, total=len(jobs), label=self.name, unit="rollout",
-                               limit=int(cfg.sandbox.max_containers), table=run.path(self.rollouts_file))
 
     async def _rollout(self, run: Any, verifier: Verifier, agent: Any, chat: Any, context_limit: int | None,
                        env: dict, index: int, *, client: Any) -> dict:
