@@ -10,12 +10,15 @@ their findings back to the environment agent, like every other check's.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from .cheating import CheatTrials, cheat_findings
 from .review import review, review_findings
 from .usage import add_usage, new_usage
 from .verification import SHARED, mode_of
+
+if TYPE_CHECKING:
+    from .backends.base import LLMClient
 
 
 @dataclass
@@ -23,7 +26,7 @@ class AdversarialChecks:
     config: Any
     review_config: Any
     #: the client of the review's requests (``certify.backend``, else the environment model's)
-    client: Any
+    client: LLMClient
     structured: bool
     cheats: Optional[CheatTrials]
 

@@ -37,13 +37,13 @@ class BudgetConfig:
     max_rounds: int = 50
 
 
-def request_cost(backend_config: Any, prompt_tokens: int | None, completion_tokens: int | None) -> float:
+def request_cost(backend_config: DictConfig, prompt_tokens: int | None, completion_tokens: int | None) -> float:
     price_in = getattr(backend_config, "price_input_per_mtok", None) or 0.0
     price_out = getattr(backend_config, "price_output_per_mtok", None) or 0.0
     return ((prompt_tokens or 0) * price_in + (completion_tokens or 0) * price_out) / 1e6
 
 
-def served_model(backend_config: Any) -> str | None:
+def served_model(backend_config: DictConfig) -> str | None:
     """The model name requests carry: ``model``, else the directory of a model litecoder serves."""
     model = OmegaConf.select(backend_config, "model", default=None)
     path = OmegaConf.select(backend_config, "model_path", default=None)

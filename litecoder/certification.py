@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import asdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .records import CheckRun, WrongSolution
 from .replies import ask_json
@@ -22,6 +22,9 @@ from .templates import render
 from .usage import new_usage
 from .sandboxes.base import clip, run_verifier
 from .verification import Verifier, image_of
+
+if TYPE_CHECKING:
+    from .backends.base import LLMClient
 
 NOP, ORACLE, WRONG = "nop", "oracle", "wrong"
 #: where a solution script is copied to run; the ``.litecoder`` prefix keeps it out of diffs
@@ -76,7 +79,7 @@ class Certifier:
         outputs), in parallel within the container slots (no oracle checks without a
         solution: an imported task may have none)."""
         repeats, solution = max(1, int(self.config.repeats)), task.get("solution")
-        jobs = [(NOP, i, None) for i in range(repeats)]
+        jobs: list[tuple[str, int, str | None]] = [(NOP, i, None) for i in range(repeats)]
         jobs += [(ORACLE, i, solution) for i in range(repeats) if solution is not None]
         jobs += [(WRONG, i, w.script) for i, w in enumerate(wrong)]
         return list(await asyncio.gather(*(self._one(task, *job) for job in jobs)))
@@ -159,7 +162,7 @@ def rejection(cert: dict) -> str:
     return f"certification failed{after}: " + "; ".join(f.splitlines()[0] for f in cert["findings"])
 
 
-async def wrong_solutions(client: Any, config: Any, task: str, verifier: str, solution: str, *,
+async def wrong_solutions(client: LLMClient, config: Any, task: str, verifier: str, solution: str, *,
                           structured: bool) -> tuple[list[WrongSolution], dict, str | None]:
     """Ask the environment model for ``certify.wrong_solutions`` wrong solutions: (them, the
     request's usage, why there are none when the reply was unusable). Scripts equal to the

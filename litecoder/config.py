@@ -179,6 +179,14 @@ def _with_nodes(schema: type, nodes: dict[str, type], kind: str) -> type:
     return make_dataclass(schema.__name__, added, bases=(schema,))
 
 
+def as_dict(node: Any) -> dict[str, Any]:
+    """A config node as a plain dict, interpolations resolved (a stage's identity, a record)."""
+    value = OmegaConf.to_container(node, resolve=True)
+    if not isinstance(value, dict):
+        raise TypeError(f"expected a config mapping, got {type(value).__name__}")
+    return {str(k): v for k, v in value.items()}
+
+
 def default_run_name() -> str:
     return datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
 

@@ -32,8 +32,10 @@ class Register(Protocol):
 def litecoder_register_stages(register: Register) -> None:
     """Register pipeline stages.
 
-    ``register(name, factory, config=SchemaDataclass, *, replace=False)``; ``factory()``
-    returns an object with ``run(run) -> dict`` (see ``litecoder.stages.base.Stage``). The
+    ``register(name, StageClass, config=SchemaDataclass, *, replace=False)``; the class
+    subclasses ``litecoder.stage.Stage`` (``run(run) -> dict`` and its declaration: ``order``
+    in ``stage=all``, ``calls_model``, ``produces_tasks``, ``report_section``) or
+    ``litecoder.stage.ItemStage`` (items, the work for one, tables; the runner does the rest). The
     config dataclass (optional) becomes the run config's node ``<name>``, read as
     ``run.cfg.<name>``. ``replace=True`` swaps out a stage another plugin registered under the
     same name, and its schema with it.
@@ -117,6 +119,7 @@ def litecoder_config_search_paths() -> list[str]:
     A plugin's ``conf/domain/foo.yaml`` on such a path becomes ``domain=foo``; the same holds
     for every other config group.
     """
+    return []
 
 
 @hookspec

@@ -36,9 +36,10 @@ def check_overrides(argv: list[str]) -> None:
 def one_line(exc: BaseException) -> str:
     """The exception's message and its causes' (Hydra keeps the reason in the cause)."""
     parts: list[str] = []
-    while exc is not None:
-        parts += [part for part in _lines(str(exc)) if part not in parts]
-        exc = exc.__cause__
+    cause: BaseException | None = exc
+    while cause is not None:
+        parts += [part for part in _lines(str(cause)) if part not in parts]
+        cause = cause.__cause__
     return "; ".join(parts)
 
 

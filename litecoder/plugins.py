@@ -118,6 +118,7 @@ class Plugins:
         """Every loaded plugin with where it comes from and what it registers."""
         found: dict[str, dict] = {}
         for name, _ in self.pm.list_name_plugin():
+            name = str(name)
             found[name] = {"name": name, "source": self.sources.get(name, "built-in"), "registers": [], "hooks": []}
         for kind, registry in self.registries.items():
             for entry in registry.entries():
@@ -125,8 +126,8 @@ class Plugins:
                     found[entry.plugin]["registers"].append(f"{kind} {entry.name}" + (" (replaces)" if entry.replace else ""))
         for plugin, path in self.search_paths_by_plugin():
             found[plugin]["registers"].append(f"config path {path}")
-        for name, plugin in self.pm.list_name_plugin():
-            found[name]["hooks"] = sorted(impl.name for impl in self.pm.get_hookcallers(plugin) or [])
+        for plugin_name, hooked in self.pm.list_name_plugin():
+            found[str(plugin_name)]["hooks"] = sorted(impl.name for impl in self.pm.get_hookcallers(hooked) or [])
         return list(found.values())
 
     def register(self, plugin: Any, name: str | None = None) -> str:
@@ -206,8 +207,8 @@ class Plugins:
         if not self._loaded:
             return
         store.store(name="litecoder_schema", node=self._root_schema(), provider="litecoder")
-        for kind, (_, group) in KINDS.items():
-            if group is None or group.endswith("."):
+        for kind, (_, config_group) in KINDS.items():
+            if config_group is None or config_group.endswith("."):
                 continue
             for entry in self.registries[kind].entries():
                 node = entry.config if kind != "domain" else entry.value
@@ -219,21 +220,21 @@ class Plugins:
                     )
                 # A YAML file of the same option (e.g. conf/agent/terminus.yaml with its prompt
                 # texts) layers itself on the schema through ``defaults: [<name>_schema]``.
-                name = f"{entry.name}_schema" if self._has_yaml(group, entry.name) else entry.name
-                store.store(group=group, name=name, node=node, provider=entry.plugin)
-                self._stored.append((group, name))
+                name = f"{entry.name}_schema" if self._has_yaml(config_group, entry.name) else entry.name
+                store.store(group=config_group, name=name, node=node, provider=entry.plugin)
+                self._stored.append((config_group, name))
 
     def _root_schema(self) -> type:
         """The run config's schema with each registered stage's and exporter's node."""
         from .config import root_schema
 
         def nodes(kind: str) -> dict[str, type]:
-            found = {}
+            found: dict[str, type] = {}
             for entry in self.registries[kind].entries():
                 if entry.config is not None and not is_dataclass(entry.config):
                     raise PluginError(f"{kind} {entry.name!r} from {entry.plugin!r}: config must be a dataclass, "
                                       f"got {type(entry.config).__name__}")
-                if entry.config is not None:
+                if isinstance(entry.config, type):
                     found[entry.name] = entry.config
             return found
 

@@ -13,9 +13,12 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
+
+if TYPE_CHECKING:
+    from .run import Run
 
 log = logging.getLogger("litecoder.progress")
 
@@ -28,7 +31,7 @@ def _duration(seconds: float) -> str:
 
 
 class Progress:
-    def __init__(self, run: Any, desc: str, total: int, unit: str, *, concurrency: int = 1) -> None:
+    def __init__(self, run: Run, desc: str, total: int, unit: str, *, concurrency: int = 1) -> None:
         settings = run.cfg.run
         self.bar_shown = settings.progress if settings.progress is not None else sys.stderr.isatty()
         self.desc, self.total, self.unit = desc, total, unit

@@ -40,7 +40,7 @@ def _polars_type(hint: Any) -> Any:
         return _polars_type(hint)
     if origin is list:
         return pl.List(_polars_type(args[0]))
-    if dataclasses.is_dataclass(hint):
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         return pl.Struct(polars_schema(hint))
     return _SCALARS[hint]
 

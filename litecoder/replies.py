@@ -10,9 +10,12 @@ from __future__ import annotations
 import functools
 import json
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jsonschema
+
+if TYPE_CHECKING:
+    from .backends.base import LLMClient
 
 _FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.DOTALL)
 
@@ -59,7 +62,7 @@ def parse_reply(text: str, schema: dict, *, max_chars: int) -> dict:
     return value
 
 
-async def ask_json(client: Any, messages: list[dict], schema: dict, *, name: str, config: Any,
+async def ask_json(client: LLMClient, messages: list[dict], schema: dict, *, name: str, config: Any,
                    structured: bool) -> tuple[dict | None, dict, str | None]:
     """One request whose reply is a JSON object: (the object, the request's usage, why there
     is none when the reply was unusable). ``config`` gives ``temperature``, ``max_tokens`` and

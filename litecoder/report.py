@@ -13,28 +13,30 @@ from collections import Counter
 from datetime import datetime, timezone
 from html import escape
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import plotly.graph_objects as go
-import plotly.io as pio
 import polars as pl
 from omegaconf import OmegaConf
 from plotly.offline import get_plotlyjs
 from plotly.subplots import make_subplots
 
-from .difficulty import LABELS, pass_rates
+from .config import as_dict
 from .spend import spend
-from .stages.eval import EVAL_FILE, per_category
+from .stage import model_stages, pipeline, stage_classes
 from .tallies import judge_scores
 from .store import DONE, FAILED, json_field
 from .tables import write_text_atomic
+from .page import Section, chart, empty, fmt, section, table
+
+if TYPE_CHECKING:
+    from .run import Run
 
 REPORT_FILE = "report.html"
 #: trajectories shown in the viewer; the rest are counted, not rendered, to keep the page light
 MAX_TRAJECTORIES = 50
 #: rows of the per-task cost table
 MAX_TASK_ROWS = 50
-LLM_STAGES = ("sample", "judge", "environment", "trajectory")
 #: the record fields the page holds for every item of these stages (one item per accepted task
 #: or rollout); task texts and verifier logs stay in the store, and the viewer fetches them for
 #: the trajectories it shows. The task stages (sample, judge) can hold 100k items, so the page
@@ -85,24 +87,23 @@ details.trajectory > summary { cursor: pointer; font-weight: 600; }
 """
 
 
-def write_report(run: Any) -> Path:
+def write_report(run: Run) -> Path:
     """Write ``report.html`` into the run directory and return its path."""
     return write_text_atomic(run.path(REPORT_FILE), render(run))
 
 
-def render(run: Any) -> str:
+def render(run: Run) -> str:
     data = RunData(run)
     sections = [
         _overview(run, data),
-        _section("Funnel", "funnel", _funnel(data)),
-        _section("Domains and subtopics", "subtopics", _subtopics(data)),
-        _section("Judge scores", "judge", _judge_scores(data)),
-        _section("Certification", "certification", _certification(data)),
-        _section("Difficulty", "difficulty", _difficulty(data)),
-        _section("Evaluation", "eval", _evaluation(data)),
-        _section("Turns and rewards per trajectory", "rollouts", _rollouts(data)),
-        _section("Tokens and cost", "usage", _usage(data)),
-        _section("Trajectories", "viewer", _viewer(data)),
+        section("Funnel", "funnel", _funnel(data)),
+        section("Domains and subtopics", "subtopics", _subtopics(data)),
+        section("Judge scores", "judge", _judge_scores(data)),
+        section("Certification", "certification", _certification(data)),
+        *(section(*part) for part in stage_sections(run)),
+        section("Turns and rewards per trajectory", "rollouts", _rollouts(data)),
+        section("Tokens and cost", "usage", _usage(data)),
+        section("Trajectories", "viewer", _viewer(data)),
     ]
     return (
         "<!DOCTYPE html>\n<html lang='en'><head><meta charset='utf-8'>"
@@ -111,18 +112,30 @@ def render(run: Any) -> str:
     )
 
 
+def stage_sections(run: Run) -> list[Section]:
+    """The sections of the stages that own one (difficulty, evaluation, a plugin's), in
+    pipeline order, then by name."""
+    classes = stage_classes(run.plugins)
+    names = pipeline(run.plugins) + sorted(n for n in classes if n not in pipeline(run.plugins))
+    parts = (classes[name]().report_section(run) for name in names)
+    return [part for part in parts if part is not None]
+
+
 class RunData:
     """The store records and run files the report reads, loaded once."""
 
-    def __init__(self, run: Any) -> None:
+    def __init__(self, run: Run) -> None:
         self.run = run
         store = run.store
         self.items = {stage: store.items(stage, fields=RECORD_FIELDS[stage]) for stage in RECORD_FIELDS}
-        self.started = {stage: store.stage_started(stage) for stage in LLM_STAGES}
-        self.counts = {stage: store.counts(stage) for stage in LLM_STAGES}
+        every = sorted(set(run.plugins.registry("stage").names()) | set(store.stage_names()))
+        #: the overview's rows: the model stages of the pipeline, and the others that ran
+        self.stages = [s for s in model_stages(run.plugins) if s in pipeline(run.plugins) or store.stage_started(s)]
+        self.started = {stage: store.stage_started(stage) for stage in every}
+        self.counts = {stage: store.counts(stage) for stage in every}
         self.models = {stage: [m for (m,) in store.query(
             "SELECT DISTINCT json_extract(record, '$.model') AS m FROM items WHERE stage = ? AND m IS NOT NULL AND m != '' ORDER BY m",
-            (stage,))] for stage in LLM_STAGES}
+            (stage,))] for stage in self.stages}
         self.task_outcomes: Counter = Counter()
         for domain, subtopic, sampled, judged, outcome, n in store.query(TASK_OUTCOMES_SQL):
             self.task_outcomes[(domain or "?", subtopic or "?", _task_outcome(sampled, judged, outcome))] += n
@@ -132,7 +145,7 @@ class RunData:
         self.scored = len(aggregates)
         #: the config each stage last ran with, as the store recorded it (``stage=report`` itself
         #: may be invoked with other overrides, so ``run.cfg`` is only the fallback)
-        self.configs = {stage: json.loads(store.get_meta(f"config:{stage}") or "{}") for stage in LLM_STAGES}
+        self.configs = {stage: json.loads(store.get_meta(f"config:{stage}") or "{}") for stage in every}
         index = run.path("harbor") / "index.jsonl"
         self.harbor = [json.loads(line) for line in index.read_text().splitlines() if line.strip()] if index.is_file() else None
         self.sft = {p.name: sum(1 for line in p.read_text().splitlines() if line.strip())
@@ -157,63 +170,24 @@ class RunData:
         return self.harbor is not None or bool(self.sft)
 
 
-# -- page parts --------------------------------------------------------------------------------
-def _section(title: str, anchor: str, body: str) -> str:
-    return f"<section id='section-{anchor}'><h2>{escape(title)}</h2>\n{body}\n</section>"
-
-
-def _empty(text: str) -> str:
-    return f"<p class='empty'>{escape(text)}</p>"
-
-
-def _chart(fig: go.Figure, chart_id: str, height: int = 380) -> str:
-    fig.update_layout(template="plotly_white", height=height, margin={"l": 60, "r": 30, "t": 50, "b": 60})
-    return pio.to_html(fig, full_html=False, include_plotlyjs=False, div_id=chart_id,
-                       config={"displaylogo": False, "responsive": True})
-
-
-def _table(headers: list[str], rows: list[list[Any]], table_id: str | None = None) -> str:
-    def cell(tag: str, value: Any) -> str:
-        numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
-        attribute = " class='num'" if numeric else ""
-        return f"<{tag}{attribute}>{escape(_fmt(value))}</{tag}>"
-
-    head = "".join(f"<th>{escape(h)}</th>" for h in headers)
-    body = "".join("<tr>" + "".join(cell("td", v) for v in row) + "</tr>" for row in rows)
-    ident = f" id='{table_id}'" if table_id else ""
-    return f"<table{ident}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
-
-
-def _fmt(value: Any) -> str:
-    if value is None:
-        return "–"
-    if isinstance(value, float) and value.is_integer():
-        return f"{int(value):,}"
-    if isinstance(value, float):
-        return f"{value:,.4f}" if abs(value) < 1 else f"{value:,.1f}"
-    if isinstance(value, int):
-        return f"{value:,}"
-    return str(value)
-
-
-def _config(run: Any, key: str, default: Any = None) -> Any:
+def _config(run: Run, key: str, default: Any = None) -> Any:
     value = OmegaConf.select(run.cfg, key, default=default)
     return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
 
 
-def _model(run: Any, stage: str, data: RunData) -> str:
+def _model(run: Run, stage: str, data: RunData) -> str:
     """The model a stage used as recorded, else as configured."""
     recorded = data.models[stage]
     if recorded:
         return ", ".join(recorded)
-    config = data.configs[stage].get("backend") or OmegaConf.to_container(run.backend_config(stage), resolve=True)
+    config = data.configs[stage].get("backend") or as_dict(run.backend_config(stage))
     name = str(config.get("model") or config.get("model_path") or "")
     return f"{config.get('type')}: {Path(name).name if '/' in name else name}"
 
 
-def _overview(run: Any, data: RunData) -> str:
+def _overview(run: Run, data: RunData) -> str:
     rows = []
-    for stage in LLM_STAGES:
+    for stage in data.stages:
         counts = data.counts[stage]
         state = ", ".join(f"{k} {v}" for k, v in counts.items() if k != DONE) or ("ran, no items" if data.started[stage] else "")
         rows.append([stage, state or "not run", _model(run, stage, data)])
@@ -240,13 +214,13 @@ def _overview(run: Any, data: RunData) -> str:
     generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     return (f"<header><h1>litecoder run <code>{escape(run.name)}</code></h1>"
             f"<p class='meta'>{escape(str(run.dir))} · report written {generated}</p></header>\n"
-            + _section("Stages", "stages", _table(["stage", "items by outcome", "model"], rows, "table-stages"))
-            + "\n" + _section("Configuration", "config", _table(["setting", "value"], settings, "table-config")))
+            + section("Stages", "stages", table(["stage", "items by outcome", "model"], rows, "table-stages"))
+            + "\n" + section("Configuration", "config", table(["setting", "value"], settings, "table-config")))
 
 
 def _funnel(data: RunData) -> str:
     if not data.total("sample"):
-        return _empty("Nothing sampled yet: run stage=sample.")
+        return empty("Nothing sampled yet: run stage=sample.")
     steps: list[tuple[str, int | None]] = [("sampled", data.total("sample"))]
     judged = data.started["judge"]
     left_out = data.counts["judge"].get("duplicate", 0) + data.counts["judge"].get("contaminated", 0)
@@ -267,8 +241,8 @@ def _funnel(data: RunData) -> str:
     fig = go.Figure(go.Funnel(y=[n for n, _ in shown], x=[v for _, v in shown], textinfo="value+percent initial",
                               marker={"color": "#4c78a8"}))
     fig.update_layout(title="Tasks at each stage (sampled counts failed samples too)")
-    note = _empty(f"Not reached yet: {', '.join(missing)}.") if missing else ""
-    return _chart(fig, "chart-funnel", 360) + note
+    note = empty(f"Not reached yet: {', '.join(missing)}.") if missing else ""
+    return chart(fig, "chart-funnel", 360) + note
 
 
 def certification_funnel(certificates: list[tuple]) -> list[tuple[str, int]]:
@@ -288,7 +262,7 @@ def certification_funnel(certificates: list[tuple]) -> list[tuple[str, int]]:
 
 def _certification(data: RunData) -> str:
     if not data.certificates:
-        return _empty("No certified or rejected task yet: run stage=environment (with certify.enabled=true) "
+        return empty("No certified or rejected task yet: run stage=environment (with certify.enabled=true) "
                       "or stage=ingest.")
     fig = go.Figure()
     for stage, name in CERTIFIED_BY.items():
@@ -308,30 +282,7 @@ def _certification(data: RunData) -> str:
             f"{len(reviewed)}; cheat trials that got the reward: {rewarded} of {trials} (each such task was repaired "
             f"or rejected); tasks certified after a repair round: {repaired}. "
             "Rejection reasons are in environments.parquet and imported.parquet.</p>")
-    return line + _chart(fig, "chart-certification", 340)
-
-
-def _difficulty(data: RunData) -> str:
-    rates = pass_rates((i.record for i in data.done("trajectory")), data.run.cfg.trajectory.difficulty)
-    if not rates:
-        return _empty("No rollouts yet, so no pass rates: run stage=trajectory (trajectory.rollouts=k).")
-    counts = Counter(r["difficulty"] for r in rates)
-    rows = [[name, counts.get(name, 0)] for name in reversed(LABELS)]
-    return (f"<p>Difficulty of {len(rates)} tasks from the teacher's pass rate (pass@1 over their rollouts; "
-            "thresholds: trajectory.difficulty).</p>" + _table(["difficulty", "tasks"], rows, "table-difficulty"))
-
-
-def _evaluation(data: RunData) -> str:
-    path = data.run.path(EVAL_FILE)
-    tasks = pl.read_parquet(path).to_dicts() if path.is_file() else []
-    if not tasks:
-        return _empty("No evaluation: run stage=eval (eval.rollouts=k, eval.tasks=a run directory).")
-    models = ", ".join(sorted({t["model"] for t in tasks if t["model"]})) or "?"
-    rows = [[name, row["tasks"], f"{row['pass_at_1']:.3f}", f"{row['pass_at_k']:.3f}", row["tokens"], row["wall_s"]]
-            for name, row in per_category(tasks).items()]
-    return (f"<p>{escape(models)} on {len(tasks)} tasks, {tasks[0]['rollouts']} rollouts each "
-            "(per task in eval.parquet, per rollout in eval_rollouts.parquet).</p>"
-            + _table(["category", "tasks", "pass@1", "pass@k", "tokens", "wall s"], rows, "table-eval"))
+    return line + chart(fig, "chart-certification", 340)
 
 
 def _task_outcome(sampled: str, judged: str | None, outcome: str | None) -> str:
@@ -345,7 +296,7 @@ def _task_outcome(sampled: str, judged: str | None, outcome: str | None) -> str:
 
 def _subtopics(data: RunData) -> str:
     if not data.task_outcomes:
-        return _empty("No sampled tasks yet: run stage=sample.")
+        return empty("No sampled tasks yet: run stage=sample.")
     domains = sorted({domain for domain, _, _ in data.task_outcomes})
     counts: Counter = Counter()
     for (domain, subtopic, outcome), n in data.task_outcomes.items():
@@ -358,12 +309,12 @@ def _subtopics(data: RunData) -> str:
             fig.add_bar(name=outcome, x=labels, y=values, marker_color=color)
     fig.update_layout(barmode="stack", title=f"Sampled tasks per subtopic ({', '.join(domains)}), by judge outcome",
                       yaxis_title="tasks")
-    return _chart(fig, "chart-subtopics")
+    return chart(fig, "chart-subtopics")
 
 
 def _judge_scores(data: RunData) -> str:
     if not data.scored:
-        return _empty("No judge scores yet (no task was judged by the model): run stage=judge.")
+        return empty("No judge scores yet (no task was judged by the model): run stage=judge.")
     criteria = list(data.scores)
     titles = [*criteria, "aggregate"]
     scales = {c.get("name"): (c.get("scale_min"), c.get("scale_max")) for c in data.setting("judge", "judge.criteria") or []}
@@ -378,19 +329,19 @@ def _judge_scores(data: RunData) -> str:
         fig.update_xaxes(range=[low - 0.5, high + 0.5], dtick=1, row=1, col=col)
     fig.add_trace(go.Histogram(x=data.aggregates, name="aggregate", marker_color="#f58518"), row=1, col=len(titles))
     fig.update_layout(showlegend=False, yaxis_title="tasks", bargap=0.1)
-    return f"<p>Score histograms over {data.scored} tasks the judge scored.</p>" + _chart(fig, "chart-judge-scores", 320)
+    return f"<p>Score histograms over {data.scored} tasks the judge scored.</p>" + chart(fig, "chart-judge-scores", 320)
 
 
 def _rollout_outcome(record: dict) -> str:
     if record.get("tampered"):
         return "tampered"
-    return {1: "solved", 0: "unsolved"}.get(record.get("reward"), "failed")
+    return {1: "solved", 0: "unsolved"}.get(record.get("reward", -1), "failed")
 
 
 def _rollouts(data: RunData) -> str:
     records = [i.record for i in data.items["trajectory"]]
     if not records:
-        return _empty("No trajectories yet: run stage=trajectory.")
+        return empty("No trajectories yet: run stage=trajectory.")
     fig = go.Figure()
     for outcome in ("solved", "unsolved", "tampered", "failed"):
         chosen = [r for r in records if _rollout_outcome(r) == outcome]
@@ -407,21 +358,21 @@ def _rollouts(data: RunData) -> str:
             f"{outcomes['tampered']} tampered (the agent changed what the verifier relies on: reward 0), "
             f"{outcomes['failed']} failed; {flagged} flagged as reward hacking by the review; "
             f"{sum(r.get('status') == 'kept' for r in records)} kept by the filters.</p>")
-    return line + _chart(fig, "chart-trajectories")
+    return line + chart(fig, "chart-trajectories")
 
 
 def _usage(data: RunData) -> str:
-    figures = spend(data.run.store, LLM_STAGES)  # the same figures as the end-of-run summary
+    figures = spend(data.run.store, data.stages)  # the same figures as the end-of-run summary
     stages, total = figures["stages"], figures["total"]
     if not total["requests"] and not total["tokens"]:
-        return _empty("No model requests recorded yet.")
+        return empty("No model requests recorded yet.")
     fields = ("requests", "prompt_tokens", "completion_tokens", "tokens", "cost_usd")
     rows = [[s["stage"], *(s[f] for f in fields)] for s in stages] + [["total", *(total[f] for f in fields)]]
     for label, key, count in (("per accepted task", "per_accepted_task", figures["accepted_tasks"]),
                               ("per kept trajectory", "per_kept_trajectory", figures["kept_trajectories"])):
         per = figures[key]
         rows.append([f"{label} ({count})", None, None, None, per["tokens"] if per else None, per["cost_usd"] if per else None])
-    table = _table(["", "requests", "prompt tokens", "completion tokens", "tokens", "cost (USD)"], rows, "table-usage")
+    usage_table = table(["", "requests", "prompt tokens", "completion tokens", "tokens", "cost (USD)"], rows, "table-usage")
     fig = make_subplots(specs=[[{"secondary_y": True}]])
     names = [s["stage"] for s in stages]
     fig.add_bar(name="prompt tokens", x=names, y=[s["prompt_tokens"] for s in stages], marker_color="#4c78a8")
@@ -432,17 +383,17 @@ def _usage(data: RunData) -> str:
     fig.update_layout(barmode="stack", title="Tokens and cost per stage")
     fig.update_yaxes(title_text="tokens", secondary_y=False)
     fig.update_yaxes(title_text="USD", secondary_y=True, rangemode="tozero")
-    note = "" if total["cost_usd"] else _empty(
+    note = "" if total["cost_usd"] else empty(
         "Cost is 0: no prices are configured for these models (prices.<model>, or the backend's "
         "price_input_per_mtok and price_output_per_mtok).")
-    return table + note + _chart(fig, "chart-usage") + _per_task(data)
+    return usage_table + note + chart(fig, "chart-usage") + _per_task(data)
 
 
 def _per_task(data: RunData) -> str:
     """What each accepted task cost from judging on (sampling is shared by whole requests)."""
     total = data.counts["judge"].get("accepted", 0)
     if not total:
-        return _empty("No accepted task yet, so no cost per task.")
+        return empty("No accepted task yet, so no cost per task.")
     accepted = data.run.store.query(
         f"SELECT key, {json_field('subtopic')}, {json_field('usage')} FROM items "
         "WHERE stage = 'judge' AND state = 'done' AND outcome = 'accepted' ORDER BY seq LIMIT ?", (MAX_TASK_ROWS,))
@@ -463,9 +414,9 @@ def _per_task(data: RunData) -> str:
                      sum(1 for r in rollouts.get(key, []) if r.get("reward") == 1),
                      float(sum(u.get("cost_usd") or 0 for u in usages))])
     more = total - len(rows)
-    note = _empty(f"{more} more accepted tasks not listed.") if more > 0 else ""
+    note = empty(f"{more} more accepted tasks not listed.") if more > 0 else ""
     return ("<h3>Per accepted task</h3>"
-            + _table(["task", "subtopic", "judge tokens", "environment tokens", "trajectory tokens", "rollouts", "solved",
+            + table(["task", "subtopic", "judge tokens", "environment tokens", "trajectory tokens", "rollouts", "solved",
                       "cost (USD)"], rows, "table-tasks") + note)
 
 
@@ -474,11 +425,11 @@ def _viewer(data: RunData) -> str:
     records = [i.record for i in data.items["trajectory"] if i.record.get("trajectory")]
     records = [r for r in records if (data.run.dir / r["trajectory"]).is_file()]
     if not records:
-        return _empty("No trajectory files yet: run stage=trajectory.")
+        return empty("No trajectory files yet: run stage=trajectory.")
     shown = records[:MAX_TRAJECTORIES]
     parts = [_trajectory(data, r, open_=(n == 0)) for n, r in enumerate(shown)]
     if len(records) > len(shown):
-        parts.append(_empty(f"{len(records) - len(shown)} more trajectories omitted (the viewer shows {MAX_TRAJECTORIES}); "
+        parts.append(empty(f"{len(records) - len(shown)} more trajectories omitted (the viewer shows {MAX_TRAJECTORIES}); "
                             f"their ATIF files are in {data.run.dir / 'trajectories'}."))
     return "\n".join(parts)
 
@@ -487,15 +438,15 @@ def _trajectory(data: RunData, record: dict, open_: bool) -> str:
     trajectory = json.loads((data.run.dir / record["trajectory"]).read_text(encoding="utf-8"))
     task = (data.run.store.record("judge", record["task_id"]) or {}).get("text")
     reward = record.get("reward")
-    summary = (f"{escape(record['rollout_id'])} · <span class='reward-{reward}'>reward {_fmt(reward)}</span> · "
+    summary = (f"{escape(record['rollout_id'])} · <span class='reward-{reward}'>reward {fmt(reward)}</span> · "
                f"{escape(str(record.get('status')))} · {record.get('turns') or 0} turns · stopped: "
                f"{escape(str(record.get('stop_reason')))}")
     reason = f"<p><span class='label'>Filters:</span> {escape(record['reason'])}</p>" if record.get("reason") else ""
     task_html = f"<p><span class='label'>Task:</span> {escape(task)}</p>" if task else ""
     agent_steps = [s for s in trajectory.get("steps", []) if s.get("source") == "agent"]
-    turns = "\n".join(_turn(n, step) for n, step in enumerate(agent_steps, 1)) or _empty("The agent made no turn.")
+    turns = "\n".join(_turn(n, step) for n, step in enumerate(agent_steps, 1)) or empty("The agent made no turn.")
     verifier = (data.run.store.record("trajectory", record["rollout_id"]) or {}).get("verifier_output")
-    verifier_html = (f"<div class='verifier'><span class='label'>Verifier (exit {_fmt(record.get('verifier_exit_code'))}):"
+    verifier_html = (f"<div class='verifier'><span class='label'>Verifier (exit {fmt(record.get('verifier_exit_code'))}):"
                      f"</span><pre>{escape(verifier)}</pre></div>") if verifier else ""
     return (f"<details class='trajectory' id='trajectory-{escape(record['rollout_id'])}'{' open' if open_ else ''}>"
             f"<summary>{summary}</summary>{task_html}{reason}{turns}{verifier_html}</details>")
@@ -510,7 +461,7 @@ def _turn(number: int, step: dict) -> str:
     metrics = step.get("metrics") or {}
     flags = " · task complete" if extra.get("task_complete") else ""
     flags += f" · malformed: {extra.get('error')}" if extra.get("malformed") else ""
-    tokens = f"{_fmt(metrics.get('prompt_tokens'))} prompt / {_fmt(metrics.get('completion_tokens'))} completion tokens"
+    tokens = f"{fmt(metrics.get('prompt_tokens'))} prompt / {fmt(metrics.get('completion_tokens'))} completion tokens"
     parts = [f"<h4>Turn {number} <span class='meta'>({escape(tokens)}{escape(flags)})</span></h4>"]
     if analysis:
         parts.append(f"<div class='analysis'><span class='label'>Analysis:</span> {escape(analysis)}</div>")

@@ -15,7 +15,7 @@ kept out of the training data. The criteria and every word of the requests are c
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import MISSING
 
@@ -23,6 +23,9 @@ from .records import ReviewVerdict
 from .replies import ask_json
 from .templates import render
 from .usage import new_usage
+
+if TYPE_CHECKING:
+    from .backends.base import LLMClient
 
 
 @dataclass
@@ -65,7 +68,7 @@ def reply_schema(criteria: list[Any]) -> dict:
             "additionalProperties": False}
 
 
-async def review(client: Any, config: Any, criteria: list[Any], instruction: str, *, structured: bool,
+async def review(client: LLMClient, config: Any, criteria: list[Any], instruction: str, *, structured: bool,
                  **context: Any) -> tuple[list[ReviewVerdict], dict, str | None]:
     """Ask for a verdict on each criterion: (the verdicts, the request's usage, why there are
     none when the reply was unusable). ``instruction`` names the user message's template."""

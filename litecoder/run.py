@@ -10,8 +10,12 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from .config import as_dict
 from .budget import Budget, apply_prices, served_model
+from .backends.base import Backend, LLMClient
 from .errors import ConfigError, LitecoderError, StageNotBuilt
+from .executors.base import Executor
+from .sandboxes.base import Sandbox
 from .plugins import Plugins, get_plugins
 from .spend import spend, spend_lines
 from .stage import model_stages, pipeline
@@ -40,23 +44,23 @@ class Run:
             log.info("no price for %s: its cost counts as 0 (set prices.<model> to count it)", ", ".join(unpriced))
         self.budget = Budget(cfg.budget, self.store.totals())
         #: sampling rounds planned so far (grows with ``sample.target_accepted``)
-        self.rounds = int(self.store.get_meta("rounds", "1"))
-        self._backends: dict[str, Any] = {}
-        self._sandbox: Any = None
-        self._executor: Any = None
+        self.rounds = int(self.store.get_meta("rounds") or 1)
+        self._backends: dict[str, Backend] = {}
+        self._sandbox: Sandbox | None = None
+        self._executor: Executor | None = None
 
-    def executor(self) -> Any:
+    def executor(self) -> Executor:
         """Where per-item requests and container work run (``executor=local`` or ``ray``)."""
         if self._executor is None:
             factory = self.plugins.registry("executor").get(self.cfg.executor.type)
             self._executor = factory(self.cfg.executor)
         return self._executor
 
-    def client(self, stage: str) -> Any:
+    def client(self, stage: str) -> LLMClient:
         """An LLM client for the stage's backend, sending through the executor."""
         return self.executor().client(self.backend(stage))
 
-    def sandbox(self) -> Any:
+    def sandbox(self) -> Sandbox:
         """The run's sandbox, created on first use with its base image ready."""
         if self._sandbox is None:
             factory = self.plugins.registry("sandbox").get(self.cfg.sandbox.type)
@@ -67,7 +71,7 @@ class Run:
     def toolchain(self) -> dict:
         """The domain's toolchain, which the sandbox puts on its base image for the run."""
         domain = self.cfg.domain
-        return {"name": str(domain.name), **OmegaConf.to_container(domain.toolchain, resolve=True)}
+        return {"name": str(domain.name), **as_dict(domain.toolchain)}
 
     def path(self, name: str) -> Path:
         return self.dir / name
@@ -82,7 +86,7 @@ class Run:
         own = section.get("backend") if isinstance(section, DictConfig) else None
         return own if own is not None else self.cfg.backend
 
-    def backend(self, stage: str) -> Any:
+    def backend(self, stage: str) -> Backend:
         """A started backend for the stage; stages with equal backend configs share one."""
         config = self.backend_config(stage)
         key = OmegaConf.to_yaml(config, resolve=True)

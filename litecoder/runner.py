@@ -52,7 +52,7 @@ class Done:
     tally: dict = field(default_factory=dict)
 
 
-def run_stage(run: "Run", stage: "ItemStage") -> dict:
+def run_stage(run: Run, stage: "ItemStage") -> dict:
     """Run an item stage from its declaration; returns its summary: the plan's facts, the
     counts by state and outcome, the stage's own figures, and ``stopped_by`` when a budget
     stopped it."""
@@ -72,7 +72,7 @@ def run_stage(run: "Run", stage: "ItemStage") -> dict:
     return summary
 
 
-async def _run_plan(run: "Run", stage: "ItemStage", plan: "Plan") -> str | None:
+async def _run_plan(run: Run, stage: "ItemStage", plan: "Plan") -> str | None:
     try:
         return await run_items(run, stage.name, plan.items, plan.work, total=plan.total, label=plan.label or stage.name,
                                unit=stage.unit, limit=stage.limit(run), table=run.path(stage.table), stop=plan.stop,
@@ -82,7 +82,7 @@ async def _run_plan(run: "Run", stage: "ItemStage", plan: "Plan") -> str | None:
             await plan.aclose()
 
 
-def open_items(run: Any, stage: Any, inputs: set[str] | None, *, what: str = "results") -> set[str]:
+def open_items(run: Run, stage: Any, inputs: set[str] | None, *, what: str = "results") -> set[str]:
     """Open the stage in the store with its identity; returns the keys already finished.
     Earlier results made under another identity are stale: redone where ``inputs`` names the
     stage's items, else kept aside."""
@@ -94,7 +94,7 @@ def open_items(run: Any, stage: Any, inputs: set[str] | None, *, what: str = "re
     return finished
 
 
-async def run_items(run: Any, stage: str, items: Iterable[Any], work: Callable[[Any, Any], Awaitable[Done]], *,
+async def run_items(run: Run, stage: str, items: Iterable[Any], work: Callable[[Any, Any], Awaitable[Done]], *,
                     total: int, label: str, unit: str, limit: int, table: Path,
                     stop: Callable[[], str | None] | None = None,
                     blocked: Callable[[int], bool] | None = None, calls_model: bool = True) -> str | None:

@@ -16,6 +16,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterable
 
 if TYPE_CHECKING:
+    from .backends.base import LLMClient
+    from omegaconf import DictConfig
+    from .page import Section
     from .plugins import Plugins
     from .run import Run
     from .runner import Done
@@ -32,12 +35,13 @@ class Stage:
     #: its ready records are tasks that trajectory, eval and export read
     produces_tasks: bool = False
 
-    def run(self, run: "Run") -> dict:
+    def run(self, run: Run) -> dict:
         """Do the work; return the summary (counts by outcome and facts) for the closing line."""
         raise NotImplementedError
 
-    def report_section(self, run: "Run") -> str | None:
-        """This stage's section of ``report.html`` (HTML), or None when it has nothing to show."""
+    def report_section(self, run: Run) -> "Section | None":
+        """This stage's section of ``report.html`` (``litecoder.page`` draws its parts), or
+        None when the stage has none."""
         return None
 
 
@@ -67,7 +71,7 @@ class Plan:
     aclose: Callable[[], Awaitable[None]] | None = None
 
 
-async def _no_work(item: Any, client: Any) -> "Done":
+async def _no_work(item: Any, client: LLMClient) -> "Done":
     raise RuntimeError("a plan without items has no work to run")
 
 
@@ -86,31 +90,31 @@ class ItemStage(Stage):
     #: the stage's table in the run directory (named in the breaker's message)
     table: str = ""
 
-    def identity(self, cfg: Any, backend_config: Any) -> dict:
+    def identity(self, cfg: DictConfig, backend_config: DictConfig) -> dict:
         """What the stage's results depend on; a change marks earlier results stale."""
         raise NotImplementedError
 
-    def inputs(self, run: "Run") -> set[str] | None:
+    def inputs(self, run: Run) -> set[str] | None:
         """The keys of every item (earlier results outside them are stale and redone); None when
         the items cannot be listed ahead (they are kept aside instead). Checks the config first."""
         return None
 
-    def plan(self, run: "Run", finished: set[str]) -> Plan:
+    def plan(self, run: Run, finished: set[str]) -> Plan:
         """The items not in ``finished`` and the work for one."""
         raise NotImplementedError
 
-    def limit(self, run: "Run") -> int:
+    def limit(self, run: Run) -> int:
         """Items at once: containers for stages that open them, else the backend's requests."""
         return int(run.cfg.sandbox.max_containers)
 
-    def export(self, run: "Run") -> Any:
+    def export(self, run: Run) -> Any:
         """Rebuild the stage's tables from the store (also after an error or Ctrl-C)."""
 
-    def summary(self, run: "Run") -> dict:
+    def summary(self, run: Run) -> dict:
         """Figures beyond the counts by state and outcome (pass rates, tokens)."""
         return {}
 
-    def run(self, run: "Run") -> dict:
+    def run(self, run: Run) -> dict:
         from .runner import run_stage
 
         return run_stage(run, self)

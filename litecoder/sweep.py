@@ -76,7 +76,7 @@ class SweepCallback(Callback):
             for backend in wanted_servers(config):
                 self.backends.append(backend)
                 backend.start()
-                shared[backend.share_key()] = backend.base_url
+                shared[str(backend.share_key())] = str(backend.base_url)
                 _say(f"sweep: one {backend.config.type} server for all jobs at {backend.base_url}")
         except BaseException:
             self._stop_servers()

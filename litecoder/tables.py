@@ -70,4 +70,7 @@ def write_frames_parquet(path: Path, frames: Iterable[pl.DataFrame], empty: pl.D
 
 def write_text_atomic(path: Path, text: str) -> Path:
     """A text file (JSON, JSON Lines), written the same crash-safe way."""
-    return _write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    def write(tmp: Path) -> None:
+        tmp.write_text(text, encoding="utf-8")
+
+    return _write_atomic(path, write)

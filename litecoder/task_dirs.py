@@ -240,7 +240,8 @@ def read_collections(paths: list[str], key: str, *, max_bytes: int) -> list[tupl
             raise ConfigError(f"{key}: no task directory (with {HARBOR_INSTRUCTION} or {TB1_TASK}) below {raw}")
         for kind, directory in found:
             try:
-                out.append((read_task(kind, root, directory, max_bytes=max_bytes), task_name(root, directory), ""))
+                task: ForeignTask | None = read_task(kind, root, directory, max_bytes=max_bytes)
+                out.append((task, task_name(root, directory), ""))
             except (ValueError, OSError, yaml.YAMLError) as exc:
                 out.append((None, task_name(root, directory), f"{kind} task {directory}: {exc}"))
     return out

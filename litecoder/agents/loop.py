@@ -12,13 +12,17 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 
 from ..errors import RequestError, TerminalClosed
 from ..replies import ReplyError, parse_reply
 from ..templates import render
 from .base import CONTEXT, LOOPING, MALFORMED, MAX_TURNS, REQUEST_ERROR, TERMINAL_CLOSED, WALL_TIME, Chat, Episode, Terminal, Turn, repeats
+
+if TYPE_CHECKING:
+    from ..backends.base import LLMClient
+    from ..backends.base import Backend
 
 
 @dataclass
@@ -115,6 +119,7 @@ class TurnAgent:
         episode = Episode(prompt=messages[-1]["content"], messages=messages)
         limit = min(int(c.max_context_tokens), context_limit or int(c.max_context_tokens))
         used_tokens: int | None = None  # prompt + reply tokens of the last request, as counted by the server
+        stop: Stop | None = None
         try:
             for index in range(1, int(c.max_turns) + 1):
                 room = self._room(messages, used_tokens, limit, started)
@@ -187,7 +192,7 @@ class TurnAgent:
         return f"the same {what} {max(same_commands, same_output)} times in a row (agent.loop_limit={limit})"
 
 
-def chat_params(agent: TurnAgent, backend: Any) -> dict:
+def chat_params(agent: TurnAgent, backend: Backend) -> dict:
     """The request parameters an agent's turns share: its temperature, and its reply schema
     as constrained decoding where the backend has it and the agent's config allows."""
     config = agent.config
@@ -198,7 +203,7 @@ def chat_params(agent: TurnAgent, backend: Any) -> dict:
     return params
 
 
-def bind_chat(client: Any, agent: TurnAgent, params: dict) -> Chat:
+def bind_chat(client: LLMClient, agent: TurnAgent, params: dict) -> Chat:
     """``chat(messages, max_tokens)`` for one episode on ``client``."""
 
     async def chat(messages: list[dict], max_tokens: int | None = None) -> Any:

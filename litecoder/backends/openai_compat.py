@@ -228,7 +228,7 @@ def check_endpoint(base_url: str, headers: dict[str, str], *, what: str, fix: st
     if response.status_code >= 400:
         return []
     try:
-        return [m.get("id") for m in response.json().get("data", []) if isinstance(m, dict)]
+        return [str(m["id"]) for m in response.json().get("data", []) if isinstance(m, dict) and m.get("id")]
     except (ValueError, AttributeError):
         return []
 

@@ -47,7 +47,7 @@ LEDGER_ENV = "LITECODER_SERVER_LEDGER"
 class VLLMBackendConfig(BackendConfig):
     type: str = "vllm"
     #: served model name; default: the model directory's name
-    model: Optional[str] = None
+    model: Optional[str] = None  # type: ignore[assignment]  # the base's MISSING: optional here
     #: Hugging Face model directory to serve
     model_path: str = "${litecoder.home:}/models/SmolLM2-135M-Instruct"
     #: use this running server instead of starting one (e.g. http://127.0.0.1:8000)
@@ -273,7 +273,7 @@ class VLLMBackend(Backend):
                            fix="start it, or remove it from backend.more_urls")
         shared = None if self.config.url else shared_server(launch_key(self.config))
         if self.config.url or shared:
-            url = (self.config.url or shared).rstrip("/").removesuffix("/v1")
+            url = str(self.config.url or shared).rstrip("/").removesuffix("/v1")
             if shared:
                 log.info("using the vLLM server the sweep started at %s", url)
                 self.supports_seed = resolve_launcher(self.config, self.config.python or default_python()) != "api_server"
@@ -334,7 +334,7 @@ class VLLMBackend(Backend):
         return [self.base_url, *(u.rstrip("/").removesuffix("/v1") + "/v1" for u in self.config.more_urls)]
 
     def client(self) -> OpenAIClient:
-        return OpenAIClient(self.config, self.endpoints(), self.model_name, {})
+        return OpenAIClient(self.config, self.endpoints(), self.model_name or "", {})
 
     def client_recipe(self) -> ClientRecipe:
         return client_recipe(self.client())

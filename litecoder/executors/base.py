@@ -9,9 +9,13 @@ once.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Callable, Protocol
 
-from omegaconf import MISSING
+from omegaconf import MISSING, DictConfig
+
+from ..backends.base import Backend, LLMClient
+from ..registry import Registry
+from ..sandboxes.base import Sandbox
 
 
 @dataclass
@@ -21,10 +25,11 @@ class ExecutorConfig:
 
 
 class Executor(Protocol):
-    def client(self, backend: Any) -> Any:
+    def client(self, backend: Backend) -> LLMClient:
         """An async LLM client (``complete``/``chat``/``aclose``) for a started backend."""
 
-    def sandbox(self, factory: Any, config: Any, run_id: str, builders: Any, toolchain: dict | None = None) -> Any:
+    def sandbox(self, factory: Callable[..., Sandbox], config: DictConfig, run_id: str, builders: Registry,
+                toolchain: dict | None = None) -> Sandbox:
         """A sandbox (``open``/``has_image``/``remove_image``/``cleanup``/``close``) with its image ready
         (the base image, with ``toolchain`` on it); ``run_id`` (``sandboxes.names.run_id``)
         labels what it makes, unique per run directory."""

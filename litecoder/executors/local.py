@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import hookimpl
 from .base import ExecutorConfig
+
+if TYPE_CHECKING:
+    from ..backends.base import Backend
+    from ..registry import Registry
 
 
 @dataclass
@@ -18,10 +22,10 @@ class LocalExecutor:
     def __init__(self, config: Any) -> None:
         self.config = config
 
-    def client(self, backend: Any) -> Any:
+    def client(self, backend: Backend) -> Any:
         return backend.client()
 
-    def sandbox(self, factory: Any, config: Any, run_id: str, builders: Any, toolchain: dict | None = None) -> Any:
+    def sandbox(self, factory: Any, config: Any, run_id: str, builders: Registry, toolchain: dict | None = None) -> Any:
         sandbox = factory(config, run_id)
         try:
             sandbox.ensure_image(builders, toolchain)

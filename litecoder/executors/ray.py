@@ -34,7 +34,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from omegaconf import OmegaConf
 
@@ -42,6 +42,11 @@ from .. import hookimpl
 from ..errors import ConfigError, RequestError
 from ..sandboxes.base import SandboxError
 from .base import ExecutorConfig
+
+if TYPE_CHECKING:
+    from ..backends.base import LLMClient
+    from ..backends.base import Backend
+    from ..registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +82,7 @@ class LLMWorker:
     requests through it."""
 
     def __init__(self, recipe: Any) -> None:
-        self.client: Any = None
+        self.client: LLMClient | None = None
         self._make = lambda: recipe.make(**recipe.kwargs)
 
     async def call(self, method: str, args: tuple, kwargs: dict) -> Any:
@@ -269,7 +274,7 @@ class RaySandbox:
                     node = holder
             self.busy[node] += 1
         try:
-            if copy_from is not None:
+            if copy_from is not None and image is not None:
                 node = self._copy(image, copy_from, node)
             session_id = self._get(self.nodes[node].open.remote(item, image, network))
         except BaseException:
@@ -370,7 +375,7 @@ class RayExecutor:
                          resources={self.config.docker_resource: 1})
         return ray
 
-    def client(self, backend: Any) -> RayLLMClient:
+    def client(self, backend: Backend) -> RayLLMClient:
         ray = self._connect()
         recipe = backend.client_recipe()
         key = recipe.key()
@@ -383,7 +388,7 @@ class RayExecutor:
             ray.get([w.pid.remote() for w in self._pools[key]])  # up before the first request
         return RayLLMClient(self._pools[key])
 
-    def sandbox(self, factory: Any, config: Any, run_id: str, builders: Any, toolchain: dict | None = None) -> RaySandbox:
+    def sandbox(self, factory: Any, config: Any, run_id: str, builders: Registry, toolchain: dict | None = None) -> RaySandbox:
         ray = self._connect()
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 

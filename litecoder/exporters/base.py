@@ -7,13 +7,16 @@ import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional, Protocol
+from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol
 
 from ..difficulty import UNKNOWN, in_band, pass_rates
 from ..sandboxes.base import SandboxError, item_failure
 from ..store import DONE
 from ..tables import write_text_atomic
 from ..task_set import has_environments, ready_items
+
+if TYPE_CHECKING:
+    from ..run import Run
 
 
 #: what an exporter reads: the kept rollouts (SFT data) or the ready environments (tasks)
@@ -24,7 +27,7 @@ class Exporter(Protocol):
     #: ``TRAJECTORIES`` (the default when an exporter does not say) or ``ENVIRONMENTS``
     needs: str
 
-    def export(self, run: Any) -> dict:
+    def export(self, run: Run) -> dict:
         """Write files under the run directory; returns counts for the summary (``{"rows": 12}``)."""
 
 
@@ -32,7 +35,7 @@ def needs(exporter: Any) -> str:
     return getattr(exporter, "needs", TRAJECTORIES)
 
 
-def missing_input(run: Any, what: str) -> str | None:
+def missing_input(run: Run, what: str) -> str | None:
     """Why an exporter that needs ``what`` cannot run: the stage that makes its input has not
     run (None: it has; with nothing kept the exporter still runs, so its files match the
     current filters)."""
@@ -47,7 +50,7 @@ class Rollout:
     trajectory: dict
 
 
-def kept_rollouts(run: Any) -> list[Rollout]:
+def kept_rollouts(run: Run) -> list[Rollout]:
     """Rollouts the trajectory filters kept, in the order they finished."""
     rollouts = []
     for item in run.store.items("trajectory", DONE):
@@ -58,7 +61,7 @@ def kept_rollouts(run: Any) -> list[Rollout]:
     return rollouts
 
 
-def solved_rollouts(run: Any) -> dict[str, Rollout]:
+def solved_rollouts(run: Run) -> dict[str, Rollout]:
     """Per task, its shortest kept rollout with reward 1: the one a task export replays."""
     best: dict[str, Rollout] = {}
     for rollout in kept_rollouts(run):
@@ -96,7 +99,7 @@ class ExportTask:
 TaskResult = tuple[Path, "tuple[bool, str] | None"]
 
 
-def export_candidates(run: Any) -> list[ExportTask]:
+def export_candidates(run: Run) -> list[ExportTask]:
     """Every ready environment (certified, when certification ran), with its best rollout
     and pass rate when the trajectory stage ran."""
     judged = {i.key: i.record for i in run.store.items("judge", DONE)}
@@ -118,7 +121,7 @@ def left_out(task: ExportTask, band: Any) -> str | None:
     return None
 
 
-def export_tasks(run: Any, root: Path, write: Callable[[ExportTask], TaskResult]) -> dict:
+def export_tasks(run: Run, root: Path, write: Callable[[ExportTask], TaskResult]) -> dict:
     """Write one directory per exportable task under ``root`` with ``write(task)``, and
     ``root/index.jsonl`` with one entry per ready task. A task whose export fails (a sandbox
     error, a bad state, a Docker API error) is recorded as failed and the others go on; one
@@ -146,7 +149,7 @@ def export_tasks(run: Any, root: Path, write: Callable[[ExportTask], TaskResult]
     return counts
 
 
-def _write_one(run: Any, task: ExportTask, write: Callable[[ExportTask], TaskResult], entry: dict) -> None:
+def _write_one(run: Run, task: ExportTask, write: Callable[[ExportTask], TaskResult], entry: dict) -> None:
     try:
         directory, check = write(task)
         entry["path"], entry["status"] = str(directory.relative_to(run.dir)), "exported"

@@ -12,11 +12,14 @@ reply that also had text."""
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import atif, hookimpl
 from ..tables import write_text_atomic
 from .base import jsonl, kept_rollouts
+
+if TYPE_CHECKING:
+    from ..run import Run
 
 SFT_DIR = "sft"
 SHAREGPT_ROLES = {"user": "human", "assistant": "gpt"}
@@ -44,7 +47,7 @@ class ShareGPTExporter:
                 turns.append({"from": SHAREGPT_ROLES[message["role"]], "value": message["content"] or ""})
         return {"id": rollout_id, "conversations": turns, "tools": json.dumps(tools)}
 
-    def export(self, run: Any) -> dict:
+    def export(self, run: Run) -> dict:
         rows = []
         for rollout in kept_rollouts(run):
             rollout_id, tools = rollout.record["rollout_id"], atif.tools_of(rollout.trajectory)

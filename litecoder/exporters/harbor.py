@@ -23,7 +23,7 @@ import shutil
 import tomllib
 from pathlib import Path
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from .. import __version__, hookimpl
 from ..sandboxes.base import shell_quote
@@ -32,6 +32,10 @@ from ..sandboxes.tmux import is_key
 from ..verification import GUARD_SH, SEPARATE, SHARED, capture, collect, image_of, mode_of, normal_outputs, receive
 from .base import ENVIRONMENTS, ExportTask, TaskResult, export_tasks
 from .rebuild import Pins, dockerfile_lines, pins, public_base
+
+if TYPE_CHECKING:
+    from ..sandboxes.base import Session
+    from ..run import Run
 
 log = logging.getLogger(__name__)
 
@@ -191,7 +195,7 @@ def _toml(value: Any) -> str:
 SCHEMA_VERSION = "1.4"
 
 
-def task_toml(sections: dict[str, dict], artifacts: list[str] = ()) -> str:
+def task_toml(sections: dict[str, dict], artifacts: tuple[str, ...] | list[str] = ()) -> str:
     """``task.toml`` in Harbor's schema: ``schema_version`` at the root, then the sections, then
     one ``[[artifacts]]`` per path collected from the agent's container for the verifier's."""
     lines = [f'schema_version = "{SCHEMA_VERSION}"']
@@ -215,7 +219,7 @@ def memory_mb(text: str) -> int:
 class HarborExporter:
     needs = ENVIRONMENTS
 
-    def export(self, run: Any) -> dict:
+    def export(self, run: Run) -> dict:
         root = run.path(HARBOR_DIR)
 
         def write(task: ExportTask) -> TaskResult:
@@ -227,7 +231,7 @@ class HarborExporter:
 
         return export_tasks(run, root, write)
 
-    def write_task(self, run: Any, root: Path, task: ExportTask) -> Path:
+    def write_task(self, run: Run, root: Path, task: ExportTask) -> Path:
         """Write one task's Harbor directory under ``root`` (other task formats start from it)."""
         task_id, env = task.task_id, task.environment
         building = root / f".{task_id}.partial"
@@ -250,7 +254,7 @@ class HarborExporter:
         building.rename(final)
         return final
 
-    def _write_tests(self, run: Any, task: ExportTask, tests: Path) -> None:
+    def _write_tests(self, run: Run, task: ExportTask, tests: Path) -> None:
         """``tests/``: the verifier and ``test.sh``; a synthesized task about the system itself
         gets the integrity guard and the baseline it checks, read from a pristine container of
         the task's image (an imported task keeps its own tests)."""
@@ -268,7 +272,7 @@ class HarborExporter:
             (tests / name).write_text(text)
         (tests / "test.sh").write_text(GUARDED_TEST_SH)
 
-    def _write_environment(self, run: Any, task: ExportTask, environment: Path) -> Any:
+    def _write_environment(self, run: Run, task: ExportTask, environment: Path) -> Any:
         """``environment/``: a public Debian image, the packages the task's image had, pinned,
         then the files the environment agent created and the removal of what it deleted;
         returns the pinned packages."""
@@ -287,7 +291,7 @@ class HarborExporter:
         (environment / "Dockerfile").write_text("\n".join(dockerfile))
         return packages
 
-    def sections(self, run: Any, task: ExportTask, packages: Any) -> dict[str, dict]:
+    def sections(self, run: Run, task: ExportTask, packages: Any) -> dict[str, dict]:
         """``task.toml``'s tables: the task, its metadata (difficulty, certificate, teacher,
         toolchain), and the limits the run's sandbox had."""
         cfg, judged, rollout = run.cfg, task.judged, task.rollout
@@ -320,7 +324,7 @@ class HarborExporter:
                             "network_mode": "no-network" if cfg.trajectory.network == "none" else "public"},
         }
 
-    def _archive_state(self, run: Any, env: dict, target: Path) -> list[str]:
+    def _archive_state(self, run: Run, env: dict, target: Path) -> list[str]:
         """Write the environment's added and changed files to ``target`` (nothing when there are
         none); returns the deleted paths."""
         added = top_level(env.get("added_paths") or [])
@@ -348,7 +352,7 @@ class HarborExporter:
             session.remove()
         return list(env.get("deleted_paths") or [])
 
-    def check(self, run: Any, directory: Path) -> tuple[str, str]:
+    def check(self, run: Run, directory: Path) -> tuple[str, str]:
         """Build the task, run solve.sh then test.sh in it, as Harbor would (with a separate
         verifier: test.sh in a fresh container that receives the artifacts); returns (reward
         text, detail)."""
@@ -381,7 +385,7 @@ class HarborExporter:
             sandbox.remove_image(image)
 
 
-def copy_scripts(session: Any, directory: Path, sub: str) -> None:
+def copy_scripts(session: Session, directory: Path, sub: str) -> None:
     session.write_files({f"/{sub}/{p.name}": p.read_bytes() for p in (directory / sub).iterdir()}, mode=0o755)
 
 

@@ -15,10 +15,13 @@ import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..sandboxes.base import shell_quote
 from ..sandboxes.toolchain import read_manifest
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +51,7 @@ def _canonical(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def pins(cfg: Any, env: dict) -> Pins:
+def pins(cfg: DictConfig, env: dict) -> Pins:
     """What the task's image had installed beyond a plain Debian image, pinned."""
     manifest = read_manifest(env.get("base_image") or "") or {}
     installed = manifest.get("installed") or {}
@@ -103,6 +106,6 @@ def dockerfile_lines(base: str, packages: Pins, environment_dir: Path, local_ca:
     return lines
 
 
-def public_base(cfg: Any) -> str:
+def public_base(cfg: DictConfig) -> str:
     """``export.harbor.base_image``, else the Debian release the base image is made from."""
     return cfg.export.harbor.base_image or f"debian:{cfg.sandbox.get('suite') or 'bookworm'}"

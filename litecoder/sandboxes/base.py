@@ -9,9 +9,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Protocol
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Protocol
 
 from ..errors import ConfigError, SandboxError
+
+if TYPE_CHECKING:
+    from ..registry import Registry
 
 #: what a stage's containers may reach: nothing, the package registries (through an
 #: allowlist proxy), or whatever the host reaches
@@ -152,7 +155,7 @@ class Sandbox(Protocol):
     #: the image sessions start from unless told otherwise; set by ``ensure_image``
     image: str
 
-    def ensure_image(self, builders: Any, toolchain: dict | None = None) -> str:
+    def ensure_image(self, builders: Registry, toolchain: dict | None = None) -> str:
         """Make the run's image ready (the base image, with the domain's toolchain on it)."""
 
     def open(self, item: str, image: str | None = None, network: str = "none") -> Session:

@@ -21,7 +21,7 @@ import tarfile
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Iterable, Iterator, Optional
 
 from .. import hookimpl
 from .base import NETWORKS, Change, ExecResult, HeadTail, SandboxError
@@ -29,6 +29,9 @@ from .images import ensure_base_image
 from .names import LABEL_ITEM, LABEL_RUN
 from .proxy import RegistryProxy, default_allow_hosts, remove_run_networks
 from .toolchain import ensure_manifest, ensure_toolchain_image, is_empty
+
+if TYPE_CHECKING:
+    from ..registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -249,9 +252,10 @@ class DockerSession:
         data = b"".join(stream)
         with tarfile.open(fileobj=io.BytesIO(data)) as archive:
             member = archive.next()
-            if member is None or not member.isfile():
+            content = archive.extractfile(member) if member is not None and member.isfile() else None
+            if content is None:
                 raise FileNotFoundError(path)
-            return archive.extractfile(member).read(max_bytes)
+            return content.read(max_bytes)
 
     @engine_errors
     def read_archive(self, path: str, *, max_bytes: int) -> bytes | None:
@@ -321,7 +325,7 @@ class DockerSandbox:
             log.warning("removed %d containers a previous attempt of run %s left behind", left, run_id)
 
     @engine_errors
-    def ensure_image(self, builders: Any, toolchain: dict | None = None) -> str:
+    def ensure_image(self, builders: Registry, toolchain: dict | None = None) -> str:
         """Make the run's image ready and return its name: the base image, with the domain's
         toolchain (``{"name", "debian", "python", "npm"}``) on it when that lists packages.
         Its installed package versions are recorded (``toolchain.manifest_path``)."""

@@ -15,10 +15,14 @@ import subprocess
 import tarfile
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
 from .. import hookimpl
 from .base import SandboxError
+
+if TYPE_CHECKING:
+    from docker import DockerClient
+    from ..registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +81,7 @@ def tar_files(files: dict[str, bytes]) -> bytes:
     return buffer.getvalue()
 
 
-def build_from_files(client: Any, image: str, files: dict[str, bytes], *, labels: dict[str, str], timeout: float,
+def build_from_files(client: DockerClient, image: str, files: dict[str, bytes], *, labels: dict[str, str], timeout: float,
                      nocache: bool = False) -> str | None:
     """Build ``image`` from an in-memory context on the default bridge network (the package
     registries), logging its steps and package set-ups as they come. Returns None, or the
@@ -102,7 +106,7 @@ def split_image(image: str) -> tuple[str, str]:
     return name, tag
 
 
-def build_with_debootstrap(config: Any, client: Any) -> str:
+def build_with_debootstrap(config: Any, client: DockerClient) -> str:
     if shutil.which("debootstrap") is None:
         raise SandboxError("debootstrap is not installed; run `bash scripts/setup.sh` (or apt-get install debootstrap)")
     mirror = config.mirror or host_debian_mirror()
@@ -124,7 +128,7 @@ def build_with_debootstrap(config: Any, client: Any) -> str:
     return client.images.get(config.image).id
 
 
-def ensure_base_image(config: Any, client: Any, builders: Any) -> str:
+def ensure_base_image(config: Any, client: DockerClient, builders: Registry) -> str:
     """The id of the base image ``config.image``, built by ``config.builder`` when it is missing."""
     import docker
 
@@ -138,7 +142,7 @@ def ensure_base_image(config: Any, client: Any, builders: Any) -> str:
     return image_id
 
 
-def stand_in_for_release(client: Any, image_id: str, suite: str) -> None:
+def stand_in_for_release(client: DockerClient, image_id: str, suite: str) -> None:
     """Tag the debootstrap image ``debian:<suite>`` where the engine has no such image, so
     exported Dockerfiles (``FROM debian:<suite>``) build on engines that reach no container
     registry. It is the same release; the Dockerfiles install their packages on it either way."""
@@ -151,7 +155,7 @@ def stand_in_for_release(client: Any, image_id: str, suite: str) -> None:
         log.info("tagged the base image debian:%s for exported Dockerfiles (no such image was here)", suite)
 
 
-def build_with_pull(config: Any, client: Any) -> str:
+def build_with_pull(config: Any, client: DockerClient) -> str:
     repository, tag = split_image(config.image)
     try:
         return client.images.pull(repository, tag=tag).id
@@ -159,7 +163,7 @@ def build_with_pull(config: Any, client: Any) -> str:
         raise SandboxError(f"cannot pull {config.image} ({exc}); use sandbox.builder=debootstrap offline") from exc
 
 
-def build_with_dockerfile(config: Any, client: Any) -> str:
+def build_with_dockerfile(config: Any, client: DockerClient) -> str:
     if not config.dockerfile_dir or not (Path(config.dockerfile_dir) / "Dockerfile").is_file():
         raise SandboxError("sandbox.builder=dockerfile needs sandbox.dockerfile_dir with a Dockerfile in it")
     image, _ = client.images.build(path=str(config.dockerfile_dir), tag=config.image, rm=True)

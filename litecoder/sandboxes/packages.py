@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import json
 import shlex
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..sandboxes.base import Session
 
 #: Debian packages, Python distributions outside Debian's own directory (pip's, not apt's),
 #: and the size of apt's history log; needs no network
@@ -42,7 +45,7 @@ PACKAGE_STATE = ("/var/lib/dpkg", "/var/lib/apt", "/var/cache/apt", "/var/cache/
 SYSTEM_DIRS = ("/usr/", "/etc/", "/var/", "/opt/", "/lib", "/bin/", "/sbin/")
 
 
-def snapshot(session: Any, timeout: float = 60) -> dict:
+def snapshot(session: Session, timeout: float = 60) -> dict:
     """``{"debian": {name: version}, "python": {name: version}, "apt_log_bytes": n}``."""
     output = session.exec(SNAPSHOT_SCRIPT, timeout=timeout, max_output_bytes=4_000_000).output
     debian_part, _, rest = output.partition("--- python\n")
@@ -61,13 +64,13 @@ def installed(before: dict, after: dict) -> dict[str, list[str]]:
             "python": [f"{n}=={v}" for n, v in sorted(new("python").items())]}
 
 
-def apt_history(session: Any, since_bytes: int, timeout: float = 30) -> str:
+def apt_history(session: Session, since_bytes: int, timeout: float = 30) -> str:
     """What apt wrote to its history log after ``since_bytes`` (the agent's installs)."""
     result = session.exec(f"tail -c +{int(since_bytes) + 1} /var/log/apt/history.log 2>/dev/null", timeout=timeout)
     return result.output.strip()[-20_000:]
 
 
-def owned_paths(session: Any, packages: dict[str, list[str]], timeout: float = 60) -> set[str]:
+def owned_paths(session: Session, packages: dict[str, list[str]], timeout: float = 60) -> set[str]:
     """Files and directories that the given packages installed."""
     names = [p.split("=", 1)[0] for p in packages["debian"]]
     python = [p.split("==", 1)[0] for p in packages["python"]]

@@ -30,13 +30,16 @@ import os
 import re
 import time
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
 from urllib.parse import urlsplit
 
 from ..errors import SandboxError
 from .names import LABEL_RUN
 from .images import apt_source_files, apt_uris, build_from_files, tar_files
 from .toolchain import HOST_CA_BUNDLE
+
+if TYPE_CHECKING:
+    from docker import DockerClient
 
 log = logging.getLogger(__name__)
 
@@ -196,7 +199,7 @@ def default_allow_hosts(apt_sources: Iterable[Path] | None = None, pip_configs: 
 # --- the image ---------------------------------------------------------------------------
 
 
-def ensure_proxy_image(client: Any, base: str, timeout: float = 600) -> tuple[str, bool]:
+def ensure_proxy_image(client: DockerClient, base: str, timeout: float = 600) -> tuple[str, bool]:
     """The proxy image on ``base``, built from Debian's ``tinyproxy-bin`` unless it exists: (name, reused)."""
     import docker
 
@@ -247,7 +250,7 @@ class RegistryProxy:
     for a run that was killed.
     """
 
-    def __init__(self, client: Any, run_id: str, base_image: str, allow_hosts: list[str], timeout: float = 600,
+    def __init__(self, client: DockerClient, run_id: str, base_image: str, allow_hosts: list[str], timeout: float = 600,
                  ready_timeout: float = 60) -> None:
         self.client = client
         self.run_id = run_id
@@ -371,7 +374,7 @@ class RegistryProxy:
         self._container = self._network = None
 
 
-def _remove_container(client: Any, name_or_id: str) -> bool:
+def _remove_container(client: DockerClient, name_or_id: str) -> bool:
     import docker
 
     try:
@@ -386,7 +389,7 @@ def _remove_container(client: Any, name_or_id: str) -> bool:
         return False
 
 
-def _remove_network(client: Any, name_or_id: str) -> bool:
+def _remove_network(client: DockerClient, name_or_id: str) -> bool:
     import docker
 
     try:
@@ -409,7 +412,7 @@ def _remove_network(client: Any, name_or_id: str) -> bool:
         return False
 
 
-def remove_run_networks(client: Any, run_id: str) -> int:
+def remove_run_networks(client: DockerClient, run_id: str) -> int:
     """Remove the proxy container and network a run left behind (killed, say), found by the
     run's label; how many were removed."""
     removed = 0

@@ -9,17 +9,20 @@ from __future__ import annotations
 
 import asyncio
 import shlex
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import ConfigError
 from ..records import CommandRun
 from .tmux import TmuxTerminal
 
+if TYPE_CHECKING:
+    from ..sandboxes.base import Session
+
 
 class CommandTerminal:
     """Runs each sent text as one bash command with a time limit (``session.exec``)."""
 
-    def __init__(self, session: Any, *, timeout: float, workdir: str | None = None) -> None:
+    def __init__(self, session: Session, *, timeout: float, workdir: str | None = None) -> None:
         self.session = session
         self.timeout = timeout
         #: where each command starts (an imported task's WORKDIR; default: the session's, /root)
@@ -42,7 +45,7 @@ class CommandTerminal:
         return text
 
 
-def open_terminal(agent: Any, session: Any, workdir: str | None = None) -> Any:
+def open_terminal(agent: Any, session: Session, workdir: str | None = None) -> Any:
     """The terminal ``agent`` declares, on ``session``, sized by the agent's config, starting in
     ``workdir`` (default: the session's own, /root)."""
     config = agent.config

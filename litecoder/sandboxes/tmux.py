@@ -15,9 +15,12 @@ from __future__ import annotations
 import asyncio
 import re
 import shlex
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import SandboxError, TerminalClosed
+
+if TYPE_CHECKING:
+    from ..sandboxes.base import Session
 
 SESSION = "agent"
 #: a keystroke string that is one tmux key name rather than text to type
@@ -35,7 +38,7 @@ def is_key(keystrokes: str) -> bool:
 class TmuxTerminal:
     """One tmux session in a container; blocking Docker calls run in worker threads."""
 
-    def __init__(self, session: Any, *, width: int = 160, height: int = 40, history: int = 100_000,
+    def __init__(self, session: Session, *, width: int = 160, height: int = 40, history: int = 100_000,
                  output_bytes: int = 10_000, workdir: str | None = None) -> None:
         self.session = session
         #: where the shell starts (an imported task's WORKDIR; default: the session's, /root)

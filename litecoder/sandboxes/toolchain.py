@@ -14,13 +14,16 @@ import json
 import logging
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import SandboxError
 from ..paths import litecoder_home
 from .base import shell_quote
 from .images import build_from_files
 from .names import tag_safe
+
+if TYPE_CHECKING:
+    from docker import DockerClient
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +109,7 @@ def manifest_path(image: str) -> Path:
     return litecoder_home() / "images" / (image.replace(":", "-").replace("/", "_") + ".json")
 
 
-def ensure_toolchain_image(client: Any, domain: str, base: str, base_image_id: str, toolchain: Any,
+def ensure_toolchain_image(client: DockerClient, domain: str, base: str, base_image_id: str, toolchain: Any,
                            timeout: float = 1800) -> tuple[str, bool]:
     """The domain's toolchain image on ``base`` (whose id is part of the recipe), built unless
     it exists: (name, reused). Its manifest is written when missing or stale."""
@@ -123,7 +126,7 @@ def ensure_toolchain_image(client: Any, domain: str, base: str, base_image_id: s
     return image, reused
 
 
-def ensure_manifest(client: Any, image: str, about: dict) -> Path:
+def ensure_manifest(client: DockerClient, image: str, about: dict) -> Path:
     """The image's manifest, written again when the image under that name changed."""
     image_id = client.images.get(image).id
     path = manifest_path(image)
@@ -143,7 +146,7 @@ def read_manifest(image: str) -> dict | None:
         return None
 
 
-def build_toolchain_image(client: Any, image: str, base: str, toolchain: Any, timeout: float,
+def build_toolchain_image(client: DockerClient, image: str, base: str, toolchain: Any, timeout: float,
                           nocache: bool = False) -> None:
     """Build ``image`` with the build's network (the registries); ``nocache`` skips the layer cache."""
     log.info("building %s (%s)", image, ", ".join(f"{k}: {len(v)}" for k, v in packages(toolchain).items()))
@@ -156,7 +159,7 @@ def build_toolchain_image(client: Any, image: str, base: str, toolchain: Any, ti
         raise SandboxError(f"toolchain image {image}: {what}; check the name and version in domain.toolchain")
 
 
-def write_manifest(client: Any, image: str, about: dict) -> Path:
+def write_manifest(client: DockerClient, image: str, about: dict) -> Path:
     """Record the exact package versions the image holds, from a container with no network."""
     raw = client.containers.run(image, ["bash", "-c", MANIFEST_SCRIPT], network_mode="none", remove=True)
     installed = json.loads(raw.decode())

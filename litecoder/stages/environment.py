@@ -17,11 +17,12 @@ import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 from omegaconf import MISSING, OmegaConf
 
 from .. import hookimpl
+from ..config import as_dict
 from ..agents.base import COMPLETED, GAVE_UP, MAX_TURNS, REQUEST_ERROR, WALL_TIME, Episode
 from ..agents.loop import bind_chat, chat_params
 from ..adversarial import AdversarialChecks
@@ -39,6 +40,13 @@ from ..sandboxes.terminals import open_terminal
 from ..sandboxes.names import LABEL_RUN_DIR, image_tag, run_id
 from ..store import DONE, FAILED
 from ..tables import records_frame, write_parquet_atomic
+
+if TYPE_CHECKING:
+    from ..backends.base import LLMClient
+    from ..sandboxes.base import Session
+    from ..sandboxes.base import Sandbox
+    from omegaconf import DictConfig
+    from ..run import Run
 
 log = logging.getLogger(__name__)
 
@@ -85,11 +93,11 @@ class ItemFailed(Exception):
 class Kit:
     """What one task's preparation works with."""
 
-    run: Any
-    sandbox: Any
+    run: Run
+    sandbox: Sandbox
     agent: Any
     #: the stage's model client (for requests outside the agent's episode) and the agent's chat
-    client: Any
+    client: LLMClient
     chat: Any
     #: one per container the stage may run at once (``sandbox.max_containers``)
     slots: asyncio.Semaphore
@@ -126,20 +134,20 @@ class EnvironmentStage(ItemStage):
         self._baselines: dict[str | None, dict] = {}
         self._accepted: list[dict] = []
 
-    def identity(self, cfg: Any, backend_config: Any) -> dict:
-        env = OmegaConf.to_container(cfg.environment, resolve=True)
+    def identity(self, cfg: DictConfig, backend_config: DictConfig) -> dict:
+        env = as_dict(cfg.environment)
         env.pop("backend", None)
-        sandbox = OmegaConf.to_container(cfg.sandbox, resolve=True)
-        toolchain = OmegaConf.to_container(cfg.domain.toolchain, resolve=True) if sandbox.get("toolchain", True) else None
-        certify = OmegaConf.to_container(cfg.certify, resolve=True)
+        sandbox = as_dict(cfg.sandbox)
+        toolchain = as_dict(cfg.domain.toolchain) if sandbox.get("toolchain", True) else None
+        certify = as_dict(cfg.certify)
         certify["backend"] = backend_identity(cfg.certify.backend) if cfg.certify.backend is not None else None
-        review = ({k: OmegaConf.to_container(cfg.review, resolve=True)[k] for k in REVIEW_KEYS}
+        review = ({k: as_dict(cfg.review)[k] for k in REVIEW_KEYS}
                   if cfg.certify.review else None)
-        return {"environment": env, "certify": certify, "review": review, "verification": OmegaConf.to_container(cfg.verification),
+        return {"environment": env, "certify": certify, "review": review, "verification": as_dict(cfg.verification),
                 "sandbox": {k: sandbox.get(k) for k in ("type", "image", "registries")},
                 "toolchain": toolchain, "backend": backend_identity(backend_config)}
 
-    def inputs(self, run: Any) -> set[str]:
+    def inputs(self, run: Run) -> set[str]:
         if not run.store.stage_started("judge"):
             raise ConfigError(f"no judged tasks in {run.dir}; run stage=[sample,judge] first")
         check_network(run.cfg.environment.network, "environment.network")
@@ -147,7 +155,7 @@ class EnvironmentStage(ItemStage):
         self._accepted = [i.record for i in run.store.items("judge", DONE) if i.outcome == "accepted"]
         return {t["task_id"] for t in self._accepted}
 
-    def plan(self, run: Any, finished: set[str]) -> Plan:
+    def plan(self, run: Run, finished: set[str]) -> Plan:
         todo = [t for t in self._accepted if t["task_id"] not in finished]
         facts: dict[str, Any] = {"inputs": len(self._accepted)}
         if not todo:
@@ -162,7 +170,7 @@ class EnvironmentStage(ItemStage):
         # cheat trials and the review on a model of their own, if certify.backend is set
         adversary_client = run.client("certify") if run.cfg.certify.backend is not None else None
 
-        async def one(task: dict, client: Any) -> Done:
+        async def one(task: dict, client: LLMClient) -> Done:
             kit = Kit(run, sandbox, agent, client, bind_chat(client, agent, params), slots, certifier)
             kit.adversaries = self.adversaries(run, verifier, slots, adversary_client or client)
             record = await self.prepare(kit, task)
@@ -172,7 +180,7 @@ class EnvironmentStage(ItemStage):
 
         return Plan(todo, one, total=len(todo), facts=facts, aclose=adversary_client.aclose if adversary_client else None)
 
-    def adversaries(self, run: Any, verifier: Verifier, slots: asyncio.Semaphore, client: Any) -> AdversarialChecks | None:
+    def adversaries(self, run: Run, verifier: Verifier, slots: asyncio.Semaphore, client: LLMClient) -> AdversarialChecks | None:
         """The review and the cheat trials, on ``client``; the teacher's agent plays the cheater."""
         config = run.cfg.certify
         if not config.review and int(config.cheat_trials) < 1:
@@ -187,7 +195,7 @@ class EnvironmentStage(ItemStage):
         return AdversarialChecks(config, run.cfg.review, client, backend.supports_structured_output, cheats)
 
     @staticmethod
-    def agent(run: Any) -> Any:
+    def agent(run: Run) -> Any:
         """The configured agent (``environment.agent``)."""
         config = run.cfg.environment.agent
         if not OmegaConf.is_config(config) or "type" not in config:
@@ -280,7 +288,7 @@ class EnvironmentStage(ItemStage):
     async def _settle(self, kit: "Kit", task: dict, record: dict, cert: dict) -> None:
         """Record the certificate and the task's outcome; a rejected task's image goes."""
         record["certificate"] = cert
-        nop = next((c for c in cert["checks"] if c["check"] == "nop"), {})
+        nop: dict[str, Any] = next((c for c in cert["checks"] if c["check"] == "nop"), {})
         record["verifier_exit_code"], record["verifier_output"] = nop.get("verifier_exit_code"), nop.get("verifier_output")
         self._save_scripts(kit.run, task["task_id"], record)
         if cert["certified"]:
@@ -289,7 +297,7 @@ class EnvironmentStage(ItemStage):
             record["status"], record["reason"] = REJECTED, rejection(cert)
             await asyncio.to_thread(kit.sandbox.remove_image, record["image_id"])
 
-    async def _capture(self, run: Any, sandbox: Any, session: Any, task: dict, record: dict, before: dict,
+    async def _capture(self, run: Run, sandbox: Sandbox, session: Session, task: dict, record: dict, before: dict,
                        result: dict) -> None:
         """Commit the container as the task's image and record its scripts, changes and
         installs (a repair's changes add to the first episode's)."""
@@ -318,7 +326,7 @@ class EnvironmentStage(ItemStage):
         else:
             record["status"] = READY
 
-    async def _converse(self, kit: "Kit", session: Any, task: dict, record: dict, messages: list[dict] | None) -> Episode:
+    async def _converse(self, kit: "Kit", session: Session, task: dict, record: dict, messages: list[dict] | None) -> Episode:
         """The agent's episode; returns it when it handed over a verifier, or raises
         ``ItemFailed`` with why not."""
         run, agent = kit.run, kit.agent
@@ -337,7 +345,7 @@ class EnvironmentStage(ItemStage):
         raise ItemFailed(unprepared_reason(episode, agent))
 
     @staticmethod
-    def _record_installs(session: Any, before: dict, record: dict) -> set[str]:
+    def _record_installs(session: Session, before: dict, record: dict) -> set[str]:
         """Record the packages installed while preparing; returns the paths they own, which
         an export installs again rather than copying."""
         added = packages.installed(before, packages.snapshot(session))
@@ -345,7 +353,7 @@ class EnvironmentStage(ItemStage):
         record["apt_history"] = packages.apt_history(session, before["apt_log_bytes"]) if added["debian"] else ""
         return packages.owned_paths(session, added)
 
-    async def _commit(self, run: Any, sandbox: Any, session: Any, task_id: str, replace: bool) -> tuple[str, str]:
+    async def _commit(self, run: Run, sandbox: Sandbox, session: Session, task_id: str, replace: bool) -> tuple[str, str]:
         """Commit the container as the task's image: (name, id). With ``replace``, an image
         under that name is from an earlier attempt at this task in this run (a resume, a
         changed config); it goes first, or it would be left untagged for ``docker image prune``
@@ -361,7 +369,7 @@ class EnvironmentStage(ItemStage):
         return image, await asyncio.to_thread(session.snapshot, IMAGE_REPOSITORY, tag, labels)
 
     @staticmethod
-    def _verify_prepared(sandbox: Any, image_id: str, task_id: str, verifier: str, env: Any) -> tuple[int | None, str]:
+    def _verify_prepared(sandbox: Sandbox, image_id: str, task_id: str, verifier: str, env: Any) -> tuple[int | None, str]:
         session = sandbox.open(f"{task_id}-verify", image=image_id, network="none")
         try:
             return run_verifier(session, verifier, float(env.verifier_timeout))
@@ -369,7 +377,7 @@ class EnvironmentStage(ItemStage):
             session.remove()
 
     @staticmethod
-    def _save_scripts(run: Any, task_id: str, record: dict) -> None:
+    def _save_scripts(run: Run, task_id: str, record: dict) -> None:
         """``environments/<task>/verifier.sh`` and ``solution.sh``: kept outside the image."""
         directory = run.path("environments") / task_id
         directory.mkdir(parents=True, exist_ok=True)
@@ -377,7 +385,7 @@ class EnvironmentStage(ItemStage):
             if record.get(name):
                 (directory / f"{name}.sh").write_text(record[name])
 
-    def export(self, run: Any) -> None:
+    def export(self, run: Run) -> None:
         frame = records_frame([i.record for i in run.store.items(self.name)], SCHEMA, "prepared_at")
         write_parquet_atomic(frame, run.path(ENVIRONMENTS_FILE))
 

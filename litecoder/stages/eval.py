@@ -12,19 +12,24 @@ per rollout; the summary and the report show pass rates per category.
 from __future__ import annotations
 
 import statistics
+from html import escape
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import polars as pl
 
 from .. import hookimpl
 from ..difficulty import pass_at
 from ..errors import ConfigError
+from ..page import Section, empty, table
 from ..records import EvalTask, polars_schema
 from ..store import DONE
 from ..tables import records_frame, write_parquet_atomic
 from .trajectory import SCHEMA, TAMPERED, TrajectoryStage, tamper_reason
+
+if TYPE_CHECKING:
+    from ..run import Run
 
 EVAL_FILE = "eval.parquet"
 EVAL_ROLLOUTS_FILE = "eval_rollouts.parquet"
@@ -49,17 +54,18 @@ class EvalConfig:
 
 
 class EvalStage(TrajectoryStage):
-    name, order = "eval", None
+    name = "eval"
+    order = None
     rollouts_file, trajectory_dir, tasks_file = EVAL_ROLLOUTS_FILE, EVAL_DIR, EVAL_FILE
     table = rollouts_file
 
-    def classify(self, run: Any, record: dict) -> tuple[str, list[str]]:
+    def classify(self, run: Run, record: dict) -> tuple[str, list[str]]:
         """Every finished rollout counts: it solved the task or it did not (a tampered one did not)."""
         if record.get("tampered"):
             return TAMPERED, [tamper_reason(record)]
         return (SOLVED if record.get("reward") == 1 else UNSOLVED), []
 
-    def summary(self, run: Any) -> dict:
+    def summary(self, run: Run) -> dict:
         tasks = self.task_rows(run)
         summary: dict[str, Any] = {"tasks": len(tasks)}
         if tasks:
@@ -70,7 +76,22 @@ class EvalStage(TrajectoryStage):
                                       for name, row in per_category(tasks).items()}
         return summary
 
-    def task_rows(self, run: Any) -> list[dict]:
+    def report_section(self, run: Run) -> Section | None:
+        """Pass rates per category of the evaluated model."""
+        path = run.path(EVAL_FILE)
+        tasks = pl.read_parquet(path).to_dicts() if path.is_file() else []
+        if not tasks:
+            body = empty("No evaluation: run stage=eval (eval.rollouts=k, eval.tasks=a run directory).")
+            return Section("Evaluation", "eval", body)
+        models = ", ".join(sorted({t["model"] for t in tasks if t["model"]})) or "?"
+        rows = [[name, row["tasks"], f"{row['pass_at_1']:.3f}", f"{row['pass_at_k']:.3f}", row["tokens"], row["wall_s"]]
+                for name, row in per_category(tasks).items()]
+        body = (f"<p>{escape(models)} on {len(tasks)} tasks, {tasks[0]['rollouts']} rollouts each "
+                "(per task in eval.parquet, per rollout in eval_rollouts.parquet).</p>"
+                + table(["category", "tasks", "pass@1", "pass@k", "tokens", "wall s"], rows, "table-eval"))
+        return Section("Evaluation", "eval", body)
+
+    def task_rows(self, run: Run) -> list[dict]:
         """One row per task over its finished rollouts (``EvalTask``)."""
         categories = {env["task_id"]: env.get("category") for env in self._known_environments(run)}
         by_task: dict[str, list[dict]] = defaultdict(list)
@@ -89,13 +110,13 @@ class EvalStage(TrajectoryStage):
                          "wall_s": round(sum(r.get("wall_s") or 0.0 for r in records), 2)})
         return rows
 
-    def _known_environments(self, run: Any) -> list[dict]:
+    def _known_environments(self, run: Run) -> list[dict]:
         try:
             return self.environments(run)
         except ConfigError:
             return []
 
-    def export(self, run: Any) -> None:
+    def export(self, run: Run) -> None:
         records = [i.record for i in run.store.items(self.name)]
         write_parquet_atomic(records_frame(records, SCHEMA, "finished_at"), run.path(self.rollouts_file))
         write_parquet_atomic(pl.DataFrame(self.task_rows(run), schema=EVAL_SCHEMA), run.path(self.tasks_file))

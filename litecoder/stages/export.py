@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import hookimpl
 from ..stage import Stage
 from ..errors import ConfigError
 from ..exporters.base import ENVIRONMENTS, missing_input, needs
+
+if TYPE_CHECKING:
+    from ..run import Run
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +46,7 @@ def first_stage(wanted: set[str]) -> str:
 class ExportStage(Stage):
     name, order = "export", 90
 
-    def run(self, run: Any) -> dict:
+    def run(self, run: Run) -> dict:
         formats = list(run.cfg.export.formats)
         registry = run.plugins.registry("exporter")
         exporters = {name: registry.get(name) for name in formats}  # unknown names fail before any work

@@ -9,17 +9,20 @@ builds it ahead of time and prints it as the last line on stdout, so scripts can
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import hookimpl
 from ..stage import Stage
 from ..sandboxes.toolchain import manifest_path, read_manifest
 
+if TYPE_CHECKING:
+    from ..run import Run
+
 
 class ImageStage(Stage):
     name = "image"
 
-    def run(self, run: Any) -> dict:
+    def run(self, run: Run) -> dict:
         started = time.monotonic()
         sandbox = run.sandbox()
         image = sandbox.image

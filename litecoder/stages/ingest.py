@@ -22,11 +22,12 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import OmegaConf
 
 from .. import hookimpl
+from ..config import as_dict
 from ..certification import Certifier, certificate, rejection
 from ..verification import SHARED, Verifier
 from ..errors import ConfigError
@@ -39,6 +40,11 @@ from ..store import DONE, FAILED
 from ..tables import records_frame, write_parquet_atomic
 from ..task_dirs import ForeignTask, read_collections
 from .environment import IMAGE_REPOSITORY
+
+if TYPE_CHECKING:
+    from ..sandboxes.base import Sandbox
+    from omegaconf import DictConfig
+    from ..run import Run
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +70,8 @@ class IngestConfig:
 
 def task_ids(names: list[str]) -> list[str]:
     """A stable, tag-safe id per task name; repeated names get ``-2``, ``-3``... in order."""
-    ids, seen = [], {}
+    ids: list[str] = []
+    seen: dict[str, int] = {}
     for name in names:
         base = tag_safe(name.replace("/", "-"), 100) or "task"
         seen[base] = seen.get(base, 0) + 1
@@ -77,12 +84,12 @@ class IngestStage(ItemStage):
     unit, what, table = "task", "imported tasks", IMPORTED_FILE
     _found: dict[str, tuple] = {}
 
-    def identity(self, cfg: Any, backend_config: Any) -> dict:
-        own = OmegaConf.to_container(cfg.ingest, resolve=True)
+    def identity(self, cfg: DictConfig, backend_config: DictConfig) -> dict:
+        own = as_dict(cfg.ingest)
         own["paths"] = sorted(str(Path(p).expanduser().resolve()) for p in own["paths"])
         return {"ingest": own, "certify": {k: cfg.certify.get(k) for k in ("enabled", "repeats", "solution_timeout")}}
 
-    def inputs(self, run: Any) -> set[str]:
+    def inputs(self, run: Run) -> set[str]:
         settings = run.cfg.ingest
         if not settings.paths:
             raise ConfigError("ingest.paths is empty; name Harbor or Terminal-Bench task directories, "
@@ -92,7 +99,7 @@ class IngestStage(ItemStage):
         self._found = dict(zip(task_ids([name for _, name, _ in found]), found))
         return set(self._found)
 
-    def plan(self, run: Any, finished: set[str]) -> Plan:
+    def plan(self, run: Run, finished: set[str]) -> Plan:
         todo = [(key, item) for key, item in self._found.items() if key not in finished]
         if not todo:
             return nothing_to_do(tasks=len(self._found))
@@ -109,7 +116,7 @@ class IngestStage(ItemStage):
 
         return Plan(todo, one, total=len(todo), facts={"tasks": len(self._found)})
 
-    async def _ingest(self, run: Any, sandbox: Any, certifier: Certifier, key: str, task: ForeignTask | None,
+    async def _ingest(self, run: Run, sandbox: Sandbox, certifier: Certifier, key: str, task: ForeignTask | None,
                       name: str, problem: str) -> dict:
         """One task: build its image, certify it; returns its record."""
         started = time.monotonic()
@@ -130,7 +137,7 @@ class IngestStage(ItemStage):
         record["wall_s"] = round(time.monotonic() - started, 2)
         return record
 
-    async def _build(self, run: Any, sandbox: Any, key: str, task: ForeignTask) -> tuple[str, str]:
+    async def _build(self, run: Run, sandbox: Sandbox, key: str, task: ForeignTask) -> tuple[str, str]:
         settings = run.cfg.ingest
         tag = image_tag(run_id(run.dir), key)
         context: Any = Path(task.context) if task.context else from_image(task.image)
@@ -140,7 +147,7 @@ class IngestStage(ItemStage):
         return f"{IMAGE_REPOSITORY}:{tag}", image_id
 
     @staticmethod
-    async def _certify(sandbox: Any, certifier: Certifier, record: dict) -> None:
+    async def _certify(sandbox: Sandbox, certifier: Certifier, record: dict) -> None:
         """nop (and oracle, with a solution) over ``certify.repeats`` runs; ready or rejected."""
         started = time.monotonic()
         checks = await certifier.checks(record, [])
@@ -150,7 +157,7 @@ class IngestStage(ItemStage):
             cert["oracle"], cert["certified"] = None, False
         cert.update(repairs=0, container_runs=sum(c.containers for c in checks), seconds=round(sum(c.seconds for c in checks), 2),
                     wall_s=round(time.monotonic() - started, 2))
-        nop = next((c for c in cert["checks"] if c["check"] == "nop"), {})
+        nop: dict[str, Any] = next((c for c in cert["checks"] if c["check"] == "nop"), {})
         record.update(certificate=cert, verifier_exit_code=nop.get("verifier_exit_code"),
                       verifier_output=nop.get("verifier_output"))
         if ready:
@@ -159,7 +166,7 @@ class IngestStage(ItemStage):
             record["status"], record["reason"] = REJECTED, rejection(cert)
             await asyncio.to_thread(sandbox.remove_image, record["image_id"])
 
-    def export(self, run: Any) -> None:
+    def export(self, run: Run) -> None:
         frame = records_frame([i.record for i in run.store.items(self.name)], SCHEMA, "prepared_at")
         write_parquet_atomic(frame, run.path(IMPORTED_FILE))
 

@@ -13,11 +13,12 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Iterator, Optional
+from typing import TYPE_CHECKING, Any, Iterator, Optional
 
 from omegaconf import MISSING, OmegaConf
 
 from .. import hookimpl
+from ..config import as_dict
 from ..decontaminate import DecontaminateConfig, find_contaminated
 from ..dedup import find_duplicates
 from ..errors import ConfigError, RequestError
@@ -30,6 +31,11 @@ from ..stage import ItemStage, Plan
 from ..tallies import ACCEPTED, CONTAMINATED, DUPLICATE, REJECTED
 from ..store import DONE, FAILED
 from ..tables import write_records_parquet
+
+if TYPE_CHECKING:
+    from ..backends.base import LLMClient
+    from omegaconf import DictConfig
+    from ..run import Run
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +138,7 @@ class JudgeRequest:
     model: str
 
     @classmethod
-    def for_run(cls, run: Any, stage: str) -> "JudgeRequest":
+    def for_run(cls, run: Run, stage: str) -> "JudgeRequest":
         judge, backend = run.cfg.judge, run.backend(stage)
         schema = judgment_schema(judge)
         system = render(judge.system_prompt, keep_trailing_newline=False, criteria=judge.criteria, judge=judge)
@@ -147,12 +153,12 @@ class JudgeStage(ItemStage):
     unit, table = "task", JUDGMENTS_FILE
     _inputs = 0
 
-    def identity(self, cfg: Any, backend_config: Any) -> dict:
-        judge = OmegaConf.to_container(cfg.judge, resolve=True)
+    def identity(self, cfg: DictConfig, backend_config: DictConfig) -> dict:
+        judge = as_dict(cfg.judge)
         judge.pop("backend", None)
-        return {"judge": judge, "dedup": OmegaConf.to_container(cfg.dedup, resolve=True), "backend": backend_identity(backend_config)}
+        return {"judge": judge, "dedup": as_dict(cfg.dedup), "backend": backend_identity(backend_config)}
 
-    def inputs(self, run: Any) -> set[str]:
+    def inputs(self, run: Run) -> set[str]:
         if not run.cfg.judge.criteria:
             raise ConfigError(f"judge {run.cfg.judge.name!r} has no criteria")
         ids = {task["id"] for task in self._sampled(run)}
@@ -162,20 +168,20 @@ class JudgeStage(ItemStage):
         return ids
 
     @staticmethod
-    def _sampled(run: Any) -> Iterator[dict]:
+    def _sampled(run: Run) -> Iterator[dict]:
         """The sampled tasks, streamed from the store a batch at a time, with only the fields
         judging needs (the prompts and token counts stay in the store)."""
         for batch in run.store.iter_records("sample", state=DONE, order=TASK_ORDER):
             yield from ({k: r.get(k) for k in TASK_FIELDS} for r in batch)
 
-    def plan(self, run: Any, finished: set[str]) -> Plan:
+    def plan(self, run: Run, finished: set[str]) -> Plan:
         to_judge = self._prefilter(run, finished)
         tasks = (task for task in self._sampled(run) if task["id"] in to_judge)
         judge = JudgeRequest.for_run(run, self.name)
         target = run.cfg.sample.target_accepted
         accepted = run.store.counts(self.name).get(ACCEPTED, 0)
 
-        async def one(task: dict, client: Any) -> Done:
+        async def one(task: dict, client: LLMClient) -> Done:
             nonlocal accepted
             done = await self.judge_one(judge, task, client)
             accepted += done.entries[0][2] == ACCEPTED
@@ -191,10 +197,10 @@ class JudgeStage(ItemStage):
         return Plan(tasks, one, total=len(to_judge), facts={"inputs": self._inputs},
                     label=f"judge {run.cfg.domain.name}", stop=stop, blocked=blocked)
 
-    def limit(self, run: Any) -> int:
+    def limit(self, run: Run) -> int:
         return int(run.backend_config(self.name).max_in_flight)
 
-    def _prefilter(self, run: Any, finished: set[str]) -> set[str]:
+    def _prefilter(self, run: Run, finished: set[str]) -> set[str]:
         """Record the duplicates, the contaminated and the cut-off tasks without a request;
         returns the ids left to judge."""
         cfg = run.cfg
@@ -230,7 +236,7 @@ class JudgeStage(ItemStage):
             return self._record(task, REJECTED, "task text was cut off at sample.max_tokens")
         return None
 
-    async def judge_one(self, judge: "JudgeRequest", task: dict, client: Any) -> Done:
+    async def judge_one(self, judge: "JudgeRequest", task: dict, client: LLMClient) -> Done:
         """Judge one task: up to ``judge.max_attempts`` requests until a reply fits the schema."""
         messages = [{"role": "system", "content": judge.system}, {"role": "user", "content": task["text"]}]
         usage = new_usage()
@@ -280,7 +286,7 @@ class JudgeStage(ItemStage):
         record.update(fields)
         return record
 
-    def export(self, run: Any) -> None:
+    def export(self, run: Run) -> None:
         """Rebuild ``judgments.parquet`` and ``feasible.parquet`` from the store."""
         write_records_parquet(run.path(JUDGMENTS_FILE), run.store.iter_records(self.name), JUDGMENT_SCHEMA, "judged_at")
 

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import hookimpl
 from ..stage import Stage
 from ..report import write_report
 
+if TYPE_CHECKING:
+    from ..run import Run
+
 
 class ReportStage(Stage):
     name = "report"
 
-    def run(self, run: Any) -> dict:
+    def run(self, run: Run) -> dict:
         path = write_report(run)
         rollouts = sum(1 for item in run.store.items("trajectory") if item.record.get("trajectory"))
         return {"file": path.name, "trajectories": rollouts}

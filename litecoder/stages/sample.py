@@ -15,13 +15,14 @@ import time
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import jinja2
 import polars as pl
 from omegaconf import OmegaConf
 
 from .. import hookimpl
+from ..config import as_dict
 from ..chat_template import ChatTemplate, PreQueryBuilder, explicit_prequery, load_chat_template
 from ..errors import ConfigError, RequestError
 from ..records import TASK_ORDER, SampledTask, backend_identity, polars_schema
@@ -30,6 +31,12 @@ from ..stage import ItemStage, Plan
 from ..store import DONE, FAILED
 from .. import templates
 from ..tables import write_records_parquet
+
+if TYPE_CHECKING:
+    from ..backends.base import LLMClient
+    from ..backends.base import Backend
+    from omegaconf import DictConfig
+    from ..run import Run
 
 log = logging.getLogger(__name__)
 
@@ -124,25 +131,25 @@ class SampleStage(ItemStage):
     def __init__(self) -> None:
         self._started = time.perf_counter()
 
-    def identity(self, cfg: Any, backend_config: Any) -> dict:
+    def identity(self, cfg: DictConfig, backend_config: DictConfig) -> dict:
         """What the stage's results depend on; a change marks earlier samples stale."""
-        sample = OmegaConf.to_container(cfg.sample, resolve=True)
+        sample = as_dict(cfg.sample)
         for key in ("target_accepted", "backend"):
             sample.pop(key, None)
         return {
-            "domain": OmegaConf.to_container(cfg.domain, resolve=True),
-            "prompts": OmegaConf.to_container(cfg.prompts, resolve=True),
+            "domain": as_dict(cfg.domain),
+            "prompts": as_dict(cfg.prompts),
             "sample": sample,
             "backend": backend_identity(backend_config),
         }
 
-    def inputs(self, run: Any) -> None:
+    def inputs(self, run: Run) -> None:
         settings = run.cfg.sample
         if settings.n < 1 or settings.num_tasks < 0:
             raise ConfigError("sample.n must be >= 1 and sample.num_tasks >= 0")
         return None  # the requests of later rounds are not known yet: stale samples are kept aside
 
-    def plan(self, run: Any, finished: set[str]) -> Plan:
+    def plan(self, run: Run, finished: set[str]) -> Plan:
         cfg = run.cfg
         settings = cfg.sample
         backend = run.backend(self.name)
@@ -159,21 +166,21 @@ class SampleStage(ItemStage):
                     total=sum(r.n for r in todo), facts={"planned": sum(r.n for r in requests)},
                     label=f"sample {cfg.domain.name}/{cfg.prompts.name}")
 
-    def limit(self, run: Any) -> int:
+    def limit(self, run: Run) -> int:
         return int(run.backend_config(self.name).max_in_flight)
 
-    def summary(self, run: Any) -> dict:
+    def summary(self, run: Run) -> dict:
         table = run.path(TASKS_FILE)
         tokens = pl.scan_parquet(table, glob=False).select(pl.col("completion_tokens").fill_null(0).sum()).collect().item()
         return {"completion_tokens": int(tokens or 0), "wall_s": round(time.perf_counter() - self._started, 1)}
 
-    def export(self, run: Any) -> Path:
+    def export(self, run: Run) -> Path:
         """Rebuild ``tasks.parquet`` from the store."""
         batches = run.store.iter_records(self.name, order=TASK_ORDER)
         return write_records_parquet(run.path(TASKS_FILE), batches, SCHEMA, "created_at")
 
     @staticmethod
-    def _method(mode: str, backend: Any) -> str:
+    def _method(mode: str, backend: Backend) -> str:
         if mode == "auto":
             return RAW if backend.supports_raw_completion else CHAT
         if mode == "raw":
@@ -187,7 +194,7 @@ class SampleStage(ItemStage):
             return CHAT
         raise ConfigError(f"sample.mode={mode!r} is not one of auto, raw, chat")
 
-    def _prequery(self, cfg: Any, backend: Any):
+    def _prequery(self, cfg: DictConfig, backend: Backend):
         template_cfg = cfg.sample.template
         if template_cfg.prefix:
             return lambda system: explicit_prequery(template_cfg.prefix, template_cfg.stop, system)
@@ -211,7 +218,7 @@ class SampleStage(ItemStage):
             return lambda system: replace(builder.build(system), stop=list(template_cfg.stop))
         return builder.build
 
-    def plan_requests(self, cfg: Any, backend: Any, method: str, rounds: int = 1) -> list[Request]:
+    def plan_requests(self, cfg: DictConfig, backend: Backend, method: str, rounds: int = 1) -> list[Request]:
         """All requests of ``rounds`` rounds, subtopics interleaved so partial runs stay balanced."""
         settings, domain, prompts = cfg.sample, cfg.domain, cfg.prompts
         subtopics = list(domain.subtopics) or [OmegaConf.create({"name": "general", "description": domain.description, "weight": 1.0})]
@@ -225,7 +232,9 @@ class SampleStage(ItemStage):
         for subtopic in subtopics:
             context = {"domain": domain, "subtopic": subtopic}
             system = render(prompts.system_template, **context)
-            if method == RAW:
+            stop: tuple[str, ...]
+            messages: tuple[tuple[str, str], ...]
+            if prequery is not None:
                 built = prequery(system)
                 prompt, stop, messages = built.prefix, tuple(built.stop), ()
             else:
@@ -245,7 +254,7 @@ class SampleStage(ItemStage):
                 requests.append(Request(index, name, n, seed, prompt, stop, messages))
         return requests
 
-    async def sample_one(self, run: Any, backend: Any, client: Any, request: Request, method: str) -> Done:
+    async def sample_one(self, run: Run, backend: Backend, client: LLMClient, request: Request, method: str) -> Done:
         """One sampling request: a record per choice, failed ones included."""
         settings = run.cfg.sample
         dead = backend.diagnose()
@@ -275,7 +284,7 @@ class SampleStage(ItemStage):
         failed = sum(state == FAILED for _, state, *_ in entries)
         return Done(entries, usage, error, progress=request.n, tally={"failed": failed})
 
-    def _row(self, run: Any, request: Request, method: str, model: str, choice_index: int, *, status: str,
+    def _row(self, run: Run, request: Request, method: str, model: str, choice_index: int, *, status: str,
              text: str = "", finish_reason: str | None = None, error: str | None = None, result: Any = None,
              completion_tokens: int | None = None, attempts: int | None = None) -> dict:
         """One sample's record; every sample gets one, whatever happened to it."""
@@ -307,7 +316,7 @@ class SampleStage(ItemStage):
             "created_at": datetime.now(timezone.utc).isoformat(),
         }
 
-    def _rows(self, run: Any, backend: Any, request: Request, method: str, result: Any) -> list[dict]:
+    def _rows(self, run: Run, backend: Backend, request: Request, method: str, result: Any) -> list[dict]:
         model = result.model or backend.describe().get("model") or ""
         rows = []
         for choice_index in range(request.n):
@@ -322,7 +331,7 @@ class SampleStage(ItemStage):
                                   finish_reason=choice.finish_reason, result=result, completion_tokens=choice.completion_tokens))
         return rows
 
-    def _failed_rows(self, run: Any, backend: Any, request: Request, method: str, error: str, attempts: int | None) -> list[dict]:
+    def _failed_rows(self, run: Run, backend: Backend, request: Request, method: str, error: str, attempts: int | None) -> list[dict]:
         model = backend.describe().get("model") or ""
         return [self._row(run, request, method, model, i, status="failed", error=error, attempts=attempts) for i in range(request.n)]
 

@@ -15,20 +15,23 @@ import asyncio
 import json
 import logging
 import time
+from collections import Counter
 from pathlib import Path
 from datetime import datetime, timezone
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import polars as pl
 from omegaconf import OmegaConf
 
 from .. import atif, hookimpl
-from ..difficulty import DifficultyConfig, pass_rates
+from ..config import as_dict
+from ..difficulty import LABELS, DifficultyConfig, pass_rates
 from ..agents.base import LOOPING, REQUEST_ERROR, Episode, repeats
 from ..agents.loop import bind_chat, chat_params
 from ..budget import request_cost
 from ..records import Rollout, TaskPassRate, backend_identity, polars_schema
+from ..page import Section, empty, table
 from ..runner import Done
 from ..stage import ItemStage, Plan, nothing_to_do
 from ..errors import ConfigError, RequestError
@@ -40,6 +43,11 @@ from ..sandboxes.terminals import open_terminal
 from ..store import DONE, FAILED, RunStore
 from ..task_set import has_environments, ready_environments
 from ..tables import records_frame, write_parquet_atomic, write_text_atomic
+
+if TYPE_CHECKING:
+    from ..backends.base import LLMClient
+    from omegaconf import DictConfig
+    from ..run import Run
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +137,8 @@ class TrajectoryStage(ItemStage):
     """Rollouts of the configured agent on every ready environment; ``eval`` shares the machinery
     and changes where its tasks come from, how a finished rollout is classified and what it writes."""
 
-    name, order, calls_model = "trajectory", 40, True
+    name, calls_model = "trajectory", True
+    order: int | None = 40
     unit, what = "rollout", "rollouts"
     #: per-rollout table and ATIF directory under the run
     rollouts_file, trajectory_dir, tasks_file = TRAJECTORIES_FILE, TRAJECTORY_DIR, TASKS_FILE
@@ -137,23 +146,23 @@ class TrajectoryStage(ItemStage):
     _ready: list[dict] = []
     _jobs: list[tuple[dict, int]] = []
 
-    def settings(self, cfg: Any) -> Any:
+    def settings(self, cfg: DictConfig) -> Any:
         return cfg[self.name]
 
-    def identity(self, cfg: Any, backend_config: Any) -> dict:
-        own = OmegaConf.to_container(self.settings(cfg), resolve=True)
+    def identity(self, cfg: DictConfig, backend_config: DictConfig) -> dict:
+        own = as_dict(self.settings(cfg))
         for key in ("backend", "filters", "difficulty", "rollouts", "review"):
             # filters are re-applied and labels recomputed from finished rollouts; more rollouts
             # add items, fewer retire the extra ones: none of them is a reason to redo rollouts
             own.pop(key, None)
         if own.get("tasks"):
             own["tasks"] = str(Path(own["tasks"]).resolve())
-        sandbox = OmegaConf.to_container(cfg.sandbox, resolve=True)
-        return {"agent": OmegaConf.to_container(cfg.agent, resolve=True), self.name: own,
+        sandbox = as_dict(cfg.sandbox)
+        return {"agent": as_dict(cfg.agent), self.name: own,
                 "sandbox": {k: sandbox.get(k) for k in ("type", "cpus", "memory")},
                 "backend": backend_identity(backend_config)}
 
-    def environments(self, run: Any) -> list[dict]:
+    def environments(self, run: Run) -> list[dict]:
         """The ready environments to roll out on: this run's, or those of the run directory
         that ``<stage>.tasks`` names (so a sweep's jobs share one task set)."""
         source = self.settings(run.cfg).get("tasks")
@@ -173,7 +182,7 @@ class TrajectoryStage(ItemStage):
         finally:
             store.close()
 
-    def inputs(self, run: Any) -> set[str]:
+    def inputs(self, run: Run) -> set[str]:
         settings = self.settings(run.cfg)
         if int(settings.rollouts) < 1:
             raise ConfigError(f"{self.name}.rollouts must be at least 1, got {settings.rollouts}")
@@ -183,7 +192,7 @@ class TrajectoryStage(ItemStage):
         self._jobs = [(env, r) for env in self._ready for r in range(int(settings.rollouts))]
         return {rollout_key(env["task_id"], r) for env, r in self._jobs}
 
-    def plan(self, run: Any, finished: set[str]) -> Plan:
+    def plan(self, run: Run, finished: set[str]) -> Plan:
         self._reclassify(run)
         todo = [(env, r) for env, r in self._jobs if rollout_key(env["task_id"], r) not in finished]
         facts = {"environments": len(self._ready), "rollouts": len(self._jobs)}
@@ -195,7 +204,7 @@ class TrajectoryStage(ItemStage):
         params = chat_params(agent, backend)
         verifier = Verifier(run.sandbox(), cfg.verification)
 
-        async def one(job: tuple[dict, int], client: Any) -> Done:
+        async def one(job: tuple[dict, int], client: LLMClient) -> Done:
             chat = bind_chat(client, agent, params)
             record = await self._rollout(run, verifier, agent, chat, backend.context_limit, *job, client=client)
             state = FAILED if record["status"] == FAILED else DONE
@@ -205,7 +214,7 @@ class TrajectoryStage(ItemStage):
 
         return Plan(todo, one, total=len(todo), facts=facts)
 
-    def summary(self, run: Any) -> dict:
+    def summary(self, run: Run) -> dict:
         settings = self.settings(run.cfg)
         tasks = pass_rates([i.record for i in run.store.items(self.name, DONE)], settings.difficulty)
         summary = {"solved": sum(t["solved"] for t in tasks)}
@@ -213,14 +222,27 @@ class TrajectoryStage(ItemStage):
             summary[f"pass@{settings.rollouts}"] = round(sum(t["pass_at_k"] for t in tasks) / len(tasks), 3)
         return summary
 
-    def classify(self, run: Any, record: dict) -> tuple[str, list[str]]:
+    def report_section(self, run: Run) -> Section | None:
+        """How hard the tasks were for the teacher: tasks per difficulty label."""
+        records = (i.record for i in run.store.items(self.name, DONE, fields=("task_id", "reward", "status", "tampered")))
+        rates = pass_rates(records, self.settings(run.cfg).difficulty)
+        if not rates:
+            body = empty("No rollouts yet, so no pass rates: run stage=trajectory (trajectory.rollouts=k).")
+        else:
+            counts = Counter(r["difficulty"] for r in rates)
+            rows = [[name, counts.get(name, 0)] for name in reversed(LABELS)]
+            body = (f"<p>Difficulty of {len(rates)} tasks from the teacher's pass rate (pass@1 over their rollouts; "
+                    "thresholds: trajectory.difficulty).</p>" + table(["difficulty", "tasks"], rows, "table-difficulty"))
+        return Section("Difficulty", "difficulty", body)
+
+    def classify(self, run: Run, record: dict) -> tuple[str, list[str]]:
         """A finished rollout's status and the reasons for it: the filters keep or drop it."""
         reasons = drop_reasons(record, self.settings(run.cfg).filters)
         if record.get("tampered"):  # never training data, never a solution, never a pass
             return TAMPERED, reasons
         return (DROPPED if reasons else KEPT), reasons
 
-    def _reclassify(self, run: Any) -> None:
+    def _reclassify(self, run: Run) -> None:
         """Apply the current filters to rollouts finished earlier."""
         changed = []
         for item in run.store.items(self.name, DONE):
@@ -231,8 +253,8 @@ class TrajectoryStage(ItemStage):
                 changed.append((item.key, DONE, status, record["reason"], record))
         run.store.put(self.name, changed)
 
-    async def _rollout(self, run: Any, verifier: Verifier, agent: Any, chat: Any, context_limit: int | None,
-                       env: dict, index: int, *, client: Any) -> dict:
+    async def _rollout(self, run: Run, verifier: Verifier, agent: Any, chat: Any, context_limit: int | None,
+                       env: dict, index: int, *, client: LLMClient) -> dict:
         cfg, settings = run.cfg, self.settings(run.cfg)
         rollout_id = rollout_key(env["task_id"], index)
         started_at = datetime.now(timezone.utc).isoformat()
@@ -296,7 +318,7 @@ class TrajectoryStage(ItemStage):
             record["reason"] = "; ".join(record["filters"]) or None
         return record
 
-    async def _review(self, run: Any, client: Any, env: dict, episode: Episode, record: dict) -> None:
+    async def _review(self, run: Run, client: LLMClient, env: dict, episode: Episode, record: dict) -> None:
         """Ask the stage's model whether a solved rollout gamed its check; a flagged one says why
         in ``review``. An unreadable verdict flags nothing."""
         commands = "\n".join(c.keystrokes.rstrip("\n") for t in episode.turns for c in t.commands if c.keystrokes.strip())
@@ -323,10 +345,10 @@ class TrajectoryStage(ItemStage):
             repeated_commands=same_commands, repeated_output=same_output, usage=usage,
             prompt_tokens=usage["prompt_tokens"], completion_tokens=usage["completion_tokens"],
             cached_tokens=sum(t.cached_tokens or 0 for t in turns), cost_usd=round(usage["cost_usd"], 6),
-            conversation_tokens=(last.prompt_tokens + (last.completion_tokens or 0)) if last else 0,
+            conversation_tokens=((last.prompt_tokens or 0) + (last.completion_tokens or 0)) if last else 0,
         )
 
-    def export(self, run: Any) -> None:
+    def export(self, run: Run) -> None:
         records = [i.record for i in run.store.items(self.name)]
         write_parquet_atomic(records_frame(records, SCHEMA, "finished_at"), run.path(self.rollouts_file))
         done = [r for r in records if r["status"] != FAILED]

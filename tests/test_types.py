@@ -1,0 +1,15 @@
+"""The contracts are checked, not only written down: mypy over litecoder and its plugins."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from .conftest import REPO
+
+
+def test_the_type_checker_finds_no_error():
+    result = subprocess.run([sys.executable, "-m", "mypy", "--no-color-output"], cwd=REPO, capture_output=True,
+                            text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-2000:]
+    assert "Success: no issues found" in result.stdout
