@@ -38,8 +38,8 @@ class BudgetConfig:
 
 
 def request_cost(backend_config: DictConfig, prompt_tokens: int | None, completion_tokens: int | None) -> float:
-    price_in = getattr(backend_config, "price_input_per_mtok", None) or 0.0
-    price_out = getattr(backend_config, "price_output_per_mtok", None) or 0.0
+    price_in = backend_config.get("price_input_per_mtok") or 0.0
+    price_out = backend_config.get("price_output_per_mtok") or 0.0
     return ((prompt_tokens or 0) * price_in + (completion_tokens or 0) * price_out) / 1e6
 
 

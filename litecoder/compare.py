@@ -13,6 +13,7 @@ from typing import Any
 import polars as pl
 import yaml
 
+from .outcomes import ACCEPTED, KEPT, REJECTED
 from .store import DONE, FAILED, RunStore
 from .spend import spend
 from .tallies import judge_scores
@@ -84,7 +85,7 @@ def run_figures(run_dir: Path) -> dict[str, Any]:
         sampled = sample.get(DONE, 0) + sample.get(FAILED, 0)
         judged = judge.get(DONE, 0)
         duplicates = judge.get("duplicate", 0)
-        accepted = judge.get("accepted", 0)
+        accepted = judge.get(ACCEPTED, 0)
         scores, scored = judge_scores(store)
         aggregates = [float(a) for a in scored if a is not None]
         spent = spend(store)
@@ -101,7 +102,7 @@ def run_figures(run_dir: Path) -> dict[str, Any]:
         "duplicates": duplicates,
         "duplicate_rate": _ratio(duplicates, judged),
         "accepted": accepted,
-        "rejected": judge.get("rejected", 0),
+        "rejected": judge.get(REJECTED, 0),
         "judge_failed": judge.get(FAILED, 0),
         "acceptance_rate": _ratio(accepted, sampled),
         "mean_aggregate": _mean(aggregates),
@@ -115,7 +116,17 @@ def run_figures(run_dir: Path) -> dict[str, Any]:
         figures[f"mean_{criterion}"] = sum(int(score) * n for score, n in counts.items()) / sum(counts.values())
     if not sampled:  # a run that sampled nothing (an eval of tasks made elsewhere) has no sampling figures
         figures = {k: v for k, v in figures.items() if k in ("status", "requests", "tokens", "cost_usd")}
-    return {**figures, **rollouts}
+    return {**figures, **rollouts, **stage_spend(spent)}
+
+
+def stage_spend(spent: dict[str, Any]) -> dict[str, Any]:
+    """``<stage>_tokens`` and ``<stage>_cost_usd`` for every stage that spent anything, a
+    plugin's included: the CSV's per-stage columns."""
+    figures: dict[str, Any] = {}
+    for row in spent["stages"]:
+        if row["requests"] or row["tokens"]:
+            figures[f"{row['stage']}_tokens"], figures[f"{row['stage']}_cost_usd"] = row["tokens"], row["cost_usd"]
+    return figures
 
 
 def rollout_figures(store: RunStore) -> dict[str, Any]:
@@ -124,7 +135,7 @@ def rollout_figures(store: RunStore) -> dict[str, Any]:
     figures: dict[str, Any] = {}
     if store.stage_started("trajectory"):
         done = [i.record for i in store.items("trajectory", DONE)]
-        kept = [r for r in done if r.get("status") == "kept"]
+        kept = [r for r in done if r.get("status") == KEPT]
         figures.update(teacher_pass_rate=_mean([float(r.get("reward") == 1) for r in done]),
                        turns_per_rollout=_mean([r.get("turns") or 0 for r in done]),
                        tokens_per_kept=_mean([_tokens(r) for r in kept]))

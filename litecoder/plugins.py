@@ -165,9 +165,11 @@ class Plugins:
     @property
     def registries(self) -> dict[str, Registry]:
         if self._registries is None:
+            from .exporters.base import Exporter
             from .stage import Stage
 
-            registries = {kind: Registry(kind, takes_config=group is not None, base=Stage if kind == "stage" else None)
+            bases: dict[str, type] = {"stage": Stage, "exporter": Exporter}
+            registries = {kind: Registry(kind, takes_config=group is not None, base=bases.get(kind))
                           for kind, (_, group) in KINDS.items()}
             for kind, (hook_name, _) in KINDS.items():
                 for impl in self._impls(hook_name):

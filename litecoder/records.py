@@ -21,7 +21,6 @@ import polars as pl
 #: the order sampled tasks are read in: the order they were requested
 TASK_ORDER = ("request_index", "choice_index")
 #: outcomes of a prepared environment: its verifier failed on it (the task is usable), or not
-READY, REJECTED = "ready", "rejected"
 
 _SCALARS = {str: pl.String, int: pl.Int64, float: pl.Float64, bool: pl.Boolean,
             datetime: pl.Datetime("us", "UTC")}

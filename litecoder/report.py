@@ -22,6 +22,7 @@ from plotly.offline import get_plotlyjs
 from plotly.subplots import make_subplots
 
 from .config import as_dict
+from .outcomes import ACCEPTED, KEPT, READY, SOLVED, TAMPERED, UNSOLVED
 from .spend import spend
 from .stage import model_stages, pipeline, stage_classes
 from .tallies import judge_scores
@@ -201,7 +202,7 @@ def _overview(run: Run, data: RunData) -> str:
     settings = [
         ["domain", setting("sample", "domain.name")], ["prompts", setting("sample", "prompts.name")],
         ["sampling", f"num_tasks={setting('sample', 'sample.num_tasks')}, n={setting('sample', 'sample.n')}, "
-                     f"temperature={setting('sample', 'sample.temperature')}, rounds={getattr(run, 'rounds', 1)}"],
+                     f"temperature={setting('sample', 'sample.temperature')}, rounds={run.rounds}"],
         ["judge", f"{setting('judge', 'judge.name')} (threshold {setting('judge', 'judge.threshold')}, "
                   f"{setting('judge', 'judge.aggregation')} of {len(setting('judge', 'judge.criteria') or [])} criteria)"],
         ["image", ", ".join(sorted({i.record["base_image"] for i in data.items["environment"]
@@ -225,14 +226,14 @@ def _funnel(data: RunData) -> str:
     judged = data.started["judge"]
     left_out = data.counts["judge"].get("duplicate", 0) + data.counts["judge"].get("contaminated", 0)
     steps.append(("unique, not in a benchmark", data.total("judge") - left_out if judged else None))
-    steps.append(("accepted", data.counts["judge"].get("accepted", 0) if judged else None))
-    steps.append(("environment ready", len(data.done("environment", "ready")) if data.started["environment"] else None))
+    steps.append(("accepted", data.counts["judge"].get(ACCEPTED, 0) if judged else None))
+    steps.append(("environment ready", len(data.done("environment", READY)) if data.started["environment"] else None))
     solved = {i.record["task_id"] for i in data.done("trajectory") if i.record.get("reward") == 1}
     steps.append(("solved", len(solved) if data.started["trajectory"] else None))
     if data.harbor is not None:
         exported: int | None = sum(e.get("status") == "exported" for e in data.harbor)
     elif data.sft:
-        exported = len({i.record["task_id"] for i in data.done("trajectory", "kept")})
+        exported = len({i.record["task_id"] for i in data.done("trajectory", KEPT)})
     else:
         exported = None
     steps.append(("exported", exported))
@@ -334,8 +335,8 @@ def _judge_scores(data: RunData) -> str:
 
 def _rollout_outcome(record: dict) -> str:
     if record.get("tampered"):
-        return "tampered"
-    return {1: "solved", 0: "unsolved"}.get(record.get("reward", -1), "failed")
+        return TAMPERED
+    return {1: SOLVED, 0: UNSOLVED}.get(record.get("reward", -1), FAILED)
 
 
 def _rollouts(data: RunData) -> str:
@@ -343,7 +344,7 @@ def _rollouts(data: RunData) -> str:
     if not records:
         return empty("No trajectories yet: run stage=trajectory.")
     fig = go.Figure()
-    for outcome in ("solved", "unsolved", "tampered", "failed"):
+    for outcome in (SOLVED, UNSOLVED, TAMPERED, FAILED):
         chosen = [r for r in records if _rollout_outcome(r) == outcome]
         if chosen:
             fig.add_bar(name=outcome, x=[r["rollout_id"] for r in chosen], y=[r.get("turns") or 0 for r in chosen],
@@ -391,7 +392,7 @@ def _usage(data: RunData) -> str:
 
 def _per_task(data: RunData) -> str:
     """What each accepted task cost from judging on (sampling is shared by whole requests)."""
-    total = data.counts["judge"].get("accepted", 0)
+    total = data.counts["judge"].get(ACCEPTED, 0)
     if not total:
         return empty("No accepted task yet, so no cost per task.")
     accepted = data.run.store.query(

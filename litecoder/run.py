@@ -17,6 +17,7 @@ from .errors import ConfigError, LitecoderError, StageNotBuilt
 from .executors.base import Executor
 from .sandboxes.base import Sandbox
 from .plugins import Plugins, get_plugins
+from .outcomes import ACCEPTED, KEPT, REJECTED
 from .spend import spend, spend_lines
 from .stage import model_stages, pipeline
 from .sandboxes.names import run_id
@@ -39,7 +40,7 @@ class Run:
         self.plugins = plugins or get_plugins()
         self.store = RunStore(self.dir / STORE_FILE)
         # every stage's own model, and certification's (cheat trials, review)
-        unpriced = apply_prices(cfg, (*self.plugins.registry("stage").names(), "certify"))
+        unpriced = apply_prices(cfg, (*model_stages(self.plugins), "certify"))
         if unpriced:
             log.info("no price for %s: its cost counts as 0 (set prices.<model> to count it)", ", ".join(unpriced))
         self.budget = Budget(cfg.budget, self.store.totals())
@@ -162,7 +163,7 @@ def _rounds(run: Run, names: list[str], plugins: Plugins, summaries: dict) -> st
     while True:
         summaries["sample"] = _run_stage("sample", run, plugins)
         summaries["judge"] = _run_stage("judge", run, plugins)
-        accepted = run.store.counts("judge").get("accepted", 0)
+        accepted = run.store.counts("judge").get(ACCEPTED, 0)
         if accepted >= target:
             return f"target reached: {accepted} accepted (sample.target_accepted={target})"
         spent = run.budget.exhausted()
@@ -301,16 +302,16 @@ MODELS_DOC = "docs/configuration.md#models-and-backends"
 def next_steps(run: Run) -> list[str]:
     """What the run showed, in a line or two, and what to change for real data."""
     judge, trajectory = run.store.counts("judge"), run.store.counts("trajectory")
-    judged = judge.get("accepted", 0) + judge.get("rejected", 0)
+    judged = judge.get(ACCEPTED, 0) + judge.get(REJECTED, 0)
     lines = []
-    if judged and not judge.get("accepted"):
+    if judged and not judge.get(ACCEPTED):
         model = served_model(run.backend_config("judge")) or "the model"
         lines.append(f"the judge kept none of {judged} tasks: {model} writes tasks too vague to keep. For real data, "
                      f"sample and judge with a stronger model: backend.model_path=<model directory> (a GPU server), "
                      f"or backend=openai backend.model=<name> ({MODELS_DOC})")
-    elif trajectory and not trajectory.get("kept"):
+    elif trajectory and not trajectory.get(KEPT):
         lines.append(f"no rollout was kept: give the teacher a stronger model, e.g. backend@trajectory.backend=openai "
                      f"trajectory.backend.model=<name> ({MODELS_DOC})")
-    elif trajectory.get("kept"):
-        lines.append(f"{trajectory['kept']} kept rollouts: SFT data in {run.path('sft')}, tasks in {run.path('harbor')}")
+    elif trajectory.get(KEPT):
+        lines.append(f"{trajectory[KEPT]} kept rollouts: SFT data in {run.path('sft')}, tasks in {run.path('harbor')}")
     return lines

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .outcomes import ACCEPTED, KEPT
 from .store import RunStore
 
 FIELDS = ("requests", "prompt_tokens", "completion_tokens", "cost_usd")
@@ -22,8 +23,8 @@ def spend(store: RunStore, order: list[str] | tuple[str, ...] = ()) -> dict[str,
         totals = store.totals(name)
         stages.append({"stage": name, **_row(totals)})
     total = _row({f: sum(s[f] for s in stages) for f in FIELDS})
-    accepted = store.counts("judge").get("accepted", 0)
-    kept = store.counts("trajectory").get("kept", 0)
+    accepted = store.counts("judge").get(ACCEPTED, 0)
+    kept = store.counts("trajectory").get(KEPT, 0)
     return {
         "stages": stages,
         "total": total,

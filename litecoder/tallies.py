@@ -7,7 +7,7 @@ from collections import Counter
 
 from .store import DONE, FAILED, RunStore
 
-ACCEPTED, REJECTED, DUPLICATE, CONTAMINATED = "accepted", "rejected", "duplicate", "contaminated"
+from .outcomes import ACCEPTED, CONTAMINATED, DUPLICATE, REJECTED
 
 
 #: every score the judge gave, as (criterion, score, how many tasks got it)

@@ -7,7 +7,7 @@ imported tasks flow through the pipeline exactly like synthesized ones.
 from __future__ import annotations
 
 from .plugins import get_plugins
-from .records import READY
+from .outcomes import READY
 from .stage import task_sources
 from .store import DONE, Item, RunStore
 

@@ -13,6 +13,7 @@ from litecoder.backends.base import Backend
 from litecoder.config import DomainConfig, SubtopicConfig
 from litecoder.errors import PluginError
 from litecoder.run import execute
+from litecoder.exporters.base import Exporter
 from litecoder.stage import Stage
 
 
@@ -169,7 +170,7 @@ class StageAndExporterWithSchemas:
 
     @hookimpl
     def litecoder_register_exporters(self, register):
-        register("rewards", object, config=RewardListConfig)
+        register("rewards", Exporter, config=RewardListConfig)
 
 
 def test_a_stage_and_an_exporter_bring_their_schemas(plugins, compose_cfg):

@@ -34,6 +34,10 @@ class Terminal(Protocol):
     agent's own keystrokes destroyed the terminal, so the agent can end its episode there.
     """
 
+    #: the commands a terminal ran one by one to their end (``CommandRun``), for the record;
+    #: a live shell, where commands are keystrokes, has none
+    runs: list
+
     async def start(self) -> str:
         """Open the shell; returns the first screen."""
 

@@ -77,7 +77,7 @@ class TurnAgent:
         self.config = config
 
     def render(self, which: str, **context: Any) -> str:
-        return render(getattr(self.config, which), **context)
+        return render(self.config[which], **context)
 
     def first_messages(self, task: str, screen: str, **context: Any) -> list[dict]:
         """The conversation's opening; the last message is the episode's prompt."""
@@ -231,7 +231,7 @@ def _take_result(turn: Turn, result: Any) -> int | None:
     turn.reply = result.choices[0].text if result.choices else ""
     turn.tool_calls = list(result.choices[0].tool_calls) if result.choices else []
     turn.prompt_tokens, turn.completion_tokens = result.prompt_tokens, result.completion_tokens
-    turn.cached_tokens = getattr(result, "cached_tokens", None)
+    turn.cached_tokens = result.cached_tokens
     turn.latency_s = round(result.latency_s, 3)
     if result.prompt_tokens is not None and result.completion_tokens is not None:
         return result.prompt_tokens + result.completion_tokens

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Optional, Protocol
 
 from ..difficulty import UNKNOWN, in_band, pass_rates
+from ..outcomes import KEPT
 from ..sandboxes.base import SandboxError, item_failure
 from ..store import DONE
 from ..tables import write_text_atomic
@@ -23,16 +24,15 @@ if TYPE_CHECKING:
 TRAJECTORIES, ENVIRONMENTS = "trajectories", "environments"
 
 
-class Exporter(Protocol):
-    #: ``TRAJECTORIES`` (the default when an exporter does not say) or ``ENVIRONMENTS``
-    needs: str
+class Exporter:
+    """What an exporter plugin subclasses: it declares what it reads and writes its files."""
+
+    #: ``TRAJECTORIES`` (the kept rollouts) or ``ENVIRONMENTS`` (the ready tasks)
+    needs: str = TRAJECTORIES
 
     def export(self, run: Run) -> dict:
         """Write files under the run directory; returns counts for the summary (``{"rows": 12}``)."""
-
-
-def needs(exporter: Any) -> str:
-    return getattr(exporter, "needs", TRAJECTORIES)
+        raise NotImplementedError
 
 
 def missing_input(run: Run, what: str) -> str | None:
@@ -54,7 +54,7 @@ def kept_rollouts(run: Run) -> list[Rollout]:
     """Rollouts the trajectory filters kept, in the order they finished."""
     rollouts = []
     for item in run.store.items("trajectory", DONE):
-        if item.outcome != "kept" or not item.record.get("trajectory"):
+        if item.outcome != KEPT or not item.record.get("trajectory"):
             continue
         path = run.dir / item.record["trajectory"]
         rollouts.append(Rollout(item.record, json.loads(path.read_text(encoding="utf-8"))))

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from .. import atif, hookimpl
 from ..tables import write_text_atomic
-from .base import jsonl, kept_rollouts
+from .base import Exporter, jsonl, kept_rollouts
 
 if TYPE_CHECKING:
     from ..run import Run
@@ -25,7 +25,7 @@ SFT_DIR = "sft"
 SHAREGPT_ROLES = {"user": "human", "assistant": "gpt"}
 
 
-class ShareGPTExporter:
+class ShareGPTExporter(Exporter):
     file = "sharegpt.jsonl"
 
     def row(self, rollout_id: str, pairs: list[tuple[str, str]]) -> dict:

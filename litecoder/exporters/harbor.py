@@ -30,7 +30,7 @@ from ..sandboxes.base import shell_quote
 from ..sandboxes.names import LABEL_RUN, run_id
 from ..sandboxes.tmux import is_key
 from ..verification import GUARD_SH, SEPARATE, SHARED, capture, collect, image_of, mode_of, normal_outputs, receive
-from .base import ENVIRONMENTS, ExportTask, TaskResult, export_tasks
+from .base import ENVIRONMENTS, Exporter, ExportTask, TaskResult, export_tasks
 from .rebuild import Pins, dockerfile_lines, pins, public_base
 
 if TYPE_CHECKING:
@@ -216,7 +216,7 @@ def memory_mb(text: str) -> int:
     return int(float(match.group(1)) * scale)
 
 
-class HarborExporter:
+class HarborExporter(Exporter):
     needs = ENVIRONMENTS
 
     def export(self, run: Run) -> dict:

@@ -154,6 +154,8 @@ class Sandbox(Protocol):
 
     #: the image sessions start from unless told otherwise; set by ``ensure_image``
     image: str
+    #: whether ``ensure_image`` found the image made already (None: it has not run)
+    image_reused: bool | None
 
     def ensure_image(self, builders: Registry, toolchain: dict | None = None) -> str:
         """Make the run's image ready (the base image, with the domain's toolchain on it)."""

@@ -45,6 +45,8 @@ class TmuxTerminal:
         self.workdir = workdir
         self.width, self.height, self.history = width, height, history
         self.output_bytes = output_bytes
+        #: a live shell runs keystrokes, not recorded commands (``Terminal.runs``)
+        self.runs: list = []
         self._position = 0
 
     def _run(self, command: str, *, max_output_bytes: int | None = None) -> str:

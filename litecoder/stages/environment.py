@@ -31,7 +31,8 @@ from ..cheating import CheatTrials
 from ..usage import add_usage, new_usage, of_turns
 from ..verification import NOISE, Verifier, mode_of, normal_outputs
 from ..errors import ConfigError, RequestError
-from ..records import READY, REJECTED, Environment, backend_identity, polars_schema
+from ..outcomes import ACCEPTED, READY, REJECTED
+from ..records import Environment, backend_identity, polars_schema
 from ..runner import Done
 from ..stage import ItemStage, Plan, nothing_to_do
 from ..sandboxes import packages
@@ -152,7 +153,7 @@ class EnvironmentStage(ItemStage):
             raise ConfigError(f"no judged tasks in {run.dir}; run stage=[sample,judge] first")
         check_network(run.cfg.environment.network, "environment.network")
         self.agent(run)  # a wrong agent name fails before any work
-        self._accepted = [i.record for i in run.store.items("judge", DONE) if i.outcome == "accepted"]
+        self._accepted = [i.record for i in run.store.items("judge", DONE) if i.outcome == ACCEPTED]
         return {t["task_id"] for t in self._accepted}
 
     def plan(self, run: Run, finished: set[str]) -> Plan:
@@ -212,7 +213,7 @@ class EnvironmentStage(ItemStage):
             "task_id": task["task_id"], "text": task["text"], "status": FAILED, "reason": None, "commands": [],
             "changed_paths": [], "steps": 0, "model": run.backend(self.name).describe().get("model") or "",
             "usage": new_usage(), "wrong_solutions": [],
-            "base_image": getattr(kit.sandbox, "image", None), "network": str(env.network),
+            "base_image": kit.sandbox.image, "network": str(env.network),
         }
         started = time.monotonic()
         try:
@@ -243,7 +244,7 @@ class EnvironmentStage(ItemStage):
             session = await asyncio.to_thread(sandbox.open, name, image=record.get("image_id"),
                                               network=str(run.cfg.environment.network))
             try:
-                record["host"] = getattr(session, "host", None)  # plugins' sandboxes may not say
+                record["host"] = session.host
                 before = self._baselines.get(record["base_image"])
                 if before is None:  # every container of the run starts from the same image
                     before = self._baselines[record["base_image"]] = await asyncio.to_thread(packages.snapshot, session)
@@ -336,7 +337,7 @@ class EnvironmentStage(ItemStage):
                                   network=str(run.cfg.environment.network), messages=messages)
         turns = episode.turns
         record["steps"] += len(turns) + (episode.stop_reason == REQUEST_ERROR)
-        record["commands"] += [asdict(r) for r in getattr(terminal, "runs", [])]
+        record["commands"] += [asdict(r) for r in terminal.runs]
         add_usage(record["usage"], of_turns(turns))
         if episode.stop_reason == COMPLETED and episode.result.get("verifier", "").strip():
             return episode

@@ -26,7 +26,8 @@ from ..page import Section, empty, table
 from ..records import EvalTask, polars_schema
 from ..store import DONE
 from ..tables import records_frame, write_parquet_atomic
-from .trajectory import SCHEMA, TAMPERED, TrajectoryStage, tamper_reason
+from ..outcomes import TAMPERED
+from .trajectory import SCHEMA, TrajectoryStage, tamper_reason
 
 if TYPE_CHECKING:
     from ..run import Run
@@ -34,7 +35,7 @@ if TYPE_CHECKING:
 EVAL_FILE = "eval.parquet"
 EVAL_ROLLOUTS_FILE = "eval_rollouts.parquet"
 EVAL_DIR = "eval"
-SOLVED, UNSOLVED = "solved", "unsolved"
+from ..outcomes import SOLVED, UNSOLVED
 EVAL_SCHEMA = polars_schema(EvalTask)
 
 

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from .. import hookimpl
 from ..stage import Stage
 from ..errors import ConfigError
-from ..exporters.base import ENVIRONMENTS, missing_input, needs
+from ..exporters.base import ENVIRONMENTS, missing_input
 
 if TYPE_CHECKING:
     from ..run import Run
@@ -51,10 +51,10 @@ class ExportStage(Stage):
         registry = run.plugins.registry("exporter")
         exporters = {name: registry.get(name) for name in formats}  # unknown names fail before any work
         made = {name: factory() for name, factory in exporters.items()}
-        missing = {name: missing_input(run, needs(exporter)) for name, exporter in made.items()}
+        missing = {name: missing_input(run, exporter.needs) for name, exporter in made.items()}
         if made and all(missing.values()):
             raise ConfigError(f"nothing to export in {run.dir}: " + "; ".join(f"{n} has {why}" for n, why in missing.items())
-                              + "; " + first_stage({needs(exporter) for exporter in made.values()}))
+                              + "; " + first_stage({exporter.needs for exporter in made.values()}))
         summary: dict[str, Any] = {}
         skipped = []
         for name, exporter in made.items():

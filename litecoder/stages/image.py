@@ -27,7 +27,7 @@ class ImageStage(Stage):
         sandbox = run.sandbox()
         image = sandbox.image
         print(image, flush=True)
-        summary = {"image": image, "reused": getattr(sandbox, "image_reused", None),
+        summary = {"image": image, "reused": sandbox.image_reused,
                    "seconds": round(time.monotonic() - started, 1)}
         manifest = read_manifest(image)
         if manifest:

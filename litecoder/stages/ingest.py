@@ -31,7 +31,8 @@ from ..config import as_dict
 from ..certification import Certifier, certificate, rejection
 from ..verification import SHARED, Verifier
 from ..errors import ConfigError
-from ..records import READY, REJECTED, Environment, polars_schema
+from ..outcomes import READY, REJECTED
+from ..records import Environment, polars_schema
 from ..runner import Done
 from ..stage import ItemStage, Plan, nothing_to_do
 from ..sandboxes.base import SandboxError, check_network

@@ -28,7 +28,7 @@ from ..usage import add_usage, new_usage, of_request
 from ..records import TASK_ORDER, Judgment, SampledTask, backend_identity, polars_schema
 from ..runner import Done
 from ..stage import ItemStage, Plan
-from ..tallies import ACCEPTED, CONTAMINATED, DUPLICATE, REJECTED
+from ..outcomes import ACCEPTED, CONTAMINATED, DUPLICATE, REJECTED
 from ..store import DONE, FAILED
 from ..tables import write_records_parquet
 

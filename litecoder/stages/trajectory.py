@@ -93,7 +93,7 @@ class TrajectoryConfig:
 TRAJECTORIES_FILE = "trajectories.parquet"
 TASKS_FILE = "trajectory_tasks.parquet"
 TRAJECTORY_DIR = "trajectories"
-KEPT, DROPPED, TAMPERED = "kept", "dropped", "tampered"
+from ..outcomes import DROPPED, KEPT, TAMPERED
 
 SCHEMA = polars_schema(Rollout)
 TASK_SCHEMA = polars_schema(TaskPassRate)
@@ -268,7 +268,7 @@ class TrajectoryStage(ItemStage):
         try:
             session = await asyncio.to_thread(verifier.sandbox.open, rollout_id, image=env.get("image_id") or env["image"],
                                               network=str(settings.network))
-            record["host"] = getattr(session, "host", None)  # plugins' sandboxes may not say
+            record["host"] = session.host
             baseline = await asyncio.to_thread(verifier.before, session, env)
             workdir = env.get("workdir")  # an imported task starts where its own harness starts it
             episode = await agent.run(env["text"], open_terminal(agent, session, workdir), chat,

@@ -26,7 +26,7 @@ from typing import Any
 
 import yaml
 
-from litecoder.exporters.base import ENVIRONMENTS, ExportTask, TaskResult, export_tasks
+from litecoder.exporters.base import ENVIRONMENTS, Exporter, ExportTask, TaskResult, export_tasks
 from litecoder.exporters.harbor import HarborExporter
 from litecoder.sandboxes.names import LABEL_RUN, run_id
 
@@ -118,7 +118,7 @@ def task_yaml(fields: dict[str, Any], header: str) -> str:
     return header + yaml.dump(fields, Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=4096)
 
 
-class TerminalBenchExporter:
+class TerminalBenchExporter(Exporter):
     #: task.yaml's author fields; subclass and register with ``replace=True`` to change them
     author_name = "litecoder"
     author_email = "litecoder@localhost"
