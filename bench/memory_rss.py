@@ -310,7 +310,7 @@ def census(run_dir: Path, top: int) -> None:
     from litecoder.config import DedupConfig
     from litecoder.dedup import find_duplicates
     from litecoder.run import PIPELINE
-    from litecoder.report import RunData
+    from litecoder.stages.report import RunData
     from litecoder.spend import spend
     from litecoder.stages.judge import JudgeStage
     from litecoder.stages.sample import TASK_ORDER, SampleStage

@@ -18,6 +18,7 @@ from .executors.base import Executor
 from .sandboxes.base import Sandbox
 from .plugins import Plugins, get_plugins
 from .outcomes import ACCEPTED, KEPT, REJECTED
+from .runner import run_stage
 from .spend import spend, spend_lines
 from .stage import model_stages, pipeline
 from .sandboxes.names import run_id
@@ -151,7 +152,7 @@ def _say(message: str) -> None:
 def _run_stage(name: str, run: Run, plugins: Plugins) -> dict:
     stage = plugins.registry("stage").get(name)()
     plugins.pm.hook.litecoder_before_stage(stage=name, run=run)
-    summary = stage.run(run) or {}
+    summary = run_stage(run, stage)
     plugins.pm.hook.litecoder_after_stage(stage=name, run=run, summary=summary)
     _say(f"{name}: " + ", ".join(f"{k}={v}" for k, v in summary.items()))
     return summary
@@ -275,7 +276,7 @@ def write_summary(run_dir: Path, status: str, stages: dict | None = None, spent:
 def _write_report(run: Run) -> None:
     """Run the ``report`` stage quietly; a page that cannot be drawn is a warning, never a lost run."""
     try:
-        summary = run.plugins.registry("stage").get("report")().run(run) or {}
+        summary = run_stage(run, run.plugins.registry("stage").get("report")())
     except Exception as exc:  # noqa: BLE001 - the results are safe in the store either way
         log.warning("the report was not written: %s: %s (rebuild it with stage=report)", type(exc).__name__, exc)
         return

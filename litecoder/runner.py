@@ -25,9 +25,11 @@ from .dispatch import Dispatcher
 from .errors import BackendError
 from .progress import Progress
 
+from .stage import ItemStage, Stage
+
 if TYPE_CHECKING:
     from .run import Run
-    from .stage import ItemStage, Plan
+    from .stage import Plan
 
 log = logging.getLogger(__name__)
 
@@ -52,10 +54,12 @@ class Done:
     tally: dict = field(default_factory=dict)
 
 
-def run_stage(run: Run, stage: "ItemStage") -> dict:
-    """Run an item stage from its declaration; returns its summary: the plan's facts, the
-    counts by state and outcome, the stage's own figures, and ``stopped_by`` when a budget
-    stopped it."""
+def run_stage(run: Run, stage: Stage) -> dict:
+    """Run any stage: an item stage from its declaration, another through its own ``run``.
+    Returns the summary: for an item stage the plan's facts, the counts by state and outcome,
+    the stage's own figures, and ``stopped_by`` when a budget stopped it."""
+    if not isinstance(stage, ItemStage):
+        return stage.run(run) or {}
     finished = open_items(run, stage, stage.inputs(run), what=stage.what)
     plan = None
     stopped = None
@@ -72,7 +76,7 @@ def run_stage(run: Run, stage: "ItemStage") -> dict:
     return summary
 
 
-async def _run_plan(run: Run, stage: "ItemStage", plan: "Plan") -> str | None:
+async def _run_plan(run: Run, stage: ItemStage, plan: Plan) -> str | None:
     try:
         return await run_items(run, stage.name, plan.items, plan.work, total=plan.total, label=plan.label or stage.name,
                                unit=stage.unit, limit=stage.limit(run), table=run.path(stage.table), stop=plan.stop,

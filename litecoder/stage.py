@@ -6,7 +6,7 @@ calls a model (then it gets ``<name>.backend``, a price, a spend line and a swee
 whether its ready records are tasks (then trajectory, eval and export read them), and which
 section of the report it draws. A stage whose work is a set of items subclasses ``ItemStage``
 and says only what is its own: its items, the work for one item, its table; the runner
-(``litecoder.runner.run_stage``) owns resume, the to-do list, concurrency, progress, spending,
+(``litecoder.runner.run_stage``, the one entry point that runs every stage) owns resume, the to-do list, concurrency, progress, spending,
 the breaker, export in ``finally``, the counts and the stop reason.
 """
 
@@ -36,7 +36,8 @@ class Stage:
     produces_tasks: bool = False
 
     def run(self, run: Run) -> dict:
-        """Do the work; return the summary (counts by outcome and facts) for the closing line."""
+        """Do the work; return the summary (counts by outcome and facts) for the closing line.
+        An ``ItemStage`` has no ``run`` of its own: the runner runs it from its declaration."""
         raise NotImplementedError
 
     def report_section(self, run: Run) -> "Section | None":
@@ -113,11 +114,6 @@ class ItemStage(Stage):
     def summary(self, run: Run) -> dict:
         """Figures beyond the counts by state and outcome (pass rates, tokens)."""
         return {}
-
-    def run(self, run: Run) -> dict:
-        from .runner import run_stage
-
-        return run_stage(run, self)
 
 
 def stage_classes(plugins: "Plugins") -> dict[str, type[Stage]]:

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from plotly.offline import get_plotlyjs
 
-from litecoder.report import REPORT_FILE, write_report
+from litecoder.stages.report import REPORT_FILE, write_report
 from litecoder.run import Run, execute
 from litecoder.stage import Stage
 
@@ -187,7 +187,7 @@ def test_every_run_ends_with_its_report_and_a_broken_report_loses_nothing(compos
 
 
 def test_the_certification_funnel_counts_tasks_past_each_check_in_order():
-    from litecoder.report import certification_funnel
+    from litecoder.stages.report import certification_funnel
 
     # (nop, oracle, stable, wrong_total, wrong_caught, certified, repairs, review_passed, cheat_trials,
     # cheats_rewarded) per prepared task; a review or trial that did not run (null) is no step down

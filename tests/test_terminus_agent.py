@@ -19,7 +19,7 @@ from litecoder.errors import RequestError
 from litecoder.stages.trajectory import TrajectoryFilters
 from litecoder.errors import TerminalClosed
 from litecoder.exporters.harbor import solve_script, task_toml, top_level
-from litecoder.sandboxes.tmux import is_key
+from litecoder.agents.base import is_key
 from litecoder.stages.trajectory import drop_reasons
 
 

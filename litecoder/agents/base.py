@@ -9,6 +9,7 @@ they share is ``agents/loop.py``.
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any, Awaitable, Callable, Optional, Protocol
 
@@ -25,6 +26,18 @@ TERMINAL_CLOSED = "terminal_closed"
 #: the agent said the task cannot be done here
 GAVE_UP = "gave_up"
 STOP_REASONS = (COMPLETED, MAX_TURNS, WALL_TIME, CONTEXT, LOOPING, MALFORMED, REQUEST_ERROR, TERMINAL_CLOSED, GAVE_UP)
+
+
+#: a keystroke string that is one key name (tmux's spelling) rather than text to type
+_KEY = re.compile(
+    r"^(?:(?:[CMS]-)+\S|Enter|Escape|Tab|BTab|BSpace|Space|Up|Down|Left|Right|Home|End|"
+    r"PageUp|PageDown|PgUp|PgDn|PPage|NPage|IC|DC|F(?:[1-9]|1[0-2]))$"
+)
+
+
+def is_key(keystrokes: str) -> bool:
+    """Whether an agent's keystrokes are one key press (``C-c``, ``Escape``), not text."""
+    return bool(_KEY.match(keystrokes.strip())) and "\n" not in keystrokes.strip()
 
 
 class Terminal(Protocol):

@@ -12,7 +12,7 @@ reply that also had text."""
 from __future__ import annotations
 
 import json
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from .. import atif, hookimpl
 from ..tables import write_text_atomic

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Optional
 from .. import __version__, hookimpl
 from ..sandboxes.base import shell_quote
 from ..sandboxes.names import LABEL_RUN, run_id
-from ..sandboxes.tmux import is_key
+from ..agents.base import is_key
 from ..verification import GUARD_SH, SEPARATE, SHARED, capture, collect, image_of, mode_of, normal_outputs, receive
 from .base import ENVIRONMENTS, Exporter, ExportTask, TaskResult, export_tasks
 from .rebuild import Pins, dockerfile_lines, pins, public_base

@@ -19,6 +19,8 @@ LABEL_RUN = "litecoder.run"
 #: the run's directory, on its task images, for people reading ``docker images``
 LABEL_RUN_DIR = "litecoder.run_dir"
 LABEL_ITEM = "litecoder.item"
+#: the repository of every task's image, prepared (environment) or imported (ingest)
+TASK_IMAGES = "litecoder-env"
 #: a Docker tag is at most this long, in [A-Za-z0-9_.-], and starts with neither . nor -
 MAX_TAG = 128
 #: the readable part of a run id

@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-IMAGE_REPOSITORY = "litecoder-proxy"
+PROXY_IMAGES = "litecoder-proxy"
 #: marks what a proxy makes (``container`` or ``network``), beside the run's label
 LABEL_PROXY = "litecoder.proxy"
 #: the proxy's name on the run's network, and its port
@@ -80,7 +80,7 @@ def dockerfile(base: str) -> str:
 def image_name(base_image_id: str, base: str) -> str:
     """``litecoder-proxy:<hash of the base image's id and the Dockerfile>``."""
     recipe = f"{base_image_id}\n{dockerfile(base)}"
-    return f"{IMAGE_REPOSITORY}:{hashlib.sha256(recipe.encode()).hexdigest()[:12]}"
+    return f"{PROXY_IMAGES}:{hashlib.sha256(recipe.encode()).hexdigest()[:12]}"
 
 
 def tinyproxy_config() -> str:

@@ -13,26 +13,17 @@ is ``TerminalClosed``, which ends the agent's episode rather than the item.
 from __future__ import annotations
 
 import asyncio
-import re
 import shlex
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from ..agents.base import is_key
 from ..errors import SandboxError, TerminalClosed
 
 if TYPE_CHECKING:
     from ..sandboxes.base import Session
 
 SESSION = "agent"
-#: a keystroke string that is one tmux key name rather than text to type
-_KEY = re.compile(
-    r"^(?:(?:[CMS]-)+\S|Enter|Escape|Tab|BTab|BSpace|Space|Up|Down|Left|Right|Home|End|"
-    r"PageUp|PageDown|PgUp|PgDn|PPage|NPage|IC|DC|F(?:[1-9]|1[0-2]))$"
-)
 _POSITION = "#{history_size} #{cursor_y} #{history_limit}"
-
-
-def is_key(keystrokes: str) -> bool:
-    return bool(_KEY.match(keystrokes.strip())) and "\n" not in keystrokes.strip()
 
 
 class TmuxTerminal:

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-IMAGE_REPOSITORY = "litecoder-toolchain"
+TOOLCHAIN_IMAGES = "litecoder-toolchain"
 #: the host's CA bundle: registries are reached through whatever TLS the host trusts
 HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 RECIPE_FORMAT = 1
@@ -69,7 +69,7 @@ def recipe_hash(base_image_id: str, toolchain: Any) -> str:
 
 
 def image_name(domain: str, base_image_id: str, toolchain: Any) -> str:
-    return f"{IMAGE_REPOSITORY}:{tag_safe(domain, 60) or 'domain'}-{recipe_hash(base_image_id, toolchain)}"
+    return f"{TOOLCHAIN_IMAGES}:{tag_safe(domain, 60) or 'domain'}-{recipe_hash(base_image_id, toolchain)}"
 
 
 def dockerfile(base: str, toolchain: Any) -> str:

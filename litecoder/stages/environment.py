@@ -36,9 +36,9 @@ from ..records import Environment, backend_identity, polars_schema
 from ..runner import Done
 from ..stage import ItemStage, Plan, nothing_to_do
 from ..sandboxes import packages
-from ..sandboxes.base import check_network, clip, item_failure, run_verifier
+from ..sandboxes.base import check_network, item_failure, run_verifier
 from ..sandboxes.terminals import open_terminal
-from ..sandboxes.names import LABEL_RUN_DIR, image_tag, run_id
+from ..sandboxes.names import LABEL_RUN_DIR, TASK_IMAGES, image_tag, run_id
 from ..store import DONE, FAILED
 from ..tables import records_frame, write_parquet_atomic
 
@@ -69,7 +69,6 @@ class EnvironmentConfig:
     backend: Optional[Any] = None
 
 ENVIRONMENTS_FILE = "environments.parquet"
-IMAGE_REPOSITORY = "litecoder-env"
 
 SCHEMA = polars_schema(Environment)
 
@@ -360,14 +359,14 @@ class EnvironmentStage(ItemStage):
         changed config); it goes first, or it would be left untagged for ``docker image prune``
         to find. A repair's container runs from the task's image, the new one's parent."""
         tag = image_tag(run_id(run.dir), task_id)
-        image = f"{IMAGE_REPOSITORY}:{tag}"
+        image = f"{TASK_IMAGES}:{tag}"
         try:
             if replace:
                 await asyncio.to_thread(sandbox.remove_image, image)
         except Exception as exc:  # noqa: BLE001 - an image kept in use is no reason to fail the item
             log.warning("could not remove %s, which task %s replaces: %s", image, task_id, exc)
         labels = {"litecoder.task": task_id, LABEL_RUN_DIR: str(Path(run.dir).resolve())}
-        return image, await asyncio.to_thread(session.snapshot, IMAGE_REPOSITORY, tag, labels)
+        return image, await asyncio.to_thread(session.snapshot, TASK_IMAGES, tag, labels)
 
     @staticmethod
     def _verify_prepared(sandbox: Sandbox, image_id: str, task_id: str, verifier: str, env: Any) -> tuple[int | None, str]:

@@ -15,7 +15,7 @@ import statistics
 from html import escape
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any
 
 import polars as pl
 
@@ -27,7 +27,7 @@ from ..records import EvalTask, polars_schema
 from ..store import DONE
 from ..tables import records_frame, write_parquet_atomic
 from ..outcomes import TAMPERED
-from .trajectory import SCHEMA, TrajectoryStage, tamper_reason
+from .trajectory import SCHEMA, RolloutConfig, TrajectoryStage, tamper_reason
 
 if TYPE_CHECKING:
     from ..run import Run
@@ -40,18 +40,8 @@ EVAL_SCHEMA = polars_schema(EvalTask)
 
 
 @dataclass
-class EvalConfig:
-    """A model with the configured agent on a task set."""
-
-    #: rollouts per task (the k of pass@k)
-    rollouts: int = 1
-    #: a run directory whose ready environments are the task set; null: this run's
-    tasks: Optional[str] = None
-    #: seconds for the task's verifier after the agent stopped
-    verifier_timeout: float = 300.0
-    #: what the agent's container reaches (``none``, ``registries``, ``full``)
-    network: str = "none"
-    backend: Optional[Any] = None
+class EvalConfig(RolloutConfig):
+    """A model with the configured agent on a task set; every rollout counts, none is filtered."""
 
 
 class EvalStage(TrajectoryStage):

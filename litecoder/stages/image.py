@@ -9,7 +9,7 @@ builds it ahead of time and prints it as the last line on stdout, so scripts can
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from .. import hookimpl
 from ..stage import Stage

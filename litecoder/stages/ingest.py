@@ -24,7 +24,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from omegaconf import OmegaConf
 
 from .. import hookimpl
 from ..config import as_dict
@@ -36,11 +35,10 @@ from ..records import Environment, polars_schema
 from ..runner import Done
 from ..stage import ItemStage, Plan, nothing_to_do
 from ..sandboxes.base import SandboxError, check_network
-from ..sandboxes.names import LABEL_RUN_DIR, image_tag, run_id, tag_safe
+from ..sandboxes.names import LABEL_RUN_DIR, TASK_IMAGES, image_tag, run_id, tag_safe
 from ..store import DONE, FAILED
 from ..tables import records_frame, write_parquet_atomic
 from ..task_dirs import ForeignTask, read_collections
-from .environment import IMAGE_REPOSITORY
 
 if TYPE_CHECKING:
     from ..sandboxes.base import Sandbox
@@ -143,9 +141,9 @@ class IngestStage(ItemStage):
         tag = image_tag(run_id(run.dir), key)
         context: Any = Path(task.context) if task.context else from_image(task.image)
         labels = {"litecoder.task": key, LABEL_RUN_DIR: str(Path(run.dir).resolve())}
-        image_id = await asyncio.to_thread(sandbox.build_image, context, tag=f"{IMAGE_REPOSITORY}:{tag}", labels=labels,
+        image_id = await asyncio.to_thread(sandbox.build_image, context, tag=f"{TASK_IMAGES}:{tag}", labels=labels,
                                            timeout=float(settings.build_timeout), network=str(settings.build_network))
-        return f"{IMAGE_REPOSITORY}:{tag}", image_id
+        return f"{TASK_IMAGES}:{tag}", image_id
 
     @staticmethod
     async def _certify(sandbox: Sandbox, certifier: Certifier, record: dict) -> None:

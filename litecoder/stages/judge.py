@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Iterator, Optional
 
-from omegaconf import MISSING, OmegaConf
+from omegaconf import MISSING
 
 from .. import hookimpl
 from ..config import as_dict

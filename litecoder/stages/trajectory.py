@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Optional
 
 import polars as pl
-from omegaconf import OmegaConf
 
 from .. import atif, hookimpl
 from ..config import as_dict
@@ -70,25 +69,32 @@ class TrajectoryFilters:
 
 
 @dataclass
-class TrajectoryConfig:
-    """Teacher rollouts: the agent (``agent=...``) solves each prepared task in its image."""
+class RolloutConfig:
+    """What every stage that rolls the agent out on a task set shares (trajectory, eval)."""
 
-    #: independent rollouts per task (pass@k is recorded per task)
+    #: independent rollouts per task (the k of pass@k, recorded per task)
     rollouts: int = 1
-    #: a run directory whose ready environments are the tasks; null: this run's
+    #: a run directory whose ready tasks are the task set; null: this run's
     tasks: Optional[str] = None
     #: seconds for the task's verifier after the agent stopped
     verifier_timeout: float = 300.0
-    #: what the teacher's container reaches (``none``, ``registries``, ``full``); the verifier
+    #: what the agent's container reaches (``none``, ``registries``, ``full``); the verifier
     #: always runs with the container's networks taken away
     network: str = "none"
+    #: the stage's own model; null: the run's backend
+    backend: Optional[Any] = None
+
+
+@dataclass
+class TrajectoryConfig(RolloutConfig):
+    """Teacher rollouts: the agent (``agent=...``) solves each prepared task in its image."""
+
     filters: TrajectoryFilters = field(default_factory=TrajectoryFilters)
     #: review each solved rollout for reward hacking (``review.trajectory_criteria``, on the
     #: teacher's model); a flagged one is dropped. Applies to rollouts made while it is on
     review: bool = True
     #: pass-rate thresholds of each task's difficulty label
     difficulty: DifficultyConfig = field(default_factory=DifficultyConfig)
-    backend: Optional[Any] = None
 
 TRAJECTORIES_FILE = "trajectories.parquet"
 TASKS_FILE = "trajectory_tasks.parquet"
@@ -255,7 +261,7 @@ class TrajectoryStage(ItemStage):
 
     async def _rollout(self, run: Run, verifier: Verifier, agent: Any, chat: Any, context_limit: int | None,
                        env: dict, index: int, *, client: LLMClient) -> dict:
-        cfg, settings = run.cfg, self.settings(run.cfg)
+        settings = self.settings(run.cfg)
         rollout_id = rollout_key(env["task_id"], index)
         started_at = datetime.now(timezone.utc).isoformat()
         record: dict[str, Any] = {
@@ -303,20 +309,25 @@ class TrajectoryStage(ItemStage):
         record["wall_s"] = round(time.monotonic() - started, 2)
         record["finished_at"] = datetime.now(timezone.utc).isoformat()
         if episode.prompt:
-            trajectory = atif.from_episode(
-                episode, session_id=f"{run.name}/{rollout_id}", agent_name=f"litecoder-{cfg.agent.type}", model=model,
-                started_at=started_at, tools=agent.request_params().get("tools"),
-                extra={"task_id": env["task_id"], "rollout": index, "reward": record["reward"],
-                       "verifier_exit_code": record.get("verifier_exit_code"), "run": run.name},
-            )
-            atif.validate(trajectory)
-            path = run.path(self.trajectory_dir) / f"{rollout_id}.json"
-            write_text_atomic(path, json.dumps(trajectory, indent=1, ensure_ascii=False))
-            record["trajectory"] = str(path.relative_to(run.dir))
+            record["trajectory"] = self._write_trajectory(run, agent, episode, record, model, started_at)
         if record["reason"] is None:  # finished: the filters decide
             record["status"], record["filters"] = self.classify(run, record)
             record["reason"] = "; ".join(record["filters"]) or None
         return record
+
+    def _write_trajectory(self, run: Run, agent: Any, episode: Episode, record: dict, model: str, started_at: str) -> str:
+        """The rollout as an ATIF file; returns its path in the run directory."""
+        rollout_id = record["rollout_id"]
+        trajectory = atif.from_episode(
+            episode, session_id=f"{run.name}/{rollout_id}", agent_name=f"litecoder-{run.cfg.agent.type}", model=model,
+            started_at=started_at, tools=agent.request_params().get("tools"),
+            extra={"task_id": record["task_id"], "rollout": record["rollout"], "reward": record["reward"],
+                   "verifier_exit_code": record.get("verifier_exit_code"), "run": run.name},
+        )
+        atif.validate(trajectory)
+        path = run.path(self.trajectory_dir) / f"{rollout_id}.json"
+        write_text_atomic(path, json.dumps(trajectory, indent=1, ensure_ascii=False))
+        return str(path.relative_to(run.dir))
 
     async def _review(self, run: Run, client: LLMClient, env: dict, episode: Episode, record: dict) -> None:
         """Ask the stage's model whether a solved rollout gamed its check; a flagged one says why
