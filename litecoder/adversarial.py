@@ -10,7 +10,7 @@ their findings back to the environment agent, like every other check's.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Optional
 
 from .cheating import CheatTrials, cheat_findings
 from .review import review, review_findings
@@ -18,13 +18,14 @@ from .usage import add_usage, new_usage
 from .verification import SHARED, mode_of
 
 if TYPE_CHECKING:
+    from omegaconf import DictConfig
     from .backends.base import LLMClient
 
 
 @dataclass
 class AdversarialChecks:
-    config: Any
-    review_config: Any
+    config: DictConfig
+    review_config: DictConfig
     #: the client of the review's requests (``certify.backend``, else the environment model's)
     client: LLMClient
     structured: bool

@@ -94,7 +94,7 @@ def apply_prices(cfg: DictConfig, stages: tuple[str, ...]) -> list[str]:
 
 
 class Budget:
-    def __init__(self, config: Any, spent: dict[str, float] | None = None) -> None:
+    def __init__(self, config: DictConfig, spent: dict[str, float] | None = None) -> None:
         self.config = config
         spent = spent or {}
         self.requests = int(spent.get("requests", 0))

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import asdict
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from .records import CheckRun, WrongSolution
 from .replies import ask_json
@@ -24,6 +24,7 @@ from .sandboxes.base import clip, run_verifier
 from .verification import Verifier, image_of
 
 if TYPE_CHECKING:
+    from omegaconf import DictConfig
     from .backends.base import LLMClient
 
 NOP, ORACLE, WRONG = "nop", "oracle", "wrong"
@@ -70,7 +71,7 @@ def run_check(verifier: Verifier, task: dict, name: str, script: str | None, *,
 class Certifier:
     """Runs a task's checks, at most as many containers at once as ``slots`` allows."""
 
-    def __init__(self, config: Any, verifier: Verifier, slots: asyncio.Semaphore, verifier_timeout: float) -> None:
+    def __init__(self, config: DictConfig, verifier: Verifier, slots: asyncio.Semaphore, verifier_timeout: float) -> None:
         self.config, self.verifier, self.slots = config, verifier, slots
         self.verifier_timeout = verifier_timeout
 
@@ -162,7 +163,7 @@ def rejection(cert: dict) -> str:
     return f"certification failed{after}: " + "; ".join(f.splitlines()[0] for f in cert["findings"])
 
 
-async def wrong_solutions(client: LLMClient, config: Any, task: str, verifier: str, solution: str, *,
+async def wrong_solutions(client: LLMClient, config: DictConfig, task: str, verifier: str, solution: str, *,
                           structured: bool) -> tuple[list[WrongSolution], dict, str | None]:
     """Ask the environment model for ``certify.wrong_solutions`` wrong solutions: (them, the
     request's usage, why there are none when the reply was unusable). Scripts equal to the

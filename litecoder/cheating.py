@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .agents.base import REQUEST_ERROR, Episode
 from .agents.loop import TurnAgent
@@ -27,11 +27,14 @@ from .templates import render
 from .usage import of_turns
 from .verification import Verifier, image_of
 
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
+
 @dataclass
 class CheatTrials:
     """Runs a task's cheat trials within the stage's container slots."""
 
-    config: Any
+    config: DictConfig
     verifier: Verifier
     agent: TurnAgent
     #: ``chat`` bound to the cheating model (``certify.backend``, else the environment model)

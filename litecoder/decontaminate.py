@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Iterable
 
 import numpy as np
 from datasketch import MinHash, MinHashLSH
@@ -22,6 +22,9 @@ from datasketch import MinHash, MinHashLSH
 from .dedup import normalize, shingles
 from .errors import ConfigError
 from .task_dirs import HARBOR_INSTRUCTION, TB1_TASK, find_task_dirs, instruction, task_name
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
 
 
 @dataclass
@@ -88,7 +91,7 @@ class ContaminationIndex:
     """The benchmark instructions' n-grams and MinHash signatures, held in memory (benchmark
     collections are hundreds of tasks, not millions)."""
 
-    def __init__(self, tasks: list[BenchmarkTask], config: Any, shingle_size: int) -> None:
+    def __init__(self, tasks: list[BenchmarkTask], config: DictConfig, shingle_size: int) -> None:
         self.size, self.shingle_size = int(config.ngram_words), int(shingle_size)
         self.threshold, self.num_perm = float(config.near_threshold), int(config.num_perm)
         self.phrases: dict[str, str] = {}
@@ -123,7 +126,7 @@ class ContaminationIndex:
         return best
 
 
-def find_contaminated(tasks: Iterable[tuple[str, str]], config: Any, shingle_size: int) -> dict[str, Contamination]:
+def find_contaminated(tasks: Iterable[tuple[str, str]], config: DictConfig, shingle_size: int) -> dict[str, Contamination]:
     """Map each contaminated task id to what it matched (empty when no paths are set)."""
     if not config.paths:
         return {}

@@ -13,10 +13,13 @@ import sqlite3
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Iterable
 
 import numpy as np
 from datasketch import MinHash, MinHashLSH
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
 
 _PUNCT = re.compile(r"[^\w\s]+")
 _SPACE = re.compile(r"\s+")
@@ -80,7 +83,7 @@ class BandIndex:
         self._dir.cleanup()
 
 
-def find_duplicates(tasks: Iterable[tuple[str, str]], config: Any) -> dict[str, Duplicate]:
+def find_duplicates(tasks: Iterable[tuple[str, str]], config: DictConfig) -> dict[str, Duplicate]:
     """Map each duplicate task id to the kept task it repeats. ``tasks`` is ``(id, text)`` in order."""
     duplicates: dict[str, Duplicate] = {}
     exact_seen: dict[str, str] = {}

@@ -8,7 +8,10 @@ go into ``trajectory_tasks.parquet``, each exported task and the report, and
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Iterable, Sequence
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
 
 UNSOLVED, HARD, MEDIUM, EASY, UNKNOWN = "unsolved", "hard", "medium", "easy", "unknown"
 LABELS = (UNSOLVED, HARD, MEDIUM, EASY)
@@ -23,7 +26,7 @@ class DifficultyConfig:
     hard_below: float = 0.2
 
 
-def label(pass_rate: float | None, config: Any) -> str:
+def label(pass_rate: float | None, config: DictConfig) -> str:
     if pass_rate is None:
         return UNKNOWN
     if pass_rate <= 0:
@@ -33,7 +36,7 @@ def label(pass_rate: float | None, config: Any) -> str:
     return EASY if pass_rate > float(config.easy_above) else MEDIUM
 
 
-def pass_rates(records: Iterable[dict], config: Any) -> list[dict]:
+def pass_rates(records: Iterable[dict], config: DictConfig) -> list[dict]:
     """Per task over its finished rollouts: rollouts, solved, kept, pass@1 (solved /
     rollouts), pass@k (any solved) and the difficulty label of pass@1. A tampered rollout
     says nothing of how hard the task is, and is left out."""
@@ -56,7 +59,7 @@ def pass_at(solved: int, rollouts: int) -> tuple[float, float]:
     return solved / rollouts, float(solved > 0)
 
 
-def in_band(pass_rate: float | None, band: Any) -> bool:
+def in_band(pass_rate: float | None, band: Sequence[float] | None) -> bool:
     """Whether a task's pass rate lies in ``[low, high]`` (no band: every task does)."""
     if band is None:
         return True

@@ -39,10 +39,12 @@ class RequestError(Exception):
     """One model request failed for good (after retries, or not retryable): it fails its item,
     not the run; the stages' circuit breaker decides when many of them stop the run."""
 
-    def __init__(self, message: str, *, status: int | None = None, body: str = "") -> None:
+    def __init__(self, message: str, *, status: int | None = None, body: str = "", attempts: int | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.body = body
+        #: requests sent before giving up (retries included), when the client counted them
+        self.attempts = attempts
 
 
 class StageNotBuilt(LitecoderError):

@@ -20,7 +20,7 @@ hookspec = pluggy.HookspecMarker("litecoder")
 class Register(Protocol):
     """The callback every registration hook receives."""
 
-    def __call__(self, name: str, value: Any, config: Any = None, *, replace: bool = False) -> None:
+    def __call__(self, name: str, value: Any, config: type | None = None, *, replace: bool = False) -> None:
         """Register ``value`` (a factory, a ``DomainConfig``, a build function) as ``name``;
         ``config`` is the schema dataclass of the component's settings: the option of its group
         for a backend, sandbox, agent or executor, the run config's node ``<name>`` for a

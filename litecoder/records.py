@@ -14,9 +14,12 @@ import types
 import typing
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Any, Optional
 
 import polars as pl
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
 
 #: the order sampled tasks are read in: the order they were requested
 TASK_ORDER = ("request_index", "choice_index")
@@ -44,7 +47,7 @@ def _polars_type(hint: Any) -> Any:
     return _SCALARS[hint]
 
 
-def backend_identity(config: Any) -> dict:
+def backend_identity(config: DictConfig) -> dict:
     """The parts of a backend config that change what it answers (not ports or limits); part
     of every model stage's identity."""
     from omegaconf import OmegaConf

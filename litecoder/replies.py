@@ -14,7 +14,10 @@ from typing import TYPE_CHECKING, Any
 
 import jsonschema
 
+from .usage import of_request
+
 if TYPE_CHECKING:
+    from omegaconf import DictConfig
     from .backends.base import LLMClient
 
 _FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.DOTALL)
@@ -62,7 +65,12 @@ def parse_reply(text: str, schema: dict, *, max_chars: int) -> dict:
     return value
 
 
-async def ask_json(client: LLMClient, messages: list[dict], schema: dict, *, name: str, config: Any,
+def json_schema_format(name: str, schema: dict) -> dict:
+    """The ``response_format`` that asks a server for constrained decoding to ``schema``."""
+    return {"type": "json_schema", "json_schema": {"name": name, "schema": schema}}
+
+
+async def ask_json(client: LLMClient, messages: list[dict], schema: dict, *, name: str, config: DictConfig,
                    structured: bool) -> tuple[dict | None, dict, str | None]:
     """One request whose reply is a JSON object: (the object, the request's usage, why there
     is none when the reply was unusable). ``config`` gives ``temperature``, ``max_tokens`` and
@@ -70,9 +78,9 @@ async def ask_json(client: LLMClient, messages: list[dict], schema: dict, *, nam
     request raises ``RequestError``: the item fails, to be retried."""
     params: dict[str, Any] = {"temperature": float(config.temperature), "max_tokens": int(config.max_tokens)}
     if structured and config.structured_output == "auto":
-        params["response_format"] = {"type": "json_schema", "json_schema": {"name": name, "schema": schema}}
+        params["response_format"] = json_schema_format(name, schema)
     result = await client.chat(messages, n=1, **params)
-    usage = {"requests": 1, "prompt_tokens": result.prompt_tokens or 0, "completion_tokens": result.completion_tokens or 0}
+    usage = of_request(result)
     try:
         return parse_reply(result.choices[0].text if result.choices else "", schema, max_chars=100_000), usage, None
     except ReplyError as exc:

@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from omegaconf import MISSING
+from omegaconf import MISSING, DictConfig
 
 from .records import ReviewVerdict
 from .replies import ask_json
@@ -68,7 +68,7 @@ def reply_schema(criteria: list[Any]) -> dict:
             "additionalProperties": False}
 
 
-async def review(client: LLMClient, config: Any, criteria: list[Any], instruction: str, *, structured: bool,
+async def review(client: LLMClient, config: DictConfig, criteria: list[Any], instruction: str, *, structured: bool,
                  **context: Any) -> tuple[list[ReviewVerdict], dict, str | None]:
     """Ask for a verdict on each criterion: (the verdicts, the request's usage, why there are
     none when the reply was unusable). ``instruction`` names the user message's template."""

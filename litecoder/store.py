@@ -19,7 +19,10 @@ import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
 
 DONE, FAILED = "done", "failed"
 
@@ -80,7 +83,7 @@ class RunStore:
         self._db.close()
 
     # -- stage configs ---------------------------------------------------------------------
-    def begin_stage(self, stage: str, config: Any) -> int:
+    def begin_stage(self, stage: str, config: DictConfig) -> int:
         """Record the stage's config; returns how many earlier records became stale."""
         digest = config_hash(config)
         self._hashes[stage] = digest
@@ -94,7 +97,7 @@ class RunStore:
             self._set_meta(f"config:{stage}", json.dumps(config, sort_keys=True, default=str))
         return stale
 
-    def open_stage(self, stage: str, config: Any, inputs: set[str] | None, *, retry_failed: bool) -> tuple[set[str], int]:
+    def open_stage(self, stage: str, config: DictConfig, inputs: set[str] | None, *, retry_failed: bool) -> tuple[set[str], int]:
         """Start a stage (or resume it): record its config, retire records made with another
         config or for inputs that are gone (``inputs=None`` keeps all keys), and return the keys
         that need no work (done, and failed too unless ``retry_failed``) with the retired count."""

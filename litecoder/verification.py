@@ -28,10 +28,13 @@ import posixpath
 import tarfile
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import TYPE_CHECKING, Optional
 
 from .errors import SandboxError
 from .sandboxes.base import Change, Sandbox, Session, run_verifier, shell_quote
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
 
 SEPARATE, SHARED = "separate", "shared"
 MODES = (SEPARATE, SHARED)
@@ -262,7 +265,7 @@ def start_files(task: dict) -> list[str]:
 class Verifier:
     """Verifies the episodes of one stage; keeps each image's baseline (shared mode)."""
 
-    def __init__(self, sandbox: Sandbox, config: Any) -> None:
+    def __init__(self, sandbox: Sandbox, config: DictConfig) -> None:
         self.sandbox = sandbox
         self.config = config
         self._baselines: dict[str, Baseline] = {}

@@ -15,7 +15,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from omegaconf import MISSING
+from omegaconf import MISSING, DictConfig
 
 from .. import hookimpl
 from ..errors import ConfigError
@@ -55,7 +55,7 @@ class BashToolAgent(TurnAgent):
     name = "bash_tool"
     terminal = "exec"
 
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: DictConfig) -> None:
         super().__init__(config)
         if config.tool_choice not in TOOL_CHOICES:
             raise ConfigError(f"agent.tool_choice is {config.tool_choice!r}; choose {' or '.join(TOOL_CHOICES)}")

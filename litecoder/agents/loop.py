@@ -16,11 +16,12 @@ from typing import TYPE_CHECKING, Any, Optional
 
 
 from ..errors import RequestError, TerminalClosed
-from ..replies import ReplyError, parse_reply
+from ..replies import ReplyError, json_schema_format, parse_reply
 from ..templates import render
 from .base import CONTEXT, LOOPING, MALFORMED, MAX_TURNS, REQUEST_ERROR, TERMINAL_CLOSED, WALL_TIME, Chat, Episode, Terminal, Turn, repeats
 
 if TYPE_CHECKING:
+    from omegaconf import DictConfig
     from ..backends.base import LLMClient
     from ..backends.base import Backend
 
@@ -73,7 +74,7 @@ class TurnAgent:
     reply_schema: dict = {}
     terminal = "tmux"
 
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: DictConfig) -> None:
         self.config = config
 
     def render(self, which: str, **context: Any) -> str:
@@ -198,8 +199,7 @@ def chat_params(agent: TurnAgent, backend: Backend) -> dict:
     config = agent.config
     params: dict[str, Any] = {"temperature": config.get("temperature"), **agent.request_params()}
     if agent.reply_schema and config.get("structured_output", "auto") == "auto" and backend.supports_structured_output:
-        params["response_format"] = {"type": "json_schema",
-                                     "json_schema": {"name": f"{agent.name}_turn", "schema": agent.reply_schema}}
+        params["response_format"] = json_schema_format(f"{agent.name}_turn", agent.reply_schema)
     return params
 
 

@@ -12,7 +12,7 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Protocol
 
-from omegaconf import MISSING
+from omegaconf import MISSING, DictConfig
 
 
 #: the servers a sweep started for its jobs, ``{share_key: url}`` as JSON (set by the sweep)
@@ -105,7 +105,7 @@ class Backend:
     """What a backend plugin subclasses: ``client`` is required; the optional features are
     declared here with their defaults, so stages read them instead of probing."""
 
-    config: Any
+    config: DictConfig
     #: ``complete`` (raw prompts, the MAGPIE path) is available
     supports_raw_completion: bool = False
     #: requests may carry ``seed``

@@ -13,7 +13,7 @@ import json
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import httpx
 from aiolimiter import AsyncLimiter
@@ -22,6 +22,9 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait
 from .. import hookimpl
 from ..errors import BackendError, RequestError
 from .base import Backend, BackendConfig, Choice, ClientRecipe, Completion
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
 
 RETRY_STATUS = {408, 409, 429, 500, 502, 503, 504}
 
@@ -134,7 +137,7 @@ class OpenAIClient:
     each request goes to the endpoint with the fewest requests in flight.
     """
 
-    def __init__(self, config: Any, base_url: str | Sequence[str], model: str, headers: dict[str, str]) -> None:
+    def __init__(self, config: DictConfig, base_url: str | Sequence[str], model: str, headers: dict[str, str]) -> None:
         self.config = config
         self.model = model
         self.headers = dict(headers)
@@ -188,7 +191,7 @@ class OpenAIClient:
                         response.raise_for_status()
             except (httpx.HTTPError,) as exc:
                 error = _describe_http_error(exc)
-                error.attempts = attempts  # type: ignore[attr-defined]
+                error.attempts = attempts
                 raise error from exc
             latency = time.perf_counter() - started
         try:
@@ -236,7 +239,7 @@ def check_endpoint(base_url: str, headers: dict[str, str], *, what: str, fix: st
 class OpenAICompatibleBackend(Backend):
     supports_raw_completion: bool
 
-    def __init__(self, config: Any, run_dir: Any = None) -> None:
+    def __init__(self, config: DictConfig, run_dir: Any = None) -> None:
         self.config = config
         self.supports_raw_completion = bool(config.raw_completions)
         self.supports_structured_output = bool(config.structured_output)

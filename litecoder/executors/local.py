@@ -9,6 +9,7 @@ from .. import hookimpl
 from .base import ExecutorConfig
 
 if TYPE_CHECKING:
+    from omegaconf import DictConfig
     from ..backends.base import Backend
     from ..registry import Registry
 
@@ -19,13 +20,13 @@ class LocalExecutorConfig(ExecutorConfig):
 
 
 class LocalExecutor:
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: DictConfig) -> None:
         self.config = config
 
     def client(self, backend: Backend) -> Any:
         return backend.client()
 
-    def sandbox(self, factory: Any, config: Any, run_id: str, builders: Registry, toolchain: dict | None = None) -> Any:
+    def sandbox(self, factory: Any, config: DictConfig, run_id: str, builders: Registry, toolchain: dict | None = None) -> Any:
         sandbox = factory(config, run_id)
         try:
             sandbox.ensure_image(builders, toolchain)

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional
 
-from omegaconf import OmegaConf
+from omegaconf import OmegaConf, DictConfig
 
 from .. import hookimpl
 from ..errors import ConfigError, RequestError
@@ -235,7 +235,7 @@ class RaySession:
 class RaySandbox:
     """Containers on the cluster's Docker nodes, behind the same calls as a local sandbox."""
 
-    def __init__(self, nodes: list[Any], node_ids: list[str], config: Any, copy_images: bool = False) -> None:
+    def __init__(self, nodes: list[Any], node_ids: list[str], config: DictConfig, copy_images: bool = False) -> None:
         self.nodes = nodes
         self.node_ids = node_ids
         self.config = config
@@ -243,6 +243,8 @@ class RaySandbox:
         self.copy_images = bool(copy_images)
         #: the image containers start from unless told otherwise (the nodes' ``ensure_image``)
         self.image = str(config.image)
+        #: the nodes build or find the image each on its own engine; which did is theirs to say
+        self.image_reused: bool | None = None
         self._lock = threading.Lock()
         self._copying: dict[tuple[str, int], threading.Lock] = {}
 
@@ -353,7 +355,7 @@ def _first_line(exc: BaseException) -> str:
 
 
 class RayExecutor:
-    def __init__(self, config: Any) -> None:
+    def __init__(self, config: DictConfig) -> None:
         self.config = config
         self._pools: dict[str, list[Any]] = {}
         self._connected = False
@@ -388,7 +390,7 @@ class RayExecutor:
             ray.get([w.pid.remote() for w in self._pools[key]])  # up before the first request
         return RayLLMClient(self._pools[key])
 
-    def sandbox(self, factory: Any, config: Any, run_id: str, builders: Registry, toolchain: dict | None = None) -> RaySandbox:
+    def sandbox(self, factory: Any, config: DictConfig, run_id: str, builders: Registry, toolchain: dict | None = None) -> RaySandbox:
         ray = self._connect()
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 

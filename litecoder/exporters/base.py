@@ -7,7 +7,7 @@ import json
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import TYPE_CHECKING, Callable, Optional, Sequence
 
 from ..difficulty import UNKNOWN, in_band, pass_rates
 from ..outcomes import KEPT
@@ -110,14 +110,14 @@ def export_candidates(run: Run) -> list[ExportTask]:
             for i in ready_items(run.store)]
 
 
-def left_out(task: ExportTask, band: Any) -> str | None:
+def left_out(task: ExportTask, band: Sequence[float] | None) -> str | None:
     """Why a ready task is not exported (None: it is)."""
     if task.rollout is None and not (task.environment.get("solution") or "").strip():
         return "no solution: the teacher did not solve it and it has no reference solution"
     rate = task.pass_rate["pass_at_1"] if task.pass_rate else None
     if not in_band(rate, band):
         shown = "unknown (no rollouts)" if rate is None else f"{rate:g}"
-        return f"pass rate {shown} outside export.harbor.pass_rate {list(band)}"
+        return f"pass rate {shown} outside export.harbor.pass_rate {list(band or [])}"
     return None
 
 

@@ -31,6 +31,7 @@ from .proxy import RegistryProxy, default_allow_hosts, remove_run_networks
 from .toolchain import ensure_manifest, ensure_toolchain_image, is_empty
 
 if TYPE_CHECKING:
+    from omegaconf import DictConfig
     from ..registry import Registry
 
 log = logging.getLogger(__name__)
@@ -310,7 +311,7 @@ class DockerSession:
 class DockerSandbox:
     """Opens containers for a run, bounded in number, and cleans up after it."""
 
-    def __init__(self, config: Any, run_id: str) -> None:
+    def __init__(self, config: DictConfig, run_id: str) -> None:
         self.config = config
         self.run_id = run_id
         self.client = docker_client(config.api_timeout)

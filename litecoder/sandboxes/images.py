@@ -15,12 +15,13 @@ import subprocess
 import tarfile
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Iterable
 
 from .. import hookimpl
 from .base import SandboxError
 
 if TYPE_CHECKING:
+    from omegaconf import DictConfig
     from docker import DockerClient
     from ..registry import Registry
 
@@ -106,7 +107,7 @@ def split_image(image: str) -> tuple[str, str]:
     return name, tag
 
 
-def build_with_debootstrap(config: Any, client: DockerClient) -> str:
+def build_with_debootstrap(config: DictConfig, client: DockerClient) -> str:
     if shutil.which("debootstrap") is None:
         raise SandboxError("debootstrap is not installed; run `bash scripts/setup.sh` (or apt-get install debootstrap)")
     mirror = config.mirror or host_debian_mirror()
@@ -128,7 +129,7 @@ def build_with_debootstrap(config: Any, client: DockerClient) -> str:
     return client.images.get(config.image).id
 
 
-def ensure_base_image(config: Any, client: DockerClient, builders: Registry) -> str:
+def ensure_base_image(config: DictConfig, client: DockerClient, builders: Registry) -> str:
     """The id of the base image ``config.image``, built by ``config.builder`` when it is missing."""
     import docker
 
@@ -155,7 +156,7 @@ def stand_in_for_release(client: DockerClient, image_id: str, suite: str) -> Non
         log.info("tagged the base image debian:%s for exported Dockerfiles (no such image was here)", suite)
 
 
-def build_with_pull(config: Any, client: DockerClient) -> str:
+def build_with_pull(config: DictConfig, client: DockerClient) -> str:
     repository, tag = split_image(config.image)
     try:
         return client.images.pull(repository, tag=tag).id
@@ -163,7 +164,7 @@ def build_with_pull(config: Any, client: DockerClient) -> str:
         raise SandboxError(f"cannot pull {config.image} ({exc}); use sandbox.builder=debootstrap offline") from exc
 
 
-def build_with_dockerfile(config: Any, client: DockerClient) -> str:
+def build_with_dockerfile(config: DictConfig, client: DockerClient) -> str:
     if not config.dockerfile_dir or not (Path(config.dockerfile_dir) / "Dockerfile").is_file():
         raise SandboxError("sandbox.builder=dockerfile needs sandbox.dockerfile_dir with a Dockerfile in it")
     image, _ = client.images.build(path=str(config.dockerfile_dir), tag=config.image, rm=True)

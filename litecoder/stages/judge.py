@@ -22,7 +22,7 @@ from ..config import as_dict
 from ..decontaminate import DecontaminateConfig, find_contaminated
 from ..dedup import find_duplicates
 from ..errors import ConfigError, RequestError
-from ..replies import ReplyError, parse_reply
+from ..replies import ReplyError, json_schema_format, parse_reply
 from ..templates import render
 from ..usage import add_usage, new_usage, of_request
 from ..records import TASK_ORDER, Judgment, SampledTask, backend_identity, polars_schema
@@ -131,7 +131,7 @@ def decide(judgment: dict, judge: Any) -> tuple[list[dict], float, str, str | No
 class JudgeRequest:
     """What every judge request of a run shares."""
 
-    config: Any
+    config: DictConfig
     system: str
     schema: dict
     params: dict
@@ -144,7 +144,7 @@ class JudgeRequest:
         system = render(judge.system_prompt, keep_trailing_newline=False, criteria=judge.criteria, judge=judge)
         params: dict[str, Any] = {"temperature": judge.temperature, "max_tokens": judge.max_tokens}
         if judge.structured_output == "auto" and backend.supports_structured_output:
-            params["response_format"] = {"type": "json_schema", "json_schema": {"name": "judgment", "schema": schema}}
+            params["response_format"] = json_schema_format("judgment", schema)
         return cls(judge, system, schema, params, backend.describe().get("model") or "")
 
 

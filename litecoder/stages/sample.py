@@ -270,7 +270,7 @@ class SampleStage(ItemStage):
                     messages = [{"role": role, "content": content} for role, content in request.messages]
                     result = await client.chat(messages, n=request.n, **params)
             except RequestError as exc:
-                rows, error = self._failed_rows(run, backend, request, method, str(exc), getattr(exc, "attempts", None)), str(exc)
+                rows, error = self._failed_rows(run, backend, request, method, str(exc), exc.attempts), str(exc)
             else:
                 rows = self._rows(run, backend, request, method, result)
         usage = {"requests": 1, "prompt_tokens": rows[0]["prompt_tokens"] or 0,

@@ -113,7 +113,7 @@ def tamper_reason(record: dict) -> str:
     return "tampered: the agent changed what the verifier relies on: " + "; ".join(record["tampered"][:3])
 
 
-def drop_reasons(record: dict, filters: Any) -> list[str]:
+def drop_reasons(record: dict, filters: DictConfig) -> list[str]:
     """Why a finished rollout is not training data (empty: keep it)."""
     reasons = []
     if record.get("tampered"):

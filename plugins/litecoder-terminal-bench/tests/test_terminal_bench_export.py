@@ -143,12 +143,14 @@ def test_a_solved_task_becomes_a_terminal_bench_task_that_its_solution_passes(li
 
 def run_task(task, agent_command: str) -> dict[str, str]:
     """Build the task's Dockerfile, run ``agent_command``, then the tests; pytest's summary."""
+    from omegaconf import OmegaConf
+
     from litecoder.sandboxes.docker import DockerSandbox, DockerSandboxConfig
 
     tag = f"litecoder-tbench-test:{task.name}"
     build = subprocess.run(["docker", "build", "-q", "-t", tag, str(task)], capture_output=True, text=True)
     assert build.returncode == 0, build.stderr
-    sandbox = DockerSandbox(DockerSandboxConfig(), "tbench-plugin-test")
+    sandbox = DockerSandbox(OmegaConf.structured(DockerSandboxConfig), "tbench-plugin-test")
     try:
         session = sandbox.open("check", image=tag)
         session.write_files({"/oracle/solution.sh": (task / "solution.sh").read_text()}, mode=0o755)
