@@ -12,12 +12,11 @@ from these files alone.
 from __future__ import annotations
 
 import json
-from typing import Any
 
 import jsonschema
 
 from . import __version__
-from .agents.base import Episode
+from .agents.base import Episode, Turn
 
 SCHEMA_VERSION = "ATIF-v1.4"
 KEYSTROKES = "send_keystrokes"
@@ -128,12 +127,12 @@ def validate(trajectory: dict) -> None:
 
 
 def from_episode(episode: Episode, *, session_id: str, agent_name: str, model: str, started_at: str,
-                 extra: dict[str, Any], tools: list[dict] | None = None) -> dict:
+                 extra: dict, tools: list[dict] | None = None) -> dict:
     """The episode as ATIF; ``tools`` (the tool list of a native tool-calling agent) goes into
     ``agent.extra``, which is how exports know the calls are the model's own."""
     steps: list[dict] = [{"step_id": 1, "timestamp": started_at, "source": "user", "message": episode.prompt}]
     for turn in episode.turns:
-        step: dict[str, Any] = {"step_id": len(steps) + 1, "timestamp": turn.started_at, "source": "agent",
+        step: dict = {"step_id": len(steps) + 1, "timestamp": turn.started_at, "source": "agent",
                                 "model_name": model, "message": turn.reply}
         if turn.analysis or turn.plan:
             step["reasoning_content"] = f"{turn.analysis}\n\n{turn.plan}".strip()
@@ -147,7 +146,7 @@ def from_episode(episode: Episode, *, session_id: str, agent_name: str, model: s
         step["extra"] = {"task_complete": turn.task_complete, "malformed": turn.malformed, "error": turn.error,
                          "latency_s": turn.latency_s}
         steps.append(step)
-    agent_extra: dict[str, Any] = {"framework": "litecoder"}
+    agent_extra: dict = {"framework": "litecoder"}
     if tools:
         agent_extra.update(tool_calling=True, tools=tools)
     turns = episode.turns
@@ -168,7 +167,7 @@ def from_episode(episode: Episode, *, session_id: str, agent_name: str, model: s
     }
 
 
-def _keystroke_calls(turn: Any) -> tuple[list[dict], list[dict]]:
+def _keystroke_calls(turn: Turn) -> tuple[list[dict], list[dict]]:
     """A text-reply turn: its commands as ``send_keystrokes`` calls, one observation for all."""
     calls = [{"tool_call_id": f"call_{turn.index}_{i}", "function_name": KEYSTROKES,
               "arguments": {"keystrokes": c.keystrokes, "duration": c.duration}} for i, c in enumerate(turn.commands, 1)]
@@ -177,7 +176,7 @@ def _keystroke_calls(turn: Any) -> tuple[list[dict], list[dict]]:
     return calls, [{"source_call_id": calls[-1]["tool_call_id"] if calls else None, "content": turn.observation}]
 
 
-def _native_calls(turn: Any) -> tuple[list[dict], list[dict]]:
+def _native_calls(turn: Turn) -> tuple[list[dict], list[dict]]:
     """A tool-calling turn: the model's calls, and what each returned (the correction for each
     when the calls were unusable)."""
     calls = [{"tool_call_id": c["id"], "function_name": c["name"], "arguments": _arguments(c["arguments"])}
@@ -206,7 +205,7 @@ def tool_messages(trajectory: dict) -> list[dict]:
                 messages.append({"role": "user", "content": step["message"]})
             continue
         calls = step.get("tool_calls") or []
-        message: dict[str, Any] = {"role": "assistant", "content": (step["message"] or None) if calls else step["message"]}
+        message: dict = {"role": "assistant", "content": (step["message"] or None) if calls else step["message"]}
         if calls:
             message["tool_calls"] = [{"id": c["tool_call_id"], "type": "function",
                                       "function": {"name": c["function_name"], "arguments": json.dumps(c["arguments"])}}

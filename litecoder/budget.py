@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
@@ -51,7 +51,7 @@ def served_model(backend_config: DictConfig) -> str | None:
     return model or (Path(str(path)).name if path and not served_elsewhere else None)
 
 
-def model_price(prices: Any, model: str) -> tuple[float, float] | None:
+def model_price(prices: DictConfig, model: str) -> tuple[float, float] | None:
     """``prices.<model>`` as (input, output) USD per million tokens; a malformed entry is an error."""
     entry = prices.get(model)
     if entry is None:
@@ -64,10 +64,10 @@ def model_price(prices: Any, model: str) -> tuple[float, float] | None:
     return float(price.input_per_mtok), float(price.output_per_mtok)
 
 
-def check_prices(prices: Any) -> None:
+def check_prices(prices: DictConfig) -> None:
     """Every ``prices.<model>`` entry against ``PriceConfig``, so a typo fails at start-up."""
     for model in prices:
-        model_price(prices, model)
+        model_price(prices, str(model))
 
 
 def apply_prices(cfg: DictConfig, stages: tuple[str, ...]) -> list[str]:
@@ -102,7 +102,7 @@ class Budget:
         self.cost = float(spent.get("cost_usd", 0.0))
         self.started = time.monotonic()
 
-    def add(self, usage: dict[str, Any]) -> None:
+    def add(self, usage: dict) -> None:
         self.requests += int(usage.get("requests") or 0)
         self.tokens += int((usage.get("prompt_tokens") or 0) + (usage.get("completion_tokens") or 0))
         self.cost += float(usage.get("cost_usd") or 0.0)

@@ -12,7 +12,6 @@ import json
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
 
 import jinja2
 from jinja2.ext import loopcontrols
@@ -49,17 +48,18 @@ def _raise(message: str) -> None:
     raise _TemplateRaised(message)
 
 
-def _token_text(value: Any) -> str:
+def _token_text(value: object) -> str:
+    """A special token as tokenizer_config.json gives it: text, or an object with ``content``."""
     if isinstance(value, dict):
-        return value.get("content", "") or ""
-    return value or ""
+        return str(value.get("content", "") or "")
+    return str(value or "")
 
 
 def load_chat_template(tokenizer: str | Path) -> ChatTemplate:
     """Read the chat template and special tokens from a tokenizer directory (or hub name)."""
     path = Path(str(tokenizer)).expanduser()
     if path.is_dir():
-        config: dict[str, Any] = {}
+        config: dict = {}
         if (path / "tokenizer_config.json").is_file():
             config = json.loads((path / "tokenizer_config.json").read_text())
         template = None

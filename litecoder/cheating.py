@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from .agents.base import REQUEST_ERROR, Episode
 from .agents.loop import TurnAgent
@@ -28,6 +28,7 @@ from .usage import of_turns
 from .verification import Verifier, image_of
 
 if TYPE_CHECKING:
+    from .agents.base import Chat
     from omegaconf import DictConfig
 
 @dataclass
@@ -38,7 +39,7 @@ class CheatTrials:
     verifier: Verifier
     agent: TurnAgent
     #: ``chat`` bound to the cheating model (``certify.backend``, else the environment model)
-    chat: Any
+    chat: Chat
     slots: asyncio.Semaphore
     verifier_timeout: float
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
 
 import polars as pl
 import yaml
@@ -77,7 +76,7 @@ def job_labels(dirs: list[Path], root: Path) -> list[str]:
     return labels
 
 
-def run_figures(run_dir: Path) -> dict[str, Any]:
+def run_figures(run_dir: Path) -> dict:
     """One run's yield and cost: sampled, duplicates, acceptance, judge scores, tokens, money."""
     store = RunStore(run_dir / STORE_FILE)
     try:
@@ -94,7 +93,7 @@ def run_figures(run_dir: Path) -> dict[str, Any]:
         store.close()
     status_file = run_dir / "summary.json"
     status = json.loads(status_file.read_text()).get("status", "?") if status_file.is_file() else "unfinished"
-    figures: dict[str, Any] = {
+    figures: dict = {
         "status": status,
         "sampled": sampled,
         "sample_failed": sample.get(FAILED, 0),
@@ -119,20 +118,20 @@ def run_figures(run_dir: Path) -> dict[str, Any]:
     return {**figures, **rollouts, **stage_spend(spent)}
 
 
-def stage_spend(spent: dict[str, Any]) -> dict[str, Any]:
+def stage_spend(spent: dict) -> dict:
     """``<stage>_tokens`` and ``<stage>_cost_usd`` for every stage that spent anything, a
     plugin's included: the CSV's per-stage columns."""
-    figures: dict[str, Any] = {}
+    figures: dict = {}
     for row in spent["stages"]:
         if row["requests"] or row["tokens"]:
             figures[f"{row['stage']}_tokens"], figures[f"{row['stage']}_cost_usd"] = row["tokens"], row["cost_usd"]
     return figures
 
 
-def rollout_figures(store: RunStore) -> dict[str, Any]:
+def rollout_figures(store: RunStore) -> dict:
     """The teacher's pass rate, turns and tokens per kept trajectory (stage=trajectory), and
     the evaluated model's pass@1 and pass@k, tokens and wall time (stage=eval)."""
-    figures: dict[str, Any] = {}
+    figures: dict = {}
     if store.stage_started("trajectory"):
         done = [i.record for i in store.items("trajectory", DONE)]
         kept = [r for r in done if r.get("status") == KEPT]
@@ -196,7 +195,7 @@ def _has_figures(column: pl.Series) -> bool:
     return column.null_count() < len(column)
 
 
-def _cell(column: str, value: Any) -> str:
+def _cell(column: str, value: object) -> str:
     if value is None:
         return "–"
     if column.endswith("_rate"):

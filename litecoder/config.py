@@ -150,7 +150,7 @@ class LitecoderConfig:
     #: ``{model: {input_per_mtok, output_per_mtok}}`` in USD, for backends that set no price.
     #: Each entry is checked against ``budget.PriceConfig`` when the run starts (a typed dict
     #: here would refuse Hydra's ``+prices.<model>={...}``).
-    prices: dict[str, Any] = field(default_factory=dict)
+    prices: dict = field(default_factory=dict)
 
 
 def root_schema(stages: dict[str, type], exporters: dict[str, type]) -> type:
@@ -179,7 +179,7 @@ def _with_nodes(schema: type, nodes: dict[str, type], kind: str) -> type:
     return make_dataclass(schema.__name__, added, bases=(schema,))
 
 
-def as_dict(node: Any) -> dict[str, Any]:
+def as_dict(node: Any) -> dict:
     """A config node as a plain dict, interpolations resolved (a stage's identity, a record)."""
     value = OmegaConf.to_container(node, resolve=True)
     if not isinstance(value, dict):

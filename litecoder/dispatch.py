@@ -10,7 +10,9 @@ after every item has worked through its retries.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Awaitable, Callable, Iterable
+from typing import Awaitable, Callable, Iterable, TypeVar
+
+T = TypeVar("T")
 
 
 class Dispatcher:
@@ -33,7 +35,7 @@ class Dispatcher:
     def tripped(self) -> bool:
         return self.successes == 0 and self.failures_in_a_row >= self.breaker
 
-    async def run(self, items: Iterable[Any], worker: Callable[[Any], Awaitable[bool]]) -> str | None:
+    async def run(self, items: Iterable[T], worker: Callable[[T], Awaitable[bool]]) -> str | None:
         """Returns why dispatching stopped early (None when every item was dispatched)."""
         queue = iter(items)
         pending: set[asyncio.Task] = set()
@@ -45,8 +47,9 @@ class Dispatcher:
                     reason = self.stop() or ("breaker" if self.tripped else None)
                     if reason or self.blocked(len(pending)):
                         break
-                    item = next(queue, _END)
-                    if item is _END:
+                    try:
+                        item = next(queue)
+                    except StopIteration:
                         exhausted = True
                         break
                     pending.add(asyncio.ensure_future(worker(item)))
@@ -68,5 +71,3 @@ class Dispatcher:
                 await asyncio.gather(*pending, return_exceptions=True)
         return reason
 
-
-_END = object()

@@ -37,7 +37,7 @@ def chart(fig: go.Figure, chart_id: str, height: int = 380) -> str:
 
 
 def table(headers: list[str], rows: list[list[Any]], table_id: str | None = None) -> str:
-    def cell(tag: str, value: Any) -> str:
+    def cell(tag: str, value: object) -> str:
         numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
         attribute = " class='num'" if numeric else ""
         return f"<{tag}{attribute}>{escape(fmt(value))}</{tag}>"
@@ -48,7 +48,7 @@ def table(headers: list[str], rows: list[list[Any]], table_id: str | None = None
     return f"<table{ident}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def fmt(value: Any) -> str:
+def fmt(value: object) -> str:
     if value is None:
         return "–"
     if isinstance(value, float) and value.is_integer():

@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from tqdm import tqdm
 
@@ -66,8 +66,8 @@ class Progress:
         elif time.monotonic() - self.last_line >= self.interval:
             self._log_line()
 
-    def _postfix(self) -> dict[str, Any]:
-        postfix: dict[str, Any] = {k: v for k, v in self.tallies.items() if v}
+    def _postfix(self) -> dict:
+        postfix: dict = {k: v for k, v in self.tallies.items() if v}
         postfix["tokens"] = self.budget.tokens
         if self.budget.cost:
             postfix["cost"] = f"${self.budget.cost:.4f}"

@@ -29,7 +29,7 @@ _SCALARS = {str: pl.String, int: pl.Int64, float: pl.Float64, bool: pl.Boolean,
             datetime: pl.Datetime("us", "UTC")}
 
 
-def polars_schema(record: type) -> dict[str, Any]:
+def polars_schema(record: type) -> dict:
     """Column name -> polars type for each field of the dataclass ``record``, in order."""
     hints = typing.get_type_hints(record)
     return {f.name: _polars_type(hints[f.name]) for f in dataclasses.fields(record)}

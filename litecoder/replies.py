@@ -76,7 +76,7 @@ async def ask_json(client: LLMClient, messages: list[dict], schema: dict, *, nam
     is none when the reply was unusable). ``config`` gives ``temperature``, ``max_tokens`` and
     ``structured_output`` (``auto``: constrained decoding where the backend has it). A failed
     request raises ``RequestError``: the item fails, to be retried."""
-    params: dict[str, Any] = {"temperature": float(config.temperature), "max_tokens": int(config.max_tokens)}
+    params: dict = {"temperature": float(config.temperature), "max_tokens": int(config.max_tokens)}
     if structured and config.structured_output == "auto":
         params["response_format"] = json_schema_format(name, schema)
     result = await client.chat(messages, n=1, **params)

@@ -130,7 +130,7 @@ class Run:
 STAGE_ALIASES = {"import": "ingest"}
 
 
-def stage_names(value: Any, known: list[str], order: list[str]) -> list[str]:
+def stage_names(value: object, known: list[str], order: list[str]) -> list[str]:
     """Normalize ``stage=...`` (a name, ``all``: the stages of ``order``, or a list) and check every name."""
     if isinstance(value, (list, tuple, ListConfig)):
         names = [str(v) for v in value]

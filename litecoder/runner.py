@@ -18,14 +18,14 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 from .budget import request_cost
 from .dispatch import Dispatcher
 from .errors import BackendError
 from .progress import Progress
 
-from .stage import ItemStage, Stage
+from .stage import Item, ItemStage, Stage, Work
 
 if TYPE_CHECKING:
     from .run import Run
@@ -86,7 +86,7 @@ async def _run_plan(run: Run, stage: ItemStage, plan: Plan) -> str | None:
             await plan.aclose()
 
 
-def open_items(run: Run, stage: Any, inputs: set[str] | None, *, what: str = "results") -> set[str]:
+def open_items(run: Run, stage: ItemStage, inputs: set[str] | None, *, what: str = "results") -> set[str]:
     """Open the stage in the store with its identity; returns the keys already finished.
     Earlier results made under another identity are stale: redone where ``inputs`` names the
     stage's items, else kept aside."""
@@ -98,7 +98,7 @@ def open_items(run: Run, stage: Any, inputs: set[str] | None, *, what: str = "re
     return finished
 
 
-async def run_items(run: Run, stage: str, items: Iterable[Any], work: Callable[[Any, Any], Awaitable[Done]], *,
+async def run_items(run: Run, stage: str, items: Iterable[Item], work: Work[Item], *,
                     total: int, label: str, unit: str, limit: int, table: Path,
                     stop: Callable[[], str | None] | None = None,
                     blocked: Callable[[int], bool] | None = None, calls_model: bool = True) -> str | None:
@@ -112,7 +112,7 @@ async def run_items(run: Run, stage: str, items: Iterable[Any], work: Callable[[
     errors: list[str] = []
     count = 0
 
-    async def one(item: Any) -> bool:
+    async def one(item: Item) -> bool:
         nonlocal count
         count += 1
         started = time.monotonic()

@@ -7,7 +7,6 @@ the sweep comparison and the report all agree.
 
 from __future__ import annotations
 
-from typing import Any
 
 from .outcomes import ACCEPTED, KEPT
 from .store import RunStore
@@ -15,7 +14,7 @@ from .store import RunStore
 FIELDS = ("requests", "prompt_tokens", "completion_tokens", "cost_usd")
 
 
-def spend(store: RunStore, order: list[str] | tuple[str, ...] = ()) -> dict[str, Any]:
+def spend(store: RunStore, order: list[str] | tuple[str, ...] = ()) -> dict:
     """Spending by stage (in ``order`` first), the total, and per accepted task / kept trajectory."""
     names = [s for s in order if s in store.stage_names()] + [s for s in store.stage_names() if s not in order]
     stages = []
@@ -35,19 +34,19 @@ def spend(store: RunStore, order: list[str] | tuple[str, ...] = ()) -> dict[str,
     }
 
 
-def _row(totals: dict[str, float]) -> dict[str, Any]:
+def _row(totals: dict[str, float]) -> dict:
     row = {f: (round(float(totals.get(f, 0)), 6) if f == "cost_usd" else int(totals.get(f, 0))) for f in FIELDS}
     row["tokens"] = row["prompt_tokens"] + row["completion_tokens"]
     return row
 
 
-def _per(total: dict[str, Any], count: int) -> dict[str, float] | None:
+def _per(total: dict, count: int) -> dict[str, float] | None:
     if not count:
         return None
     return {"tokens": total["tokens"] / count, "cost_usd": total["cost_usd"] / count}
 
 
-def spend_lines(figures: dict[str, Any]) -> list[str]:
+def spend_lines(figures: dict) -> list[str]:
     """The end-of-run summary's lines: one per stage that spent anything, then per item."""
     lines = []
     for row in figures["stages"]:

@@ -13,7 +13,7 @@ the breaker, export in ``finally``, the counts and the stop reason.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Awaitable, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Generic, Iterable, TypeVar
 
 if TYPE_CHECKING:
     from .backends.base import LLMClient
@@ -46,18 +46,20 @@ class Stage:
         return None
 
 
-#: ``work(item, client)``: one item's work on the stage's model client
-Work = Callable[[Any, Any], Awaitable["Done"]]
+Item = TypeVar("Item")
+#: ``work(item, client)``: one item's work on the stage's model client (an ``LLMClient``;
+#: None for a stage that calls no model)
+Work = Callable[[Item, Any], Awaitable["Done"]]
 
 
 @dataclass
-class Plan:
+class Plan(Generic[Item]):
     """What an item stage has to do in this invocation."""
 
     #: the items still to do (finished ones left out), in order
-    items: Iterable[Any]
+    items: Iterable[Item]
     #: the work for one item
-    work: Work
+    work: Work[Item]
     #: progress units the items make (sampled tasks for requests of n choices)
     total: int
     #: summary facts beside the counts (``inputs``, ``planned``, ...)
@@ -72,11 +74,11 @@ class Plan:
     aclose: Callable[[], Awaitable[None]] | None = None
 
 
-async def _no_work(item: Any, client: LLMClient) -> "Done":
+async def _no_work(item: object, client: LLMClient | None) -> Done:
     raise RuntimeError("a plan without items has no work to run")
 
 
-def nothing_to_do(**facts: Any) -> Plan:
+def nothing_to_do(**facts: object) -> Plan[object]:
     """A plan for a stage whose items are all finished: it starts no sandbox and no model."""
     return Plan([], _no_work, total=0, facts=facts)
 
@@ -100,7 +102,7 @@ class ItemStage(Stage):
         the items cannot be listed ahead (they are kept aside instead). Checks the config first."""
         return None
 
-    def plan(self, run: Run, finished: set[str]) -> Plan:
+    def plan(self, run: Run, finished: set[str]) -> Plan[Any]:
         """The items not in ``finished`` and the work for one."""
         raise NotImplementedError
 
@@ -108,7 +110,7 @@ class ItemStage(Stage):
         """Items at once: containers for stages that open them, else the backend's requests."""
         return int(run.cfg.sandbox.max_containers)
 
-    def export(self, run: Run) -> Any:
+    def export(self, run: Run) -> None:
         """Rebuild the stage's tables from the store (also after an error or Ctrl-C)."""
 
     def summary(self, run: Run) -> dict:

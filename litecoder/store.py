@@ -19,10 +19,7 @@ import sqlite3
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Iterator
-
-if TYPE_CHECKING:
-    from omegaconf import DictConfig
+from typing import Iterable, Iterator
 
 DONE, FAILED = "done", "failed"
 
@@ -47,7 +44,7 @@ CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 
 
-def config_hash(value: Any) -> str:
+def config_hash(value: object) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
@@ -83,7 +80,7 @@ class RunStore:
         self._db.close()
 
     # -- stage configs ---------------------------------------------------------------------
-    def begin_stage(self, stage: str, config: DictConfig) -> int:
+    def begin_stage(self, stage: str, config: dict) -> int:
         """Record the stage's config; returns how many earlier records became stale."""
         digest = config_hash(config)
         self._hashes[stage] = digest
@@ -97,7 +94,7 @@ class RunStore:
             self._set_meta(f"config:{stage}", json.dumps(config, sort_keys=True, default=str))
         return stale
 
-    def open_stage(self, stage: str, config: DictConfig, inputs: set[str] | None, *, retry_failed: bool) -> tuple[set[str], int]:
+    def open_stage(self, stage: str, config: dict, inputs: set[str] | None, *, retry_failed: bool) -> tuple[set[str], int]:
         """Start a stage (or resume it): record its config, retire records made with another
         config or for inputs that are gone (``inputs=None`` keeps all keys), and return the keys
         that need no work (done, and failed too unless ``retry_failed``) with the retired count."""

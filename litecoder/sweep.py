@@ -16,7 +16,6 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
@@ -68,7 +67,7 @@ class SweepCallback(Callback):
         # joblib ships the callbacks to its workers; the servers stay with the sweep's process
         return {**self.__dict__, "backends": []}
 
-    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+    def on_multirun_start(self, config: DictConfig, **kwargs: object) -> None:
         if not self.share_servers:
             return
         shared: dict[str, str] = {}
@@ -85,7 +84,7 @@ class SweepCallback(Callback):
             self.previous_env = os.environ.get(SHARED_SERVERS_ENV)
             os.environ[SHARED_SERVERS_ENV] = json.dumps(shared)
 
-    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+    def on_multirun_end(self, config: DictConfig, **kwargs: object) -> None:
         try:
             failed = self._write_comparison(sweep_dir(config)) if self.compare else 0
         finally:

@@ -22,7 +22,7 @@ import tarfile
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import yaml
 
@@ -188,7 +188,7 @@ def _read_terminal_bench(name: str, directory: Path, max_bytes: int) -> ForeignT
                        _text(data.get("difficulty")), [str(t) for t in data.get("tags") or []])
 
 
-def _text(value: Any) -> str | None:
+def _text(value: object) -> str | None:
     return str(value) if value not in (None, "") else None
 
 

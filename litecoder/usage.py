@@ -6,7 +6,10 @@ run's budget; these helpers are the one place its keys are spelled.
 
 from __future__ import annotations
 
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
+
+if TYPE_CHECKING:
+    from .backends.base import Completion
 
 KEYS = ("requests", "prompt_tokens", "completion_tokens")
 
@@ -22,7 +25,7 @@ def add_usage(total: dict, usage: dict) -> dict:
     return total
 
 
-def of_request(result: Any) -> dict:
+def of_request(result: Completion) -> dict:
     """One request's usage, from a completion."""
     return {"requests": 1, "prompt_tokens": result.prompt_tokens or 0, "completion_tokens": result.completion_tokens or 0}
 

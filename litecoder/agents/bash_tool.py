@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any
 
 from omegaconf import MISSING, DictConfig
 
@@ -72,7 +71,7 @@ class BashToolAgent(TurnAgent):
     def request_params(self) -> dict:
         return {"tools": self.tools(), "tool_choice": self.config.tool_choice}
 
-    def first_messages(self, task: str, screen: str, **context: Any) -> list[dict]:
+    def first_messages(self, task: str, screen: str, **context: object) -> list[dict]:
         c = self.config
         prompt = self.render("prompt", task=task.strip(), max_turns=c.max_turns, command_timeout=c.command_timeout,
                              workdir=context.get("workdir", "/root"))

@@ -21,6 +21,7 @@ from ..templates import render
 from .base import CONTEXT, LOOPING, MALFORMED, MAX_TURNS, REQUEST_ERROR, TERMINAL_CLOSED, WALL_TIME, Chat, Episode, Terminal, Turn, repeats
 
 if TYPE_CHECKING:
+    from ..backends.base import Completion
     from omegaconf import DictConfig
     from ..backends.base import LLMClient
     from ..backends.base import Backend
@@ -77,10 +78,19 @@ class TurnAgent:
     def __init__(self, config: DictConfig) -> None:
         self.config = config
 
+    def repair_message(self, findings: list[str]) -> str:
+        """The message that gives certification's findings back, to go on from an episode that
+        prepared a task (the environment stage's repair rounds): the config's ``repair``
+        template where the agent has one, else the findings as a list."""
+        if "repair" in self.config:
+            return self.render("repair", findings=findings)
+        lines = "\n".join(f"- {finding}" for finding in findings)
+        return f"Checking the task found these problems; fix them, then finish again:\n{lines}"
+
     def render(self, which: str, **context: Any) -> str:
         return render(self.config[which], **context)
 
-    def first_messages(self, task: str, screen: str, **context: Any) -> list[dict]:
+    def first_messages(self, task: str, screen: str, **context: object) -> list[dict]:
         """The conversation's opening; the last message is the episode's prompt."""
         raise NotImplementedError
 
@@ -110,7 +120,7 @@ class TurnAgent:
         return {}
 
     async def run(self, task: str, terminal: Terminal, chat: Chat, *, context_limit: int | None = None,
-                  messages: list[dict] | None = None, **context: Any) -> Episode:
+                  messages: list[dict] | None = None, **context: object) -> Episode:
         """One episode: ``context`` goes to the first messages' templates. With ``messages``
         (an earlier episode's, and a new user message) the conversation goes on from there."""
         c = self.config
@@ -197,7 +207,7 @@ def chat_params(agent: TurnAgent, backend: Backend) -> dict:
     """The request parameters an agent's turns share: its temperature, and its reply schema
     as constrained decoding where the backend has it and the agent's config allows."""
     config = agent.config
-    params: dict[str, Any] = {"temperature": config.get("temperature"), **agent.request_params()}
+    params: dict = {"temperature": config.get("temperature"), **agent.request_params()}
     if agent.reply_schema and config.get("structured_output", "auto") == "auto" and backend.supports_structured_output:
         params["response_format"] = json_schema_format(f"{agent.name}_turn", agent.reply_schema)
     return params
@@ -226,7 +236,7 @@ def _malformed_in_row(turns: list[Turn]) -> int:
     return count
 
 
-def _take_result(turn: Turn, result: Any) -> int | None:
+def _take_result(turn: Turn, result: Completion) -> int | None:
     """Put a reply and its token counts on the turn; the tokens the conversation now holds."""
     turn.reply = result.choices[0].text if result.choices else ""
     turn.tool_calls = list(result.choices[0].tool_calls) if result.choices else []

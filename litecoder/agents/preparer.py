@@ -11,7 +11,7 @@ the episode's ``result``, and decide how its episodes are verified (``verificati
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Optional
 
 from omegaconf import MISSING
 
@@ -76,16 +76,12 @@ class PreparerAgent(TurnAgent):
     reply_schema = REPLY_SCHEMA
     terminal = "exec"
 
-    def first_messages(self, task: str, screen: str, **context: Any) -> list[dict]:
+    def first_messages(self, task: str, screen: str, **context: object) -> list[dict]:
         c = self.config
         system = self.render("system_prompt", max_turns=c.max_turns, command_timeout=c.command_timeout,
                              network=context.get("network", "none"))
         return [{"role": "system", "content": system},
                 {"role": "user", "content": self.render("instruction", task=task.strip())}]
-
-    def repair_message(self, findings: list[str]) -> str:
-        """The message that gives certification's findings back, to go on from the episode."""
-        return self.render("repair", findings=findings)
 
     async def step(self, terminal: Terminal, episode: Episode, reply: dict, started: float) -> tuple[Stop | None, str]:
         c, turn = self.config, episode.turns[-1]

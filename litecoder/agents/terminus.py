@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
-from typing import Any
 
 from omegaconf import MISSING
 
@@ -78,7 +77,7 @@ class TerminusAgent(TurnAgent):
         return self.render("prompt", task=task.strip(), screen=screen, max_turns=c.max_turns,
                            max_command_duration=c.max_command_duration, output_bytes=c.output_bytes)
 
-    def first_messages(self, task: str, screen: str, **context: Any) -> list[dict]:
+    def first_messages(self, task: str, screen: str, **context: object) -> list[dict]:
         return [{"role": "user", "content": self.first_prompt(task, screen)}]
 
     async def step(self, terminal: Terminal, episode: Episode, reply: dict, started: float) -> tuple[Stop | None, str]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional, Protocol
+from typing import Callable, Optional, Protocol
 
 from omegaconf import MISSING, DictConfig
 
@@ -48,7 +48,7 @@ class BackendConfig:
     retry_initial_wait: float = 1.0
     retry_max_wait: float = 30.0
     #: extra JSON fields merged into every request body
-    extra_body: dict[str, Any] = field(default_factory=dict)
+    extra_body: dict = field(default_factory=dict)
     #: USD per million tokens, for ``budget.max_cost_usd`` and cost columns
     price_input_per_mtok: Optional[float] = None
     price_output_per_mtok: Optional[float] = None
@@ -80,10 +80,10 @@ class Completion:
 
 
 class LLMClient(Protocol):
-    async def complete(self, prompt: str, *, n: int, stop: list[str], **params: Any) -> Completion:
+    async def complete(self, prompt: str, *, n: int, stop: list[str], **params: object) -> Completion:
         """Raw text completion (``/v1/completions``), the MAGPIE path."""
 
-    async def chat(self, messages: list[dict], *, n: int = 1, **params: Any) -> Completion:
+    async def chat(self, messages: list[dict], *, n: int = 1, **params: object) -> Completion:
         """Chat completion (``/v1/chat/completions``); ``response_format`` passes through."""
 
     async def aclose(self) -> None: ...
@@ -130,7 +130,7 @@ class Backend:
     def client(self) -> LLMClient:
         raise NotImplementedError(f"{type(self).__name__} has no client()")
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> dict:
         """What to record about this backend in outputs (never secrets)."""
         return {}
 

@@ -204,12 +204,12 @@ class OpenAIClient:
         body.update({k: v for k, v in params.items() if v is not None})
         return body
 
-    async def complete(self, prompt: str, *, n: int = 1, stop: list[str] | None = None, **params: Any) -> Completion:
+    async def complete(self, prompt: str, *, n: int = 1, stop: list[str] | None = None, **params: object) -> Completion:
         body = self._body({"prompt": prompt, "n": n, "stop": stop or None, **params})
         data, latency, attempts = await self._post("completions", body)
         return parse_completion(data, n=n, latency=latency, attempts=attempts)
 
-    async def chat(self, messages: list[dict], *, n: int = 1, **params: Any) -> Completion:
+    async def chat(self, messages: list[dict], *, n: int = 1, **params: object) -> Completion:
         body = self._body({"messages": messages, "n": n, **params})
         data, latency, attempts = await self._post("chat/completions", body)
         return parse_completion(data, n=n, latency=latency, attempts=attempts)
@@ -276,7 +276,7 @@ class OpenAICompatibleBackend(Backend):
     def client_recipe(self) -> ClientRecipe:
         return client_recipe(self.client())
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> dict:
         return {"backend": self.config.type, "model": self.config.model, "base_url": self.config.base_url}
 
 

@@ -24,7 +24,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Optional
 
 import httpx
 from omegaconf import OmegaConf, DictConfig
@@ -71,7 +71,7 @@ class VLLMBackendConfig(BackendConfig):
     extra_args: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=lambda: {"VLLM_CPU_KVCACHE_SPACE": "1"})
     #: per-choice token ids let litecoder count each sample's tokens
-    extra_body: dict[str, Any] = field(default_factory=lambda: {"return_token_ids": True})
+    extra_body: dict = field(default_factory=lambda: {"return_token_ids": True})
 
 
 def default_python() -> str:
@@ -160,7 +160,7 @@ def served_tokens(url: str) -> dict[str, float]:
     return totals
 
 
-def _ledger(event: str, url: str, **fields: Any) -> None:
+def _ledger(event: str, url: str, **fields: object) -> None:
     path = os.environ.get(LEDGER_ENV)
     if path:
         with open(path, "a") as out:
@@ -342,7 +342,7 @@ class VLLMBackend(Backend):
     def share_key(self) -> str | None:
         return None if self.config.url else launch_key(self.config)
 
-    def describe(self) -> dict[str, Any]:
+    def describe(self) -> dict:
         return {"backend": self.config.type, "model": self.model_name, "model_path": self.config.model_path, "base_url": self.base_url}
 
 

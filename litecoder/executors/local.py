@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from .. import hookimpl
 from .base import ExecutorConfig
 
 if TYPE_CHECKING:
+    from ..sandboxes.base import Sandbox
     from omegaconf import DictConfig
     from ..backends.base import Backend
     from ..registry import Registry
@@ -26,7 +27,8 @@ class LocalExecutor:
     def client(self, backend: Backend) -> Any:
         return backend.client()
 
-    def sandbox(self, factory: Any, config: DictConfig, run_id: str, builders: Registry, toolchain: dict | None = None) -> Any:
+    def sandbox(self, factory: Callable[..., Sandbox], config: DictConfig, run_id: str, builders: Registry,
+                toolchain: dict | None = None) -> Sandbox:
         sandbox = factory(config, run_id)
         try:
             sandbox.ensure_image(builders, toolchain)

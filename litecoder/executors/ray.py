@@ -34,7 +34,7 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from omegaconf import OmegaConf, DictConfig
 
@@ -44,8 +44,8 @@ from ..sandboxes.base import SandboxError
 from .base import ExecutorConfig
 
 if TYPE_CHECKING:
-    from ..backends.base import LLMClient
-    from ..backends.base import Backend
+    from ..backends.base import Backend, LLMClient
+    from ..sandboxes.base import Sandbox
     from ..registry import Registry
 
 log = logging.getLogger(__name__)
@@ -103,8 +103,8 @@ class DockerNode:
         plugins = get_plugins()
         self.sandbox = plugins.registry("sandbox").get(sandbox_type)(OmegaConf.create(config), run_id)
         self.builders = plugins.registry("image_builder")
-        self.sessions: dict[str, Any] = {}
-        self.transfers: dict[str, Any] = {}
+        self.sessions: dict = {}
+        self.transfers: dict = {}
 
     def ensure_image(self, toolchain: dict | None) -> str:
         return self.sandbox.ensure_image(self.builders, toolchain)
@@ -166,10 +166,10 @@ class RayLLMClient:
         self.workers = workers
         self._next = 0
 
-    async def complete(self, prompt: str, *, n: int = 1, stop: list[str] | None = None, **params: Any) -> Any:
+    async def complete(self, prompt: str, *, n: int = 1, stop: list[str] | None = None, **params: object) -> Any:
         return await self._call("complete", (prompt,), {"n": n, "stop": stop, **params})
 
-    async def chat(self, messages: list[dict], *, n: int = 1, **params: Any) -> Any:
+    async def chat(self, messages: list[dict], *, n: int = 1, **params: object) -> Any:
         return await self._call("chat", (messages,), {"n": n, **params})
 
     async def _call(self, method: str, args: tuple, kwargs: dict) -> Any:
@@ -195,7 +195,7 @@ class RaySession:
         self.host = sandbox.node_ids[node]
         self._removed = False
 
-    def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+    def _call(self, method: str, *args: object, **kwargs: object) -> Any:
         return self.sandbox._get(self.sandbox.nodes[self.node].session_call.remote(self.id, method, args, kwargs))
 
     def exec(self, command: str, *, timeout: float, max_output_bytes: int | None = None) -> Any:
@@ -390,7 +390,7 @@ class RayExecutor:
             ray.get([w.pid.remote() for w in self._pools[key]])  # up before the first request
         return RayLLMClient(self._pools[key])
 
-    def sandbox(self, factory: Any, config: DictConfig, run_id: str, builders: Registry, toolchain: dict | None = None) -> RaySandbox:
+    def sandbox(self, factory: Callable[..., Sandbox], config: DictConfig, run_id: str, builders: Registry, toolchain: dict | None = None) -> RaySandbox:
         ray = self._connect()
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 

@@ -181,7 +181,7 @@ def certificate_metadata(cert: dict) -> dict:
     return {names.get(k, k): cert[k] for k in keys if cert.get(k) is not None}
 
 
-def _toml(value: Any) -> str:
+def _toml(value: object) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, (int, float)):

@@ -9,13 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import shlex
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ..errors import ConfigError
 from ..records import CommandRun
 from .tmux import TmuxTerminal
 
 if TYPE_CHECKING:
+    from ..agents.base import Terminal
+    from ..agents.loop import TurnAgent
     from ..sandboxes.base import Session
 
 
@@ -45,7 +47,7 @@ class CommandTerminal:
         return text
 
 
-def open_terminal(agent: Any, session: Session, workdir: str | None = None) -> Any:
+def open_terminal(agent: TurnAgent, session: Session, workdir: str | None = None) -> Terminal:
     """The terminal ``agent`` declares, on ``session``, sized by the agent's config, starting in
     ``workdir`` (default: the session's own, /root)."""
     config = agent.config

@@ -14,7 +14,7 @@ import json
 import logging
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ..errors import SandboxError
 from ..paths import litecoder_home
@@ -51,7 +51,7 @@ echo '}'
 """
 
 
-def packages(toolchain: Any) -> dict[str, list[str]]:
+def packages(toolchain: dict) -> dict[str, list[str]]:
     """The toolchain's package lists, sorted; ``python`` and ``npm`` bring their installers."""
     lists = {kind: sorted(str(p) for p in (toolchain.get(kind) or [])) for kind in ("debian", "python", "npm")}
     installers = (["python3-pip", "python3-venv"] if lists["python"] else []) + (["npm"] if lists["npm"] else [])
@@ -59,20 +59,20 @@ def packages(toolchain: Any) -> dict[str, list[str]]:
     return lists
 
 
-def is_empty(toolchain: Any) -> bool:
+def is_empty(toolchain: dict) -> bool:
     return toolchain is None or not any(packages(toolchain).values())
 
 
-def recipe_hash(base_image_id: str, toolchain: Any) -> str:
+def recipe_hash(base_image_id: str, toolchain: dict) -> str:
     recipe = {"format": RECIPE_FORMAT, "base": base_image_id, **packages(toolchain)}
     return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def image_name(domain: str, base_image_id: str, toolchain: Any) -> str:
+def image_name(domain: str, base_image_id: str, toolchain: dict) -> str:
     return f"{TOOLCHAIN_IMAGES}:{tag_safe(domain, 60) or 'domain'}-{recipe_hash(base_image_id, toolchain)}"
 
 
-def dockerfile(base: str, toolchain: Any) -> str:
+def dockerfile(base: str, toolchain: dict) -> str:
     """Debian packages with apt (``name=version`` pins), then pip and npm; registries over the
     host's CA bundle, and no package caches left in the layer."""
     lists = packages(toolchain)
@@ -89,7 +89,7 @@ def dockerfile(base: str, toolchain: Any) -> str:
     return "\n".join(lines) + "\n"
 
 
-def context_files(base: str, toolchain: Any) -> dict[str, bytes]:
+def context_files(base: str, toolchain: dict) -> dict[str, bytes]:
     """The build context: the Dockerfile and the host's CA bundle."""
     ca = HOST_CA_BUNDLE.read_bytes() if HOST_CA_BUNDLE.is_file() else b""
     return {"Dockerfile": dockerfile(base, toolchain).encode(), "ca-certificates.crt": ca}
@@ -109,7 +109,7 @@ def manifest_path(image: str) -> Path:
     return litecoder_home() / "images" / (image.replace(":", "-").replace("/", "_") + ".json")
 
 
-def ensure_toolchain_image(client: DockerClient, domain: str, base: str, base_image_id: str, toolchain: Any,
+def ensure_toolchain_image(client: DockerClient, domain: str, base: str, base_image_id: str, toolchain: dict,
                            timeout: float = 1800) -> tuple[str, bool]:
     """The domain's toolchain image on ``base`` (whose id is part of the recipe), built unless
     it exists: (name, reused). Its manifest is written when missing or stale."""
@@ -146,7 +146,7 @@ def read_manifest(image: str) -> dict | None:
         return None
 
 
-def build_toolchain_image(client: DockerClient, image: str, base: str, toolchain: Any, timeout: float,
+def build_toolchain_image(client: DockerClient, image: str, base: str, toolchain: dict, timeout: float,
                           nocache: bool = False) -> None:
     """Build ``image`` with the build's network (the registries); ``nocache`` skips the layer cache."""
     log.info("building %s (%s)", image, ", ".join(f"{k}: {len(v)}" for k, v in packages(toolchain).items()))

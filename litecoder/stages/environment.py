@@ -43,6 +43,8 @@ from ..store import DONE, FAILED
 from ..tables import records_frame, write_parquet_atomic
 
 if TYPE_CHECKING:
+    from ..agents.base import Chat
+    from ..agents.loop import TurnAgent
     from ..backends.base import LLMClient
     from ..sandboxes.base import Session
     from ..sandboxes.base import Sandbox
@@ -73,7 +75,7 @@ ENVIRONMENTS_FILE = "environments.parquet"
 SCHEMA = polars_schema(Environment)
 
 
-def unprepared_reason(episode: Any, agent: Any) -> str:
+def unprepared_reason(episode: Episode, agent: TurnAgent) -> str:
     """Why an episode left no prepared state, in the words of the environment record."""
     steps, detail = len(episode.turns), episode.detail or ""
     return {
@@ -82,7 +84,7 @@ def unprepared_reason(episode: Any, agent: Any) -> str:
         WALL_TIME: f"wall-time limit of {agent.config.max_wall_time:.0f}s reached after {steps} steps",
         REQUEST_ERROR: f"request failed: {detail}",
         COMPLETED: f"agent {agent.name!r} finished without a verifier",
-    }.get(episode.stop_reason, f"the agent stopped ({episode.stop_reason}): {detail}")
+    }.get(episode.stop_reason or "", f"the agent stopped ({episode.stop_reason}): {detail}")
 
 
 class ItemFailed(Exception):
@@ -95,10 +97,10 @@ class Kit:
 
     run: Run
     sandbox: Sandbox
-    agent: Any
+    agent: TurnAgent
     #: the stage's model client (for requests outside the agent's episode) and the agent's chat
     client: LLMClient
-    chat: Any
+    chat: Chat
     #: one per container the stage may run at once (``sandbox.max_containers``)
     slots: asyncio.Semaphore
     certifier: Certifier
@@ -157,7 +159,7 @@ class EnvironmentStage(ItemStage):
 
     def plan(self, run: Run, finished: set[str]) -> Plan:
         todo = [t for t in self._accepted if t["task_id"] not in finished]
-        facts: dict[str, Any] = {"inputs": len(self._accepted)}
+        facts: dict = {"inputs": len(self._accepted)}
         if not todo:
             return nothing_to_do(**facts)
         sandbox = run.sandbox()
@@ -195,7 +197,7 @@ class EnvironmentStage(ItemStage):
         return AdversarialChecks(config, run.cfg.review, client, backend.supports_structured_output, cheats)
 
     @staticmethod
-    def agent(run: Run) -> Any:
+    def agent(run: Run) -> TurnAgent:
         """The configured agent (``environment.agent``)."""
         config = run.cfg.environment.agent
         if not OmegaConf.is_config(config) or "type" not in config:
@@ -208,7 +210,7 @@ class EnvironmentStage(ItemStage):
         certification (with repair rounds); returns its record (``request_error`` when a
         model request failed)."""
         run, env = kit.run, kit.run.cfg.environment
-        record: dict[str, Any] = {
+        record: dict = {
             "task_id": task["task_id"], "text": task["text"], "status": FAILED, "reason": None, "commands": [],
             "changed_paths": [], "steps": 0, "model": run.backend(self.name).describe().get("model") or "",
             "usage": new_usage(), "wrong_solutions": [],
@@ -288,7 +290,7 @@ class EnvironmentStage(ItemStage):
     async def _settle(self, kit: "Kit", task: dict, record: dict, cert: dict) -> None:
         """Record the certificate and the task's outcome; a rejected task's image goes."""
         record["certificate"] = cert
-        nop: dict[str, Any] = next((c for c in cert["checks"] if c["check"] == "nop"), {})
+        nop: dict = next((c for c in cert["checks"] if c["check"] == "nop"), {})
         record["verifier_exit_code"], record["verifier_output"] = nop.get("verifier_exit_code"), nop.get("verifier_output")
         self._save_scripts(kit.run, task["task_id"], record)
         if cert["certified"]:

@@ -15,7 +15,7 @@ import statistics
 from html import escape
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import polars as pl
 
@@ -58,7 +58,7 @@ class EvalStage(TrajectoryStage):
 
     def summary(self, run: Run) -> dict:
         tasks = self.task_rows(run)
-        summary: dict[str, Any] = {"tasks": len(tasks)}
+        summary: dict = {"tasks": len(tasks)}
         if tasks:
             summary["pass@1"] = round(statistics.mean(t["pass_at_1"] for t in tasks), 3)
             summary[f"pass@{run.cfg.eval.rollouts}"] = round(statistics.mean(t["pass_at_k"] for t in tasks), 3)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from .. import hookimpl
 from ..stage import Stage
@@ -55,7 +55,7 @@ class ExportStage(Stage):
         if made and all(missing.values()):
             raise ConfigError(f"nothing to export in {run.dir}: " + "; ".join(f"{n} has {why}" for n, why in missing.items())
                               + "; " + first_stage({exporter.needs for exporter in made.values()}))
-        summary: dict[str, Any] = {}
+        summary: dict = {}
         skipped = []
         for name, exporter in made.items():
             if missing[name] is not None:

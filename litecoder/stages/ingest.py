@@ -156,7 +156,7 @@ class IngestStage(ItemStage):
             cert["oracle"], cert["certified"] = None, False
         cert.update(repairs=0, container_runs=sum(c.containers for c in checks), seconds=round(sum(c.seconds for c in checks), 2),
                     wall_s=round(time.monotonic() - started, 2))
-        nop: dict[str, Any] = next((c for c in cert["checks"] if c["check"] == "nop"), {})
+        nop: dict = next((c for c in cert["checks"] if c["check"] == "nop"), {})
         record.update(certificate=cert, verifier_exit_code=nop.get("verifier_exit_code"),
                       verifier_output=nop.get("verifier_output"))
         if ready:

@@ -87,7 +87,7 @@ JUDGMENT_SCHEMA = polars_schema(Judgment)
 FEASIBLE_SCHEMA = {**polars_schema(SampledTask), "aggregate": JUDGMENT_SCHEMA["aggregate"], "scores": JUDGMENT_SCHEMA["scores"]}
 
 
-def judgment_schema(judge: Any) -> dict:
+def judgment_schema(judge: DictConfig) -> dict:
     """The JSON schema a judgment must fit: one {rationale, score} object per criterion."""
     properties = {}
     for criterion in judge.criteria:
@@ -106,7 +106,7 @@ def judgment_schema(judge: Any) -> dict:
     return {"type": "object", "properties": properties, "required": list(properties), "additionalProperties": False}
 
 
-def decide(judgment: dict, judge: Any) -> tuple[list[dict], float, str, str | None]:
+def decide(judgment: dict, judge: DictConfig) -> tuple[list[dict], float, str, str | None]:
     """Scores, aggregate, verdict and (for rejections) the reason."""
     scores = [{"criterion": c.name, "score": int(judgment[c.name]["score"]), "rationale": judgment[c.name]["rationale"]}
               for c in judge.criteria]
@@ -142,7 +142,7 @@ class JudgeRequest:
         judge, backend = run.cfg.judge, run.backend(stage)
         schema = judgment_schema(judge)
         system = render(judge.system_prompt, keep_trailing_newline=False, criteria=judge.criteria, judge=judge)
-        params: dict[str, Any] = {"temperature": judge.temperature, "max_tokens": judge.max_tokens}
+        params: dict = {"temperature": judge.temperature, "max_tokens": judge.max_tokens}
         if judge.structured_output == "auto" and backend.supports_structured_output:
             params["response_format"] = json_schema_format("judgment", schema)
         return cls(judge, system, schema, params, backend.describe().get("model") or "")

@@ -33,6 +33,7 @@ from .. import templates
 from ..tables import write_records_parquet
 
 if TYPE_CHECKING:
+    from ..backends.base import Completion
     from ..backends.base import LLMClient
     from ..backends.base import Backend
     from omegaconf import DictConfig
@@ -112,7 +113,7 @@ def task_id(*parts: Any) -> str:
     return hashlib.sha256("\x1f".join(str(p) for p in parts).encode()).hexdigest()[:16]
 
 
-def render(template: str, **context: Any) -> str:
+def render(template: str, **context: object) -> str:
     try:
         return templates.render(template, keep_trailing_newline=False, **context).strip()
     except jinja2.TemplateError as exc:
@@ -174,10 +175,10 @@ class SampleStage(ItemStage):
         tokens = pl.scan_parquet(table, glob=False).select(pl.col("completion_tokens").fill_null(0).sum()).collect().item()
         return {"completion_tokens": int(tokens or 0), "wall_s": round(time.perf_counter() - self._started, 1)}
 
-    def export(self, run: Run) -> Path:
+    def export(self, run: Run) -> None:
         """Rebuild ``tasks.parquet`` from the store."""
         batches = run.store.iter_records(self.name, order=TASK_ORDER)
-        return write_records_parquet(run.path(TASKS_FILE), batches, SCHEMA, "created_at")
+        write_records_parquet(run.path(TASKS_FILE), batches, SCHEMA, "created_at")
 
     @staticmethod
     def _method(mode: str, backend: Backend) -> str:
@@ -285,7 +286,7 @@ class SampleStage(ItemStage):
         return Done(entries, usage, error, progress=request.n, tally={"failed": failed})
 
     def _row(self, run: Run, request: Request, method: str, model: str, choice_index: int, *, status: str,
-             text: str = "", finish_reason: str | None = None, error: str | None = None, result: Any = None,
+             text: str = "", finish_reason: str | None = None, error: str | None = None, result: Completion | None = None,
              completion_tokens: int | None = None, attempts: int | None = None) -> dict:
         """One sample's record; every sample gets one, whatever happened to it."""
         cfg = run.cfg
@@ -316,7 +317,7 @@ class SampleStage(ItemStage):
             "created_at": datetime.now(timezone.utc).isoformat(),
         }
 
-    def _rows(self, run: Run, backend: Backend, request: Request, method: str, result: Any) -> list[dict]:
+    def _rows(self, run: Run, backend: Backend, request: Request, method: str, result: Completion) -> list[dict]:
         model = result.model or backend.describe().get("model") or ""
         rows = []
         for choice_index in range(request.n):

@@ -44,6 +44,8 @@ from ..task_set import has_environments, ready_environments
 from ..tables import records_frame, write_parquet_atomic, write_text_atomic
 
 if TYPE_CHECKING:
+    from ..agents.base import Chat
+    from ..agents.loop import TurnAgent
     from ..backends.base import LLMClient
     from omegaconf import DictConfig
     from ..run import Run
@@ -259,12 +261,12 @@ class TrajectoryStage(ItemStage):
                 changed.append((item.key, DONE, status, record["reason"], record))
         run.store.put(self.name, changed)
 
-    async def _rollout(self, run: Run, verifier: Verifier, agent: Any, chat: Any, context_limit: int | None,
+    async def _rollout(self, run: Run, verifier: Verifier, agent: TurnAgent, chat: Chat, context_limit: int | None,
                        env: dict, index: int, *, client: LLMClient) -> dict:
         settings = self.settings(run.cfg)
         rollout_id = rollout_key(env["task_id"], index)
         started_at = datetime.now(timezone.utc).isoformat()
-        record: dict[str, Any] = {
+        record: dict = {
             "rollout_id": rollout_id, "task_id": env["task_id"], "rollout": index, "status": FAILED, "reason": None,
             "filters": [], "reward": None, "stop_reason": None, "turns": 0, "model": "",
         }
@@ -315,7 +317,7 @@ class TrajectoryStage(ItemStage):
             record["reason"] = "; ".join(record["filters"]) or None
         return record
 
-    def _write_trajectory(self, run: Run, agent: Any, episode: Episode, record: dict, model: str, started_at: str) -> str:
+    def _write_trajectory(self, run: Run, agent: TurnAgent, episode: Episode, record: dict, model: str, started_at: str) -> str:
         """The rollout as an ATIF file; returns its path in the run directory."""
         rollout_id = record["rollout_id"]
         trajectory = atif.from_episode(
