@@ -311,7 +311,7 @@ def census(run_dir: Path, top: int) -> None:
     from litecoder.dedup import find_duplicates
     from litecoder.run import PIPELINE
     from litecoder.stages.report import RunData
-    from litecoder.spend import spend
+    from litecoder.budget import spend
     from litecoder.stages.judge import JudgeStage
     from litecoder.stages.sample import TASK_ORDER, SampleStage
     from litecoder.store import DONE, RunStore

@@ -1,7 +1,9 @@
-"""Limits on what a run may spend: requests, tokens, money and wall time.
+"""What a run may spend and what it spent: requests, tokens, money and wall time.
 
-Spending is read back from the run store when a run resumes, so a budget covers the whole
-run, not one invocation; wall time is the exception and counts from this invocation's start.
+Limits (``budget.*``) and prices (``prices.<model>``) are checked as items end. Every stage
+records the usage of each item's requests in the store, so spending is read back from it: a
+budget covers the whole run across resumes (wall time is the exception and counts from this
+invocation's start), and the end-of-run summary, the sweep comparison and the report agree.
 """
 
 from __future__ import annotations
@@ -15,6 +17,8 @@ from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from .errors import ConfigError
+from .outcomes import ACCEPTED, KEPT
+from .store import RunStore
 
 
 @dataclass
@@ -119,3 +123,59 @@ class Budget:
         if c.max_wall_time_s is not None and time.monotonic() - self.started >= c.max_wall_time_s:
             return f"budget.max_wall_time_s={c.max_wall_time_s}"
         return None
+
+
+FIELDS = ("requests", "prompt_tokens", "completion_tokens", "cost_usd")
+
+
+def spend(store: RunStore, order: list[str] | tuple[str, ...] = ()) -> dict:
+    """Spending by stage (in ``order`` first), the total, and per accepted task / kept trajectory."""
+    names = [s for s in order if s in store.stage_names()] + [s for s in store.stage_names() if s not in order]
+    stages = []
+    for name in names:
+        totals = store.totals(name)
+        stages.append({"stage": name, **_row(totals)})
+    total = _row({f: sum(s[f] for s in stages) for f in FIELDS})
+    accepted = store.counts("judge").get(ACCEPTED, 0)
+    kept = store.counts("trajectory").get(KEPT, 0)
+    return {
+        "stages": stages,
+        "total": total,
+        "accepted_tasks": accepted,
+        "kept_trajectories": kept,
+        "per_accepted_task": _per(total, accepted),
+        "per_kept_trajectory": _per(total, kept),
+    }
+
+
+def _row(totals: dict[str, float]) -> dict:
+    row = {f: (round(float(totals.get(f, 0)), 6) if f == "cost_usd" else int(totals.get(f, 0))) for f in FIELDS}
+    row["tokens"] = row["prompt_tokens"] + row["completion_tokens"]
+    return row
+
+
+def _per(total: dict, count: int) -> dict[str, float] | None:
+    if not count:
+        return None
+    return {"tokens": total["tokens"] / count, "cost_usd": total["cost_usd"] / count}
+
+
+def spend_lines(figures: dict) -> list[str]:
+    """The end-of-run summary's lines: one per stage that spent anything, then per item."""
+    lines = []
+    for row in figures["stages"]:
+        if row["requests"] or row["tokens"]:
+            lines.append(
+                f"spent in {row['stage']}: {row['requests']:,} requests, {row['tokens']:,} tokens "
+                f"({row['prompt_tokens']:,} prompt + {row['completion_tokens']:,} completion), ${row['cost_usd']:.4f}"
+            )
+    total = figures["total"]
+    if not lines:
+        return lines
+    per = []
+    for label, key in (("accepted task", "per_accepted_task"), ("kept trajectory", "per_kept_trajectory")):
+        value = figures[key]
+        per.append(f"per {label}: " + (f"{value['tokens']:,.0f} tokens, ${value['cost_usd']:.4f}" if value else "none yet"))
+    lines.append(f"spent in total: {total['requests']:,} requests, {total['tokens']:,} tokens, ${total['cost_usd']:.4f}; "
+                 + "; ".join(per))
+    return lines

@@ -14,7 +14,7 @@ import yaml
 
 from .outcomes import ACCEPTED, KEPT, REJECTED
 from .store import DONE, FAILED, RunStore
-from .spend import spend
+from .budget import spend
 from .tallies import judge_scores
 from .tables import write_text_atomic
 

@@ -13,12 +13,11 @@ from dataclasses import dataclass, field, fields, make_dataclass
 from datetime import datetime
 from typing import Any, Optional
 
-from omegaconf import MISSING, OmegaConf
+from omegaconf import MISSING, DictConfig, OmegaConf
 
 from .budget import BudgetConfig
 from .errors import PluginError
-from .paths import litecoder_home
-from .run_names import check_run_name, job_dir_name
+from .paths import litecoder_home, check_run_name, job_dir_name
 from .review import ReviewConfig
 from .verification import VerificationConfig
 
@@ -179,7 +178,7 @@ def _with_nodes(schema: type, nodes: dict[str, type], kind: str) -> type:
     return make_dataclass(schema.__name__, added, bases=(schema,))
 
 
-def as_dict(node: Any) -> dict:
+def as_dict(node: DictConfig) -> dict:
     """A config node as a plain dict, interpolations resolved (a stage's identity, a record)."""
     value = OmegaConf.to_container(node, resolve=True)
     if not isinstance(value, dict):

@@ -7,7 +7,7 @@ resolve over several lines, sometimes with a traceback; litecoder's users get on
 from __future__ import annotations
 
 from .errors import ConfigError
-from .run_names import check_run_name
+from .paths import check_run_name
 
 QUOTING_HINT = ("quote a value that holds brackets, braces, commas, quotes or spaces "
                 "(key='value', with \\' for a quote)")

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 from html import escape
-from typing import Any, NamedTuple
+from typing import NamedTuple, Sequence
 
 import plotly.graph_objects as go
 import plotly.io as pio
@@ -36,7 +36,7 @@ def chart(fig: go.Figure, chart_id: str, height: int = 380) -> str:
                        config={"displaylogo": False, "responsive": True})
 
 
-def table(headers: list[str], rows: list[list[Any]], table_id: str | None = None) -> str:
+def table(headers: list[str], rows: Sequence[Sequence[object]], table_id: str | None = None) -> str:
     def cell(tag: str, value: object) -> str:
         numeric = isinstance(value, (int, float)) and not isinstance(value, bool)
         attribute = " class='num'" if numeric else ""

@@ -15,7 +15,6 @@ import os
 from dataclasses import is_dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlparse
 
 import pluggy
@@ -40,7 +39,7 @@ DEFAULT_PLUGINS = (
     "litecoder.backends.openai_compat",
     "litecoder.backends.vllm",
     "litecoder.sandboxes.docker",
-    "litecoder.sandboxes.images",
+    "litecoder.sandboxes.base_image",
     "litecoder.agents.terminus",
     "litecoder.agents.preparer",
     "litecoder.agents.bash_tool",
@@ -130,7 +129,7 @@ class Plugins:
             found[str(plugin_name)]["hooks"] = sorted(impl.name for impl in self.pm.get_hookcallers(hooked) or [])
         return list(found.values())
 
-    def register(self, plugin: Any, name: str | None = None) -> str:
+    def register(self, plugin: object, name: str | None = None) -> str:
         """Add a plugin object (a module or an instance with hookimpls) at run time."""
         self.load()
         registered = self.pm.register(plugin, name)

@@ -13,7 +13,7 @@ import dataclasses
 import types
 import typing
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any, Optional
 
 import polars as pl
@@ -27,6 +27,12 @@ TASK_ORDER = ("request_index", "choice_index")
 
 _SCALARS = {str: pl.String, int: pl.Int64, float: pl.Float64, bool: pl.Boolean,
             datetime: pl.Datetime("us", "UTC")}
+
+
+def to_record(value: object) -> dict:
+    """A record dataclass as the run store keeps it: a JSON object, datetimes as ISO text."""
+    assert dataclasses.is_dataclass(value) and not isinstance(value, type)
+    return {k: v.isoformat() if isinstance(v, datetime) else v for k, v in dataclasses.asdict(value).items()}
 
 
 def polars_schema(record: type) -> dict:
@@ -236,33 +242,34 @@ class Environment:
 
     task_id: str
     text: str
-    status: str
-    reason: Optional[str]
-    image: Optional[str]
-    image_id: Optional[str]
-    base_image: Optional[str]
-    network: Optional[str]
-    installed_debian: list[str]
-    installed_python: list[str]
-    apt_history: Optional[str]
-    host: Optional[str]
-    changed_paths: list[str]
-    added_paths: list[str]
-    deleted_paths: list[str]
-    commands: list[CommandRun]
-    verifier: Optional[str]
-    verifier_exit_code: Optional[int]
-    verifier_output: Optional[str]
+    #: a task is failed until it is proven otherwise
+    status: str = "failed"
+    reason: Optional[str] = None
+    image: Optional[str] = None
+    image_id: Optional[str] = None
+    base_image: Optional[str] = None
+    network: Optional[str] = None
+    installed_debian: list[str] = field(default_factory=list)
+    installed_python: list[str] = field(default_factory=list)
+    apt_history: Optional[str] = None
+    host: Optional[str] = None
+    changed_paths: list[str] = field(default_factory=list)
+    added_paths: list[str] = field(default_factory=list)
+    deleted_paths: list[str] = field(default_factory=list)
+    commands: list[CommandRun] = field(default_factory=list)
+    verifier: Optional[str] = None
+    verifier_exit_code: Optional[int] = None
+    verifier_output: Optional[str] = None
     #: the environment agent's reference solution, kept outside the image like the verifier
-    solution: Optional[str]
-    certificate: Optional[Certificate]
-    wrong_solutions: list[WrongSolution]
-    steps: int
-    model: str
-    prompt_tokens: int
-    completion_tokens: int
-    wall_s: float
-    prepared_at: datetime
+    solution: Optional[str] = None
+    certificate: Optional[Certificate] = None
+    wrong_solutions: list[WrongSolution] = field(default_factory=list)
+    steps: int = 0
+    model: str = ""
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    wall_s: float = 0.0
+    prepared_at: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
     #: an imported task's origin, category, working directory and verifier time limit
     origin: Optional[Origin] = None
     category: Optional[str] = None

@@ -15,7 +15,7 @@ kept out of the training data. The criteria and every word of the requests are c
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 from omegaconf import MISSING, DictConfig
 
@@ -59,7 +59,7 @@ class ReviewConfig:
 UNUSABLE_REVIEW = "review: the review's reply was not usable"
 
 
-def reply_schema(criteria: list[Any]) -> dict:
+def reply_schema(criteria: Sequence[DictConfig]) -> dict:
     """One ``{passed, reason}`` per criterion, every criterion required."""
     verdict = {"type": "object", "properties": {"passed": {"type": "boolean"}, "reason": {"type": "string", "maxLength": 1000}},
                "required": ["passed", "reason"], "additionalProperties": False}
@@ -68,7 +68,7 @@ def reply_schema(criteria: list[Any]) -> dict:
             "additionalProperties": False}
 
 
-async def review(client: LLMClient, config: DictConfig, criteria: list[Any], instruction: str, *, structured: bool,
+async def review(client: LLMClient, config: DictConfig, criteria: Sequence[DictConfig], instruction: str, *, structured: bool,
                  **context: Any) -> tuple[list[ReviewVerdict], dict, str | None]:
     """Ask for a verdict on each criterion: (the verdicts, the request's usage, why there are
     none when the reply was unusable). ``instruction`` names the user message's template."""

@@ -6,12 +6,11 @@ import json
 import logging
 import sys
 from pathlib import Path
-from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from .config import as_dict
-from .budget import Budget, apply_prices, served_model
+from .budget import Budget, apply_prices, served_model, spend, spend_lines
 from .backends.base import Backend, LLMClient
 from .errors import ConfigError, LitecoderError, StageNotBuilt
 from .executors.base import Executor
@@ -19,7 +18,6 @@ from .sandboxes.base import Sandbox
 from .plugins import Plugins, get_plugins
 from .outcomes import ACCEPTED, KEPT, REJECTED
 from .runner import run_stage
-from .spend import spend, spend_lines
 from .stage import model_stages, pipeline
 from .sandboxes.names import run_id
 from .store import RunStore
@@ -160,7 +158,7 @@ def _run_stage(name: str, run: Run, plugins: Plugins) -> dict:
 
 def _rounds(run: Run, names: list[str], plugins: Plugins, summaries: dict) -> str:
     """Sample and judge in rounds until ``sample.target_accepted`` tasks are accepted."""
-    target = int(target_accepted(run.cfg))
+    target = int(target_accepted(run.cfg) or 0)
     while True:
         summaries["sample"] = _run_stage("sample", run, plugins)
         summaries["judge"] = _run_stage("judge", run, plugins)
@@ -176,7 +174,7 @@ def _rounds(run: Run, names: list[str], plugins: Plugins, summaries: dict) -> st
         log.info("round %d: %d of %d accepted so far", run.rounds, accepted, target)
 
 
-def target_accepted(cfg: DictConfig) -> Any:
+def target_accepted(cfg: DictConfig) -> int | None:
     """``sample.target_accepted``, or None where the sample stage brings no such key."""
     return OmegaConf.select(cfg, "sample.target_accepted", default=None)
 

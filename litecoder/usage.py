@@ -6,9 +6,10 @@ run's budget; these helpers are the one place its keys are spelled.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import TYPE_CHECKING, Iterable
 
 if TYPE_CHECKING:
+    from .agents.base import Turn
     from .backends.base import Completion
 
 KEYS = ("requests", "prompt_tokens", "completion_tokens")
@@ -30,7 +31,7 @@ def of_request(result: Completion) -> dict:
     return {"requests": 1, "prompt_tokens": result.prompt_tokens or 0, "completion_tokens": result.completion_tokens or 0}
 
 
-def of_turns(turns: Iterable[Any]) -> dict:
+def of_turns(turns: Iterable[Turn]) -> dict:
     """An episode's usage: one request per turn (``agents.base.Turn``)."""
     turns = list(turns)
     return {"requests": len(turns), "prompt_tokens": sum(t.prompt_tokens or 0 for t in turns),

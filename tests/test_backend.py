@@ -9,10 +9,9 @@ import pytest
 from omegaconf import OmegaConf
 
 from litecoder.backends.openai_compat import OpenAIBackendConfig, OpenAICompatibleBackend
-from litecoder.errors import RequestError
+from litecoder.errors import RequestError, BackendError
 from litecoder.backends.vllm import VLLMBackend, VLLMBackendConfig
 from litecoder.config import register_configs
-from litecoder.errors import BackendError
 
 from .stub_openai import StubServer, completion_body
 

@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parent.parent / "litecoder"
 
 CORE = {"errors", "config", "paths", "registry", "plugins", "hookspecs", "store", "tables", "records", "outcomes",
         "tallies", "replies", "usage", "templates", "chat_template", "dedup", "decontaminate", "difficulty", "atif",
-        "run_names", "overrides", "spend", "budget", "task_dirs", "task_set", "verification", "review", "page",
+        "overrides", "budget", "task_dirs", "ready_tasks", "verification", "review", "page",
         "domains"}
 #: the contracts between the layers: what a stage, an agent, a sandbox, a backend, an executor
 #: and an exporter are

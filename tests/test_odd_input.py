@@ -14,11 +14,10 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from hypothesis import HealthCheck, example, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 from litecoder.errors import ConfigError
-from litecoder.run_names import check_run_name, job_dir_name
+from litecoder.paths import check_run_name, job_dir_name
 from litecoder.testing import run_cli
 
 from .conftest import REPO

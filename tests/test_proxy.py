@@ -147,7 +147,7 @@ def base_image(client):
     from litecoder.config import register_configs
     from litecoder.plugins import get_plugins
     from litecoder.sandboxes.docker import DockerSandboxConfig
-    from litecoder.sandboxes.images import ensure_base_image
+    from litecoder.sandboxes.base_image import ensure_base_image
 
     register_configs()
     config = OmegaConf.structured(DockerSandboxConfig)

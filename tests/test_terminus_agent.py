@@ -15,12 +15,10 @@ from litecoder import atif
 from litecoder.agents import base
 from litecoder.agents.terminus import TerminusAgent
 from litecoder.backends.base import Choice, Completion
-from litecoder.errors import RequestError
-from litecoder.stages.trajectory import TrajectoryFilters
-from litecoder.errors import TerminalClosed
+from litecoder.errors import RequestError, TerminalClosed
+from litecoder.stages.trajectory import TrajectoryFilters, drop_reasons
 from litecoder.exporters.harbor import solve_script, task_toml, top_level
 from litecoder.agents.base import is_key
-from litecoder.stages.trajectory import drop_reasons
 
 
 class FakeTerminal:

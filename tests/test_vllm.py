@@ -118,13 +118,13 @@ def assert_every_task_once(run_dir, planned):
 
 def test_sample_and_judge_on_the_real_server_with_structured_output(cli, vllm_url):
     result = cli("stage=[sample,judge]", "run.name=judged", f"backend.url={vllm_url}", "domain=security",
-                 "sample.num_tasks=4", *JUDGE_FAST, timeout=1200)
+                 "sample.num_tasks=3", *JUDGE_FAST, timeout=1200)
     assert result.returncode == 0, result.stderr[-3000:]
-    _, judgments = assert_every_task_once(cli.outputs / "judged", 4)
+    _, judgments = assert_every_task_once(cli.outputs / "judged", 3)
     judged = judgments.filter(pl.col("aggregate").is_not_null())
     assert len(judged) >= 1, judgments.select("verdict", "reason", "raw").to_dicts()
     assert judged["scores"].list.len().min() == 5
-    assert "4 sampled = " in result.stderr
+    assert "3 sampled = " in result.stderr
 
 
 def kill_when(process, run_dir, phase: str, done: int) -> list[tuple]:
@@ -147,7 +147,7 @@ def test_sigkill_mid_sample_and_mid_judge_then_resume_loses_and_repeats_nothing(
     """Killed while sampling, resumed and killed again while judging, resumed to the end: nothing
     finished before either kill is lost or redone."""
     args = [sys.executable, "-m", "litecoder", "stage=[sample,judge]", "run.name=killed", f"run.root={tmp_path}",
-            f"backend.url={vllm_url}", "sample.num_tasks=6", "sample.n=2", "backend.max_in_flight=2", *JUDGE_FAST]
+            f"backend.url={vllm_url}", "sample.num_tasks=4", "sample.n=1", "backend.max_in_flight=2", *JUDGE_FAST]
     run_dir = tmp_path / "killed"
     popen = dict(cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     before = [kill_when(subprocess.Popen(args, **popen), run_dir, "sample", 2)]
@@ -159,15 +159,15 @@ def test_sigkill_mid_sample_and_mid_judge_then_resume_loses_and_repeats_nothing(
     finished = {(s, k) for s, k, st, _ in after if st == "done"}
     for store in before:
         assert {(s, k) for s, k, st, _ in store if st == "done"} <= finished
-    assert_every_task_once(run_dir, 6)
-    assert "6 sampled = " in resumed.stderr and "+ 0 not judged yet" in resumed.stderr
+    assert_every_task_once(run_dir, 4)
+    assert "4 sampled = " in resumed.stderr and "+ 0 not judged yet" in resumed.stderr
 
 
 def test_target_accepted_on_the_real_server_ends_at_the_target_or_a_named_budget(cli, vllm_url):
     result = cli("stage=[sample,judge]", "run.name=target", f"backend.url={vllm_url}", "domain=security",
-                 "sample.target_accepted=20", "sample.num_tasks=2", "budget.max_requests=6", *JUDGE_FAST, timeout=1500)
+                 "sample.target_accepted=20", "sample.num_tasks=2", "budget.max_requests=5", *JUDGE_FAST, timeout=1500)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert ("target reached: 20 accepted" in result.stderr) or ("budget reached: budget.max_requests=6" in result.stderr)
+    assert ("target reached: 20 accepted" in result.stderr) or ("budget reached: budget.max_requests=5" in result.stderr)
     judgments = pl.read_parquet(cli.outputs / "target" / "judgments.parquet")
     assert (judgments["verdict"] == "accepted").sum() <= 20
 

@@ -11,7 +11,10 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass, field
-from typing import Any, Awaitable, Callable, Optional, Protocol
+from typing import TYPE_CHECKING, Awaitable, Callable, Hashable, Optional, Protocol, Sequence
+
+if TYPE_CHECKING:
+    from ..backends.base import Completion
 
 #: why an episode ended
 COMPLETED = "completed"
@@ -119,13 +122,13 @@ class Episode:
 
 
 #: ``await chat(messages, max_tokens=n) -> Completion``, bound to the stage's backend and parameters
-Chat = Callable[..., Awaitable[Any]]
+Chat = Callable[..., Awaitable["Completion"]]
 
 
-def longest_run(values: list[Any]) -> int:
+def longest_run(values: Sequence[Hashable | None]) -> int:
     """Length of the longest stretch of equal consecutive values (``None`` breaks a stretch)."""
     best = current = 0
-    previous: Any = object()
+    previous: object = object()
     for value in values:
         if value is None:
             current, previous = 0, object()

@@ -216,7 +216,7 @@ def chat_params(agent: TurnAgent, backend: Backend) -> dict:
 def bind_chat(client: LLMClient, agent: TurnAgent, params: dict) -> Chat:
     """``chat(messages, max_tokens)`` for one episode on ``client``."""
 
-    async def chat(messages: list[dict], max_tokens: int | None = None) -> Any:
+    async def chat(messages: list[dict], max_tokens: int | None = None) -> Completion:
         return await client.chat(messages, n=1, max_tokens=max_tokens or agent.config.get("max_tokens"), **params)
 
     return chat

@@ -1,4 +1,4 @@
-"""Any OpenAI-compatible endpoint: OpenAI, vLLM, SGLang, llama.cpp, hosted open models.
+"""Every OpenAI-compatible endpoint: OpenAI, vLLM, SGLang, llama.cpp, hosted open models.
 
 httpx does the HTTP, tenacity the retries with backoff (429, 5xx, timeouts, dropped
 connections), aiolimiter the optional requests-per-minute cap, and a semaphore bounds the
@@ -13,6 +13,7 @@ import json
 import os
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Optional, Sequence
 
 import httpx
@@ -102,7 +103,7 @@ def parse_completion(data: Any, *, n: int, latency: float, attempts: int) -> Com
     )
 
 
-def _tool_calls(raw: Any) -> list[dict]:
+def _tool_calls(raw: object) -> list[dict]:
     """A message's ``tool_calls`` as ``{"id", "name", "arguments"}``; arguments stay the string
     the model wrote (a server may hand over an object: it is serialized)."""
     calls = []
@@ -239,7 +240,7 @@ def check_endpoint(base_url: str, headers: dict[str, str], *, what: str, fix: st
 class OpenAICompatibleBackend(Backend):
     supports_raw_completion: bool
 
-    def __init__(self, config: DictConfig, run_dir: Any = None) -> None:
+    def __init__(self, config: DictConfig, run_dir: Path | None = None) -> None:
         self.config = config
         self.supports_raw_completion = bool(config.raw_completions)
         self.supports_structured_output = bool(config.structured_output)

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Callable
 
 from .. import hookimpl
 from .base import ExecutorConfig
 
 if TYPE_CHECKING:
+    from ..backends.base import LLMClient
     from ..sandboxes.base import Sandbox
     from omegaconf import DictConfig
     from ..backends.base import Backend
@@ -24,7 +25,7 @@ class LocalExecutor:
     def __init__(self, config: DictConfig) -> None:
         self.config = config
 
-    def client(self, backend: Backend) -> Any:
+    def client(self, backend: Backend) -> LLMClient:
         return backend.client()
 
     def sandbox(self, factory: Callable[..., Sandbox], config: DictConfig, run_id: str, builders: Registry,

@@ -44,6 +44,8 @@ from ..sandboxes.base import SandboxError
 from .base import ExecutorConfig
 
 if TYPE_CHECKING:
+    from ..backends.base import ClientRecipe, Completion
+    from ..sandboxes.base import ExecResult
     from ..backends.base import Backend, LLMClient
     from ..sandboxes.base import Sandbox
     from ..registry import Registry
@@ -81,7 +83,7 @@ class LLMWorker:
     """Holds one client for a backend, made from its ``ClientRecipe``, and sends the driver's
     requests through it."""
 
-    def __init__(self, recipe: Any) -> None:
+    def __init__(self, recipe: ClientRecipe) -> None:
         self.client: LLMClient | None = None
         self._make = lambda: recipe.make(**recipe.kwargs)
 
@@ -166,10 +168,10 @@ class RayLLMClient:
         self.workers = workers
         self._next = 0
 
-    async def complete(self, prompt: str, *, n: int = 1, stop: list[str] | None = None, **params: object) -> Any:
+    async def complete(self, prompt: str, *, n: int = 1, stop: list[str] | None = None, **params: object) -> Completion:
         return await self._call("complete", (prompt,), {"n": n, "stop": stop, **params})
 
-    async def chat(self, messages: list[dict], *, n: int = 1, **params: object) -> Any:
+    async def chat(self, messages: list[dict], *, n: int = 1, **params: object) -> Completion:
         return await self._call("chat", (messages,), {"n": n, **params})
 
     async def _call(self, method: str, args: tuple, kwargs: dict) -> Any:
@@ -198,7 +200,7 @@ class RaySession:
     def _call(self, method: str, *args: object, **kwargs: object) -> Any:
         return self.sandbox._get(self.sandbox.nodes[self.node].session_call.remote(self.id, method, args, kwargs))
 
-    def exec(self, command: str, *, timeout: float, max_output_bytes: int | None = None) -> Any:
+    def exec(self, command: str, *, timeout: float, max_output_bytes: int | None = None) -> ExecResult:
         return self._call("exec", command, timeout=timeout, max_output_bytes=max_output_bytes)
 
     def write_files(self, files: dict, *, mode: int = 0o644) -> None:
@@ -311,7 +313,7 @@ class RaySandbox:
     def has_image(self, image: str) -> bool:
         return bool(self._holding(image))
 
-    def build_image(self, context: Any, *, tag: str, labels: dict[str, str], timeout: float,
+    def build_image(self, context: Path | bytes, *, tag: str, labels: dict[str, str], timeout: float,
                     network: str = "registries") -> str:
         """Built on the least busy node: the directory travels as a tar, so the driver needs
         no Docker engine."""

@@ -14,7 +14,7 @@ from ..outcomes import KEPT
 from ..sandboxes.base import SandboxError, item_failure
 from ..store import DONE
 from ..tables import write_text_atomic
-from ..task_set import has_environments, ready_items
+from ..ready_tasks import has_environments, ready_items
 
 if TYPE_CHECKING:
     from ..run import Run

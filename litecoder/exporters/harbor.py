@@ -23,7 +23,7 @@ import shutil
 import tomllib
 from pathlib import Path
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Optional
+from typing import TYPE_CHECKING, Optional
 
 from .. import __version__, hookimpl
 from ..sandboxes.base import shell_quote
@@ -152,7 +152,7 @@ def solution_script(task: ExportTask) -> str:
 NOT_CONTEXT = ("task.yaml", "run-tests.sh", "solution.sh", "solution.yaml", "tests")
 
 
-def copy_origin_environment(origin: dict, environment: Path) -> Any:
+def copy_origin_environment(origin: dict, environment: Path) -> Pins:
     """An imported task's own build context into ``environment/`` (a Dockerfile that starts
     from its prebuilt image when it named one instead); returns no pinned packages."""
     if origin.get("context"):
@@ -272,7 +272,7 @@ class HarborExporter(Exporter):
             (tests / name).write_text(text)
         (tests / "test.sh").write_text(GUARDED_TEST_SH)
 
-    def _write_environment(self, run: Run, task: ExportTask, environment: Path) -> Any:
+    def _write_environment(self, run: Run, task: ExportTask, environment: Path) -> Pins:
         """``environment/``: a public Debian image, the packages the task's image had, pinned,
         then the files the environment agent created and the removal of what it deleted;
         returns the pinned packages."""
@@ -291,7 +291,7 @@ class HarborExporter(Exporter):
         (environment / "Dockerfile").write_text("\n".join(dockerfile))
         return packages
 
-    def sections(self, run: Run, task: ExportTask, packages: Any) -> dict[str, dict]:
+    def sections(self, run: Run, task: ExportTask, packages: Pins) -> dict[str, dict]:
         """``task.toml``'s tables: the task, its metadata (difficulty, certificate, teacher,
         toolchain), and the limits the run's sandbox had."""
         cfg, judged, rollout = run.cfg, task.judged, task.rollout

@@ -21,16 +21,18 @@ import tarfile
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Optional
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterable, Iterator, Optional
 
 from .. import hookimpl
 from .base import NETWORKS, Change, ExecResult, HeadTail, SandboxError
-from .images import ensure_base_image
+from .base_image import ensure_base_image
 from .names import LABEL_ITEM, LABEL_RUN
 from .proxy import RegistryProxy, default_allow_hosts, remove_run_networks
 from .toolchain import ensure_manifest, ensure_toolchain_image, is_empty
 
 if TYPE_CHECKING:
+    from docker.models.containers import Container
     from omegaconf import DictConfig
     from ..registry import Registry
 
@@ -141,7 +143,7 @@ def docker_client(timeout: float = 120.0):
 class DockerSession:
     """One container for one item."""
 
-    def __init__(self, sandbox: "DockerSandbox", container: Any, item: str, env: dict[str, str] | None = None) -> None:
+    def __init__(self, sandbox: "DockerSandbox", container: Container, item: str, env: dict[str, str] | None = None) -> None:
         self.sandbox = sandbox
         self.container = container
         self.id = container.id
@@ -393,7 +395,7 @@ class DockerSandbox:
         return True
 
     @engine_errors
-    def build_image(self, context: Any, *, tag: str, labels: dict[str, str], timeout: float,
+    def build_image(self, context: Path | bytes, *, tag: str, labels: dict[str, str], timeout: float,
                     network: str = "registries") -> str:
         """Build a Dockerfile; its RUN steps get ``network`` (the proxy's address comes in as
         the build arguments Docker predefines for proxies)."""

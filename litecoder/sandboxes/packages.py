@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import json
 import shlex
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from .base import Change
     from ..sandboxes.base import Session
 
 #: Debian packages, Python distributions outside Debian's own directory (pip's, not apt's),
@@ -91,7 +92,7 @@ def owned_paths(session: Session, packages: dict[str, list[str]], timeout: float
     return owned - edited
 
 
-def without_package_files(changes: list[Any], owned: set[str]) -> list[Any]:
+def without_package_files(changes: list[Change], owned: set[str]) -> list[Change]:
     """Changes (``sandboxes.base.Change``) less the package managers' books, the packages' own files, and
     new system directories that only hold such files."""
     parents = {p.rsplit("/", i)[0] for p in owned for i in range(1, p.count("/"))}

@@ -30,15 +30,17 @@ import os
 import re
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Iterable, Mapping
 from urllib.parse import urlsplit
 
 from ..errors import SandboxError
 from .names import LABEL_RUN
-from .images import apt_source_files, apt_uris, build_from_files, tar_files
+from .base_image import apt_source_files, apt_uris, build_from_files, tar_files
 from .toolchain import HOST_CA_BUNDLE
 
 if TYPE_CHECKING:
+    from docker.models.containers import Container
+    from docker.models.networks import Network
     from docker import DockerClient
 
 log = logging.getLogger(__name__)
@@ -264,8 +266,8 @@ class RegistryProxy:
         #: seconds spent: ``image`` (build or look-up), ``start`` (network, container, ready)
         self.timings: dict[str, float] = {}
         self.image_reused: bool | None = None
-        self._container: Any = None
-        self._network: Any = None
+        self._container: Container | None = None
+        self._network: Network | None = None
         self._stopped = False
 
     def __enter__(self) -> "RegistryProxy":
@@ -328,13 +330,16 @@ class RegistryProxy:
                  "-x", f"http://127.0.0.1:{PORT}", f"http://{CHECK_HOST}/"]
         deadline = time.monotonic() + self.ready_timeout
         answer, exited = "", False
+        container = self._container
+        if container is None:
+            raise SandboxError(f"proxy for run {self.run_id} was not started")
         while time.monotonic() < deadline:
             try:
-                self._container.reload()
-                if self._container.status not in ("created", "running"):
+                container.reload()
+                if container.status not in ("created", "running"):
                     exited = True
                     break
-                code, output = self._container.exec_run(probe)
+                code, output = container.exec_run(probe)
                 answer = output.decode(errors="replace").strip()
                 if answer == "403":
                     return
@@ -348,6 +353,8 @@ class RegistryProxy:
         raise SandboxError(f"proxy for run {self.run_id} {what}: {reason[:300]}")
 
     def _logs(self) -> str:
+        if self._container is None:
+            return ""
         try:
             text = self._container.logs(tail=5).decode(errors="replace")
         except Exception:  # noqa: BLE001

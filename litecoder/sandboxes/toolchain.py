@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 from ..errors import SandboxError
 from ..paths import litecoder_home
 from .base import shell_quote
-from .images import build_from_files
+from .base_image import build_from_files
 from .names import tag_safe
 
 if TYPE_CHECKING:

@@ -371,7 +371,7 @@ class EnvironmentStage(ItemStage):
         return image, await asyncio.to_thread(session.snapshot, TASK_IMAGES, tag, labels)
 
     @staticmethod
-    def _verify_prepared(sandbox: Sandbox, image_id: str, task_id: str, verifier: str, env: Any) -> tuple[int | None, str]:
+    def _verify_prepared(sandbox: Sandbox, image_id: str, task_id: str, verifier: str, env: DictConfig) -> tuple[int | None, str]:
         session = sandbox.open(f"{task_id}-verify", image=image_id, network="none")
         try:
             return run_verifier(session, verifier, float(env.verifier_timeout))

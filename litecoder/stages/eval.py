@@ -26,7 +26,7 @@ from ..page import Section, empty, table
 from ..records import EvalTask, polars_schema
 from ..store import DONE
 from ..tables import records_frame, write_parquet_atomic
-from ..outcomes import TAMPERED
+from ..outcomes import TAMPERED, SOLVED, UNSOLVED
 from .trajectory import SCHEMA, RolloutConfig, TrajectoryStage, tamper_reason
 
 if TYPE_CHECKING:
@@ -35,7 +35,6 @@ if TYPE_CHECKING:
 EVAL_FILE = "eval.parquet"
 EVAL_ROLLOUTS_FILE = "eval_rollouts.parquet"
 EVAL_DIR = "eval"
-from ..outcomes import SOLVED, UNSOLVED
 EVAL_SCHEMA = polars_schema(EvalTask)
 
 

@@ -20,9 +20,8 @@ import logging
 import tarfile
 import time
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 
 from .. import hookimpl
@@ -31,7 +30,7 @@ from ..certification import Certifier, certificate, rejection
 from ..verification import SHARED, Verifier
 from ..errors import ConfigError
 from ..outcomes import READY, REJECTED
-from ..records import Environment, polars_schema
+from ..records import Environment, Origin, polars_schema, to_record
 from ..runner import Done
 from ..stage import ItemStage, Plan, nothing_to_do
 from ..sandboxes.base import SandboxError, check_network
@@ -139,7 +138,7 @@ class IngestStage(ItemStage):
     async def _build(self, run: Run, sandbox: Sandbox, key: str, task: ForeignTask) -> tuple[str, str]:
         settings = run.cfg.ingest
         tag = image_tag(run_id(run.dir), key)
-        context: Any = Path(task.context) if task.context else from_image(task.image)
+        context: Path | bytes = Path(task.context) if task.context else from_image(task.image)
         labels = {"litecoder.task": key, LABEL_RUN_DIR: str(Path(run.dir).resolve())}
         image_id = await asyncio.to_thread(sandbox.build_image, context, tag=f"{TASK_IMAGES}:{tag}", labels=labels,
                                            timeout=float(settings.build_timeout), network=str(settings.build_network))
@@ -182,22 +181,16 @@ def from_image(image: str | None) -> bytes:
 
 
 def blank_record(key: str, task: ForeignTask | None, name: str) -> dict:
-    """An imported task's record before its build: failed until it is proven otherwise."""
-    origin = None
-    if task is not None:
-        origin = {"format": task.format, "name": task.name, "path": task.path, "context": task.context,
-                  "image": task.image, "difficulty": task.difficulty, "tags": task.tags}
-    return {"task_id": key, "text": task.instruction if task else "", "status": FAILED, "reason": None,
-            "image": None, "image_id": None, "base_image": None, "network": None, "installed_debian": [],
-            "installed_python": [], "apt_history": None, "host": None, "changed_paths": [], "added_paths": [],
-            "deleted_paths": [], "commands": [], "verifier": task.verifier if task else None,
-            "verifier_exit_code": None, "verifier_output": None, "solution": task.solution if task else None,
-            "certificate": None, "wrong_solutions": [], "steps": 0, "model": "", "prompt_tokens": 0,
-            "completion_tokens": 0, "wall_s": 0.0, "prepared_at": datetime.now(timezone.utc).isoformat(),
-            "origin": origin, "category": task.category if task else None, "workdir": task.workdir if task else None,
-            "verifier_timeout": task.verifier_timeout if task else None, "name": name,
-            # nobody declared its outputs: its tests run where the agent worked, behind the guard
-            "outputs": [], "verification": SHARED}
+    """An imported task's record before its build: failed until it is proven otherwise. Nobody
+    declared its outputs: its tests run where the agent worked, behind the integrity guard."""
+    if task is None:
+        return {**to_record(Environment(task_id=key, text="", verification=SHARED)), "name": name}
+    origin = Origin(format=task.format, name=task.name, path=task.path, context=task.context, image=task.image,
+                    difficulty=task.difficulty, tags=task.tags)
+    record = Environment(task_id=key, text=task.instruction, verifier=task.verifier, solution=task.solution,
+                         origin=origin, category=task.category, workdir=task.workdir,
+                         verifier_timeout=task.verifier_timeout, verification=SHARED)
+    return {**to_record(record), "name": name}
 
 
 @hookimpl

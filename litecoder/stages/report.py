@@ -22,7 +22,7 @@ from plotly.subplots import make_subplots
 
 from ..config import as_dict
 from ..outcomes import ACCEPTED, KEPT, READY, SOLVED, TAMPERED, UNSOLVED
-from ..spend import spend
+from ..budget import spend
 from .. import hookimpl
 from ..stage import Stage, model_stages, pipeline, stage_classes
 from ..tallies import judge_scores
@@ -171,7 +171,7 @@ class RunData:
         return self.harbor is not None or bool(self.sft)
 
 
-def _config(run: Run, key: str, default: Any = None) -> Any:
+def _config(run: Run, key: str, default: object = None) -> Any:
     value = OmegaConf.select(run.cfg, key, default=default)
     return OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value) else value
 

@@ -21,15 +21,14 @@ import jinja2
 import polars as pl
 from omegaconf import OmegaConf
 
-from .. import hookimpl
+from .. import hookimpl, templates
 from ..config import as_dict
 from ..chat_template import ChatTemplate, PreQueryBuilder, explicit_prequery, load_chat_template
 from ..errors import ConfigError, RequestError
-from ..records import TASK_ORDER, SampledTask, backend_identity, polars_schema
+from ..records import TASK_ORDER, SampledTask, backend_identity, polars_schema, to_record
 from ..runner import Done
 from ..stage import ItemStage, Plan
 from ..store import DONE, FAILED
-from .. import templates
 from ..tables import write_records_parquet
 
 if TYPE_CHECKING:
@@ -109,7 +108,7 @@ def allocate(total: int, weights: dict[str, float]) -> dict[str, int]:
     return counts
 
 
-def task_id(*parts: Any) -> str:
+def task_id(*parts: object) -> str:
     return hashlib.sha256("\x1f".join(str(p) for p in parts).encode()).hexdigest()[:16]
 
 
@@ -291,31 +290,16 @@ class SampleStage(ItemStage):
         """One sample's record; every sample gets one, whatever happened to it."""
         cfg = run.cfg
         domain, variant = cfg.domain.name, cfg.prompts.name
-        return {
-            "id": task_id(domain, variant, request.subtopic, request.index, choice_index, model, text),
-            "domain": domain,
-            "subtopic": request.subtopic,
-            "prompt_variant": variant,
-            "method": method,
-            "text": text,
-            "status": status,
-            "finish_reason": finish_reason,
-            "error": error,
-            "model": model,
-            "temperature": float(cfg.sample.temperature),
-            "top_p": float(cfg.sample.top_p),
-            "max_tokens": int(cfg.sample.max_tokens),
-            "n": request.n,
-            "seed": request.seed,
-            "request_index": request.index,
-            "choice_index": choice_index,
-            "prompt_tokens": result.prompt_tokens if result is not None else None,
-            "completion_tokens": completion_tokens,
-            "latency_s": result.latency_s if result is not None else None,
-            "attempts": result.attempts if result is not None else attempts,
-            "prompt": request.prompt,
-            "created_at": datetime.now(timezone.utc).isoformat(),
-        }
+        return to_record(SampledTask(
+            id=task_id(domain, variant, request.subtopic, request.index, choice_index, model, text), domain=domain,
+            subtopic=request.subtopic, prompt_variant=variant, method=method, text=text, status=status,
+            finish_reason=finish_reason, error=error, model=model, temperature=float(cfg.sample.temperature),
+            top_p=float(cfg.sample.top_p), max_tokens=int(cfg.sample.max_tokens), n=request.n, seed=request.seed,
+            request_index=request.index, choice_index=choice_index,
+            prompt_tokens=result.prompt_tokens if result is not None else None, completion_tokens=completion_tokens,
+            latency_s=result.latency_s if result is not None else None,
+            attempts=result.attempts if result is not None else attempts, prompt=request.prompt,
+            created_at=datetime.now(timezone.utc)))
 
     def _rows(self, run: Run, backend: Backend, request: Request, method: str, result: Completion) -> list[dict]:
         model = result.model or backend.describe().get("model") or ""

@@ -40,7 +40,7 @@ from ..usage import add_usage, of_turns
 from ..verification import Verifier
 from ..sandboxes.terminals import open_terminal
 from ..store import DONE, FAILED, RunStore
-from ..task_set import has_environments, ready_environments
+from ..ready_tasks import has_environments, ready_environments
 from ..tables import records_frame, write_parquet_atomic, write_text_atomic
 
 if TYPE_CHECKING:
@@ -154,7 +154,7 @@ class TrajectoryStage(ItemStage):
     _ready: list[dict] = []
     _jobs: list[tuple[dict, int]] = []
 
-    def settings(self, cfg: DictConfig) -> Any:
+    def settings(self, cfg: DictConfig) -> DictConfig:
         return cfg[self.name]
 
     def identity(self, cfg: DictConfig, backend_config: DictConfig) -> dict:

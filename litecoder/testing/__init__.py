@@ -21,11 +21,15 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
 import pytest
 
 from .stub_openai import StubServer, completion_body
+
+if TYPE_CHECKING:
+    from omegaconf import DictConfig
+    from ..plugins import Plugins
 
 __all__ = ["StubServer", "completion_body", "run_cli"]
 
@@ -64,7 +68,7 @@ def _with_run_root(args: list[str], outputs: Path) -> list[str]:
 
 
 @pytest.fixture
-def litecoder_plugins() -> Iterator[Any]:
+def litecoder_plugins() -> Iterator[Plugins]:
     """The plugin host (``litecoder.plugins.Plugins``); inline plugins are removed afterwards."""
     from litecoder.plugins import get_plugins
 
@@ -72,7 +76,7 @@ def litecoder_plugins() -> Iterator[Any]:
     added: list[str] = []
     original_register = host.register
 
-    def register(plugin: Any, name: str | None = None) -> str:
+    def register(plugin: object, name: str | None = None) -> str:
         registered = original_register(plugin, name)
         added.append(registered)
         return registered
@@ -88,7 +92,7 @@ def litecoder_plugins() -> Iterator[Any]:
 
 
 @pytest.fixture
-def litecoder_compose() -> Callable[..., Any]:
+def litecoder_compose() -> Callable[..., DictConfig]:
     """``compose(*overrides)``: litecoder's config with the loaded plugins, as the CLI composes it."""
     from hydra import compose, initialize_config_dir
 

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Iterator
 
 from litecoder.paths import litecoder_home
-from litecoder.sandboxes.images import host_debian_mirror
+from litecoder.sandboxes.base_image import host_debian_mirror
 
 log = logging.getLogger(__name__)
 

@@ -12,14 +12,14 @@ import json
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable
+from typing import Callable
 
-Handler = Callable[[str, dict], "tuple[int, Any, float]"]
+Handler = Callable[[str, dict], "tuple[int, object, float]"]
 
 __all__ = ["Handler", "StubServer", "completion_body", "echo_handler", "tool_call"]
 
 
-def tool_call(name: str, arguments: Any, call_id: str) -> dict:
+def tool_call(name: str, arguments: object, call_id: str) -> dict:
     """One native tool call as a chat completion carries it (``arguments`` serialized unless a string)."""
     text = arguments if isinstance(arguments, str) else json.dumps(arguments)
     return {"id": call_id, "type": "function", "function": {"name": name, "arguments": text}}
@@ -46,7 +46,7 @@ def completion_body(texts: list[str], *, finish: str = "stop", model: str = "stu
 _counter = iter(range(10**9))
 
 
-def echo_handler(path: str, body: dict) -> tuple[int, Any, float]:
+def echo_handler(path: str, body: dict) -> tuple[int, object, float]:
     """Answer every completion with ``n`` distinct task texts."""
     n = int(body.get("n", 1))
     texts = [f"Task {next(_counter)}: configure the service and write the report to /tmp/out.txt" for _ in range(n)]
@@ -68,7 +68,7 @@ class StubServer:
             def log_message(self, *args: object) -> None:
                 pass
 
-            def _reply(self, status: int, payload: Any) -> None:
+            def _reply(self, status: int, payload: object) -> None:
                 data = payload.encode() if isinstance(payload, str) else json.dumps(payload).encode()
                 self.send_response(status)
                 self.send_header("content-type", "application/json")
