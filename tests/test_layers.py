@@ -21,7 +21,7 @@ CONTRACTS = {"stage", "agents.base", "sandboxes.base", "sandboxes.names", "backe
 RUNNER = {"runner", "dispatch", "progress"}
 #: modules that belong to one stage without being one (the environment stage's checks)
 STAGE_HELPERS = {"certification", "adversarial", "cheating"}
-COMPONENT_KINDS = {"backends", "agents", "sandboxes", "executors", "exporters", "tools"}
+COMPONENT_KINDS = {"backends", "agents", "sandboxes", "executors", "exporters"}
 ENTRY = {"cli", "run", "sweep", "compare", "__main__", "__init__"}
 
 MAY_IMPORT = {
