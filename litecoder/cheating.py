@@ -28,8 +28,8 @@ from .usage import of_turns
 from .verification import Verifier, image_of
 
 if TYPE_CHECKING:
-    from .agents.base import Chat
     from omegaconf import DictConfig
+    from .agents.base import Chat
 
 @dataclass
 class CheatTrials:

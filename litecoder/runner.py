@@ -24,7 +24,6 @@ from .budget import request_cost
 from .dispatch import Dispatcher
 from .errors import BackendError
 from .progress import Progress
-
 from .stage import Item, ItemStage, Stage, Work
 
 if TYPE_CHECKING:
@@ -61,7 +60,6 @@ def run_stage(run: Run, stage: Stage) -> dict:
     if not isinstance(stage, ItemStage):
         return stage.run(run) or {}
     finished = open_items(run, stage, stage.inputs(run), what=stage.what)
-    plan = None
     stopped = None
     try:
         plan = stage.plan(run, finished)

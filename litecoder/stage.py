@@ -6,8 +6,9 @@ calls a model (then it gets ``<name>.backend``, a price, a spend line and a swee
 whether its ready records are tasks (then trajectory, eval and export read them), and which
 section of the report it draws. A stage whose work is a set of items subclasses ``ItemStage``
 and says only what is its own: its items, the work for one item, its table; the runner
-(``litecoder.runner.run_stage``, the one entry point that runs every stage) owns resume, the to-do list, concurrency, progress, spending,
-the breaker, export in ``finally``, the counts and the stop reason.
+(``litecoder.runner.run_stage``, the one entry point that runs every stage) owns resume, the
+to-do list, concurrency, progress, spending, the breaker, export in ``finally``, the counts
+and the stop reason.
 """
 
 from __future__ import annotations
@@ -16,8 +17,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Awaitable, Callable, Generic, Iterable, TypeVar
 
 if TYPE_CHECKING:
-    from .backends.base import LLMClient
     from omegaconf import DictConfig
+    from .backends.base import LLMClient
     from .page import Section
     from .plugins import Plugins
     from .run import Run

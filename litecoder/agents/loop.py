@@ -21,10 +21,8 @@ from ..templates import render
 from .base import CONTEXT, LOOPING, MALFORMED, MAX_TURNS, REQUEST_ERROR, TERMINAL_CLOSED, WALL_TIME, Chat, Episode, Terminal, Turn, repeats
 
 if TYPE_CHECKING:
-    from ..backends.base import Completion
     from omegaconf import DictConfig
-    from ..backends.base import LLMClient
-    from ..backends.base import Backend
+    from ..backends.base import Backend, Completion, LLMClient
 
 
 @dataclass

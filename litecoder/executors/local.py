@@ -9,11 +9,10 @@ from .. import hookimpl
 from .base import ExecutorConfig
 
 if TYPE_CHECKING:
-    from ..backends.base import LLMClient
-    from ..sandboxes.base import Sandbox
     from omegaconf import DictConfig
-    from ..backends.base import Backend
+    from ..backends.base import Backend, LLMClient
     from ..registry import Registry
+    from ..sandboxes.base import Sandbox
 
 
 @dataclass

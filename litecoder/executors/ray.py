@@ -44,11 +44,9 @@ from ..sandboxes.base import SandboxError
 from .base import ExecutorConfig
 
 if TYPE_CHECKING:
-    from ..backends.base import ClientRecipe, Completion
-    from ..sandboxes.base import ExecResult
-    from ..backends.base import Backend, LLMClient
-    from ..sandboxes.base import Sandbox
+    from ..backends.base import Backend, ClientRecipe, Completion, LLMClient
     from ..registry import Registry
+    from ..sandboxes.base import ExecResult, Sandbox
 
 log = logging.getLogger(__name__)
 

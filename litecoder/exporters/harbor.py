@@ -34,8 +34,8 @@ from .base import ENVIRONMENTS, Exporter, ExportTask, TaskResult, export_tasks
 from .rebuild import Pins, dockerfile_lines, pins, public_base
 
 if TYPE_CHECKING:
-    from ..sandboxes.base import Session
     from ..run import Run
+    from ..sandboxes.base import Session
 
 log = logging.getLogger(__name__)
 

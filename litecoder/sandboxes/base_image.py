@@ -21,8 +21,8 @@ from .. import hookimpl
 from .base import SandboxError
 
 if TYPE_CHECKING:
-    from omegaconf import DictConfig
     from docker import DockerClient
+    from omegaconf import DictConfig
     from ..registry import Registry
 
 log = logging.getLogger(__name__)

@@ -13,8 +13,8 @@ import shlex
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .base import Change
     from ..sandboxes.base import Session
+    from .base import Change
 
 #: Debian packages, Python distributions outside Debian's own directory (pip's, not apt's),
 #: and the size of apt's history log; needs no network

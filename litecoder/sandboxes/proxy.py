@@ -39,9 +39,9 @@ from .base_image import apt_source_files, apt_uris, build_from_files, tar_files
 from .toolchain import HOST_CA_BUNDLE
 
 if TYPE_CHECKING:
+    from docker import DockerClient
     from docker.models.containers import Container
     from docker.models.networks import Network
-    from docker import DockerClient
 
 log = logging.getLogger(__name__)
 

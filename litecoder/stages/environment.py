@@ -43,13 +43,12 @@ from ..store import DONE, FAILED
 from ..tables import records_frame, write_parquet_atomic
 
 if TYPE_CHECKING:
+    from omegaconf import DictConfig
     from ..agents.base import Chat
     from ..agents.loop import TurnAgent
     from ..backends.base import LLMClient
-    from ..sandboxes.base import Session
-    from ..sandboxes.base import Sandbox
-    from omegaconf import DictConfig
     from ..run import Run
+    from ..sandboxes.base import Sandbox, Session
 
 log = logging.getLogger(__name__)
 

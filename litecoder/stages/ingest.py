@@ -40,9 +40,9 @@ from ..tables import records_frame, write_parquet_atomic
 from ..task_dirs import ForeignTask, read_collections
 
 if TYPE_CHECKING:
-    from ..sandboxes.base import Sandbox
     from omegaconf import DictConfig
     from ..run import Run
+    from ..sandboxes.base import Sandbox
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,8 @@ def task_ids(names: list[str]) -> list[str]:
 class IngestStage(ItemStage):
     name, produces_tasks = "ingest", True
     unit, what, table = "task", "imported tasks", IMPORTED_FILE
-    _found: dict[str, tuple] = {}
+    #: the tasks found under ingest.paths, by id (``inputs`` reads them, ``plan`` works on them)
+    _found: dict[str, tuple]
 
     def identity(self, cfg: DictConfig, backend_config: DictConfig) -> dict:
         own = as_dict(cfg.ingest)

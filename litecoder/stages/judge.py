@@ -33,8 +33,8 @@ from ..store import DONE, FAILED
 from ..tables import write_records_parquet
 
 if TYPE_CHECKING:
-    from ..backends.base import LLMClient
     from omegaconf import DictConfig
+    from ..backends.base import LLMClient
     from ..run import Run
 
 log = logging.getLogger(__name__)

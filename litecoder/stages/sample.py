@@ -32,10 +32,8 @@ from ..store import DONE, FAILED
 from ..tables import write_records_parquet
 
 if TYPE_CHECKING:
-    from ..backends.base import Completion
-    from ..backends.base import LLMClient
-    from ..backends.base import Backend
     from omegaconf import DictConfig
+    from ..backends.base import Backend, Completion, LLMClient
     from ..run import Run
 
 log = logging.getLogger(__name__)

@@ -44,10 +44,10 @@ from ..ready_tasks import has_environments, ready_environments
 from ..tables import records_frame, write_parquet_atomic, write_text_atomic
 
 if TYPE_CHECKING:
+    from omegaconf import DictConfig
     from ..agents.base import Chat
     from ..agents.loop import TurnAgent
     from ..backends.base import LLMClient
-    from omegaconf import DictConfig
     from ..run import Run
 
 log = logging.getLogger(__name__)
@@ -151,8 +151,9 @@ class TrajectoryStage(ItemStage):
     #: per-rollout table and ATIF directory under the run
     rollouts_file, trajectory_dir, tasks_file = TRAJECTORIES_FILE, TRAJECTORY_DIR, TASKS_FILE
     table = rollouts_file
-    _ready: list[dict] = []
-    _jobs: list[tuple[dict, int]] = []
+    #: the ready tasks and their rollouts (``inputs`` lists them, ``plan`` works on them)
+    _ready: list[dict]
+    _jobs: list[tuple[dict, int]]
 
     def settings(self, cfg: DictConfig) -> DictConfig:
         return cfg[self.name]
