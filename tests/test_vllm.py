@@ -179,7 +179,7 @@ def test_the_whole_chain_on_the_real_server_records_every_item_and_leaves_no_con
     lenient_judge = ["judge.criteria=[{name: clarity, description: 'The task is stated.'}]", "judge.threshold=1"]
     # Long enough samples that some are not cut off (cut-off tasks are rejected unjudged).
     result = cli("stage=all", "run.name=chain", f"backend.url={vllm_url}", "domain=version_control",
-                 "sample.num_tasks=3", "sample.n=1", "sample.max_tokens=200", "judge.max_tokens=250",
+                 "sample.num_tasks=3", "sample.n=1", "sample.max_tokens=256", "judge.max_tokens=400",
                  "judge.rationale_max_chars=60", *lenient_judge, "environment.agent.max_turns=2",
                  "environment.agent.command_timeout=10", "environment.agent.max_tokens=150", "agent.max_turns=2",
                  "certify.cheat_max_turns=1", "review.max_tokens=250",
